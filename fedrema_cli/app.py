@@ -1,11 +1,110 @@
-"""The `fedrema` command line."""
+"""The `fedrema` command line: commands parse, call one role, and print.
+
+Every error a person can fix is translated here, once, into one line on stderr and an exit
+code (see fedrema_cli.errors); anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
 
 import typer
+from typer.core import TyperGroup
 
-app = typer.Typer(name="fedrema", no_args_is_help=True, pretty_exceptions_show_locals=False)
+from fedrema_cli.errors import (
+    BudgetError,
+    ConfigError,
+    FedremaError,
+    IntegrityError,
+    ProtocolAbortedError,
+    UsageError,
+)
+
+EPILOG = (
+    "Exit codes: 0 done · 1 bad input or wrong order · 2 usage · 3 integrity failure "
+    "(forged/tampered/replayed file) · 4 privacy budget exceeded · 5 secure aggregation "
+    "aborted · 75 still waiting on others."
+)
 
 
-@app.command()
+def translate(exc: BaseException) -> FedremaError | None:
+    """Map library errors (crypto, privacy) onto the CLI's errors; None if it is a bug."""
+    if isinstance(exc, FedremaError):
+        return exc
+    from crypto import errors as ce
+
+    if isinstance(exc, ce.ProtocolAborted):
+        return ProtocolAbortedError(f"secure aggregation: {exc}")
+    if isinstance(exc, ce.IntegrityError | ce.MalformedMessage | ce.InvalidShare |
+                  ce.DoubleRevealError):
+        return IntegrityError(f"secure aggregation: {exc}")
+    if isinstance(exc, ce.ParameterError | ce.HeadroomError):
+        return ConfigError(f"secure aggregation: {exc}")
+    if isinstance(exc, ce.StageError):
+        return UsageError(f"secure aggregation: {exc}")
+    from privacy import errors as pe
+
+    if isinstance(exc, pe.BudgetExceededError):
+        return BudgetError(str(exc))
+    if isinstance(exc, pe.LedgerIntegrityError):
+        return IntegrityError(str(exc))
+    if isinstance(exc, pe.PrivacyError):
+        return ConfigError(str(exc))
+    return None
+
+
+class FedremaGroup(TyperGroup):
+    """Runs a command and turns a user-facing error into one line and an exit code."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:  # noqa: BLE001 - translated or re-raised below
+            err = translate(exc)
+            if err is None:
+                raise
+            msg = f"fedrema: error: {err}"
+            if err.hint:
+                msg += f" (next: {err.hint})"
+            typer.echo(msg.replace("\n", " "), err=True)
+            raise typer.Exit(err.exit_code) from None
+
+
+app = typer.Typer(
+    name="fedrema",
+    cls=FedremaGroup,
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+    rich_markup_mode="rich",
+    epilog=EPILOG,
+    help=(
+        "Hospitals train personalized models together; patient data never leaves a hospital.\n\n"
+        "A round: each site runs [bold]train-local[/] (DP-SGD on its own data) and "
+        "[bold]submit[/] (masked update), the coordinator runs [bold]aggregate[/] (unmask the "
+        "sum, FedReMa-merge the heads), sites [bold]submit[/] again (unmasking shares) and the "
+        "coordinator [bold]aggregate[/]s again. [bold]status[/] always says what is next.\n\n"
+        "Try it on one machine: [bold]fedrema simulate heart-disease[/]."
+    ),
+)
+
+
+def _register() -> None:
+    from fedrema_cli.commands import coordinator, privacy, setup, simulate, site, status
+
+    setup.register(app)
+    site.register(app)
+    coordinator.register(app)
+    status.register(app)
+    simulate.register(app)
+    privacy.register(app)
+
+
+_register()
+
+
+@app.command(hidden=True)
 def version() -> None:
     """Print the version."""
     from fedrema_cli import __version__
@@ -14,4 +113,8 @@ def version() -> None:
 
 
 def main() -> None:
-    app()
+    app(prog_name="fedrema")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""The coordinator's command: `aggregate`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from fedrema_cli import ui
+
+
+def register(app: typer.Typer) -> None:
+    app.command(name="aggregate")(aggregate)
+
+
+def aggregate(
+    state: ui.StateOpt,
+    close: Annotated[bool, typer.Option(
+        "--close", help="Stop waiting for missing sites now (needs the threshold of sites).")] = False,
+    workspace: ui.WorkspaceOpt = None,
+    wait: ui.WaitOpt = False,
+    timeout: ui.TimeoutOpt = 3600.0,
+    json_out: ui.JsonOpt = False,
+) -> None:
+    """Move the federation forward: fix who takes part, close the round when every site (or,
+    after the deadline, enough sites) has submitted, unmask the sum, merge the heads with
+    FedReMa and publish the next round. Safe to re-run.
+
+      fedrema aggregate -s coord --wait
+    """
+    from fedrema_cli.roles.coordinator import Coordinator
+
+    coord = Coordinator(state, workspace=workspace)
+    events: list[str] = []
+    start_round = coord.current_round()
+
+    def step() -> tuple[bool, str]:
+        progress = coord.advance(close=close)
+        events.extend(progress.events)
+        if not json_out:
+            for e in progress.events:
+                ui.say(f"[green]✓[/] {e}")
+        waiting = coord.waiting_for()
+        finished = not wait or coord.current_round() > start_round or coord.complete()
+        return finished, waiting
+
+    ui.wait_for(step, timeout=timeout)
+    if json_out:
+        return ui.emit_json({"events": events, "round": coord.current_round(),
+                             "complete": coord.complete(), "waiting_for": coord.waiting_for()})
+    if not events:
+        ui.say(f"nothing to do yet; waiting for {coord.waiting_for()}")
+    elif coord.complete():
+        ui.say("[bold]federation complete[/]: sites run `fedrema personalize`")
+    return None

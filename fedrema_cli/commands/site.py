@@ -1,0 +1,104 @@
+"""The site's commands: `train-local`, `submit`, `personalize`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fedrema_cli import ui
+
+
+def register(app: typer.Typer) -> None:
+    app.command(name="train-local")(train_local)
+    app.command(name="submit")(submit)
+    app.command(name="personalize")(personalize)
+
+
+def train_local(state: ui.StateOpt, workspace: ui.WorkspaceOpt = None,
+                json_out: ui.JsonOpt = False) -> None:
+    """Train this round's update on this site's data (once per round; DP-SGD if the policy says).
+
+    The privacy budget is checked before any training: a round that would cross it is refused
+    and nothing is written. The update stays in the state folder until `fedrema submit`.
+
+      fedrema train-local -s cleveland
+    """
+    from fedrema_cli.roles.site import Site
+
+    site = Site(state, workspace=workspace)
+    with ui.err_console.status(f"{site.name}: training round…", spinner="dots"):
+        record = site.train_local()
+    if json_out:
+        return ui.emit_json(record)
+    eps = record.get("privacy")
+    ui.say(f"[green]✓[/] {site.name}: round {record['round']} trained "
+           f"({record['steps']} steps on {record['examples']} records)")
+    if eps:
+        ui.say(f"  privacy: epsilon {eps['epsilon_after']:.3f} of {eps['target_epsilon']:g} "
+               f"spent after this round (delta {eps['delta']:g}); recorded in the ledger")
+    ui.say("  next: `fedrema submit`")
+    return None
+
+
+def submit(state: ui.StateOpt, workspace: ui.WorkspaceOpt = None, wait: ui.WaitOpt = False,
+           timeout: ui.TimeoutOpt = 3600.0, json_out: ui.JsonOpt = False) -> None:
+    """Send what the round needs from this site now: key shares, the masked update, or the
+    unmasking shares. Safe to re-run; with --wait it stays until its part of the round is done.
+
+      fedrema submit -s cleveland --wait
+    """
+    from fedrema_cli.roles.site import Site
+
+    site = Site(state, workspace=workspace)
+    done: list[str] = []
+    last: list[str] = []
+
+    def step() -> tuple[bool, str]:
+        actions = site.submit()
+        done.extend(actions.done)
+        for line in actions.done:
+            if not json_out:
+                ui.say(f"[green]✓[/] {site.name}: {line}")
+        last[:] = actions.waiting
+        finished = not wait or site.round_part_done() or "train-local" in " ".join(last)
+        return finished, "; ".join(actions.waiting) or "the coordinator"
+
+    ui.wait_for(step, timeout=timeout)
+    if json_out:
+        return ui.emit_json({"site": site.name, "done": done, "waiting_for": last})
+    if not done:
+        ui.say(f"{site.name}: nothing to send right now")
+    for line in last:
+        ui.say(f"  waiting for {line}")
+    return None
+
+
+def personalize(
+    state: ui.StateOpt,
+    export: Annotated[Path | None, typer.Option(
+        help="Write the deployable model here (safetensors + model card JSON).")] = None,
+    workspace: ui.WorkspaceOpt = None,
+    json_out: ui.JsonOpt = False,
+) -> None:
+    """Build this site's own model (shared extractor + its personalized head), evaluate it on
+    the site's hold-out data, and optionally export it.
+
+      fedrema personalize -s cleveland --export models/cleveland
+    """
+    from fedrema_cli.roles.site import Site
+
+    site = Site(state, workspace=workspace)
+    out = site.personalize(export)
+    if json_out:
+        return ui.emit_json(out)
+    m = out["metrics"]
+    status = "final" if out["complete"] else f"after round {out['after_round']} (not finished)"
+    ui.say(f"[green]✓[/] {site.name}: personalized model, {status}, method {out['method']}")
+    if m:
+        ui.say(f"  hold-out ({m['n']} records): accuracy {m['accuracy']:.3f}, balanced accuracy "
+               f"{m['balanced_accuracy']:.3f}, AUC {ui.fmt(m['auc'])}")
+    if out.get("exported"):
+        ui.say(f"  exported to {out['exported']}")
+    return None

@@ -1,0 +1,48 @@
+"""`fedrema status`: where the round is, who is waited on, what each party does next."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fedrema_cli import ui
+
+
+def register(app: typer.Typer) -> None:
+    app.command(name="status")(status)
+
+
+def status(
+    state: Annotated[Path | None, typer.Option(
+        "--state", "-s", envvar="FEDREMA_STATE",
+        help="A site's or the coordinator's state folder: the answer says what *it* does next.")] = None,
+    workspace: ui.WorkspaceOpt = None,
+    json_out: ui.JsonOpt = False,
+) -> None:
+    """Show the current round, who has acted, who is missing, and what to do next.
+
+      fedrema status -s cleveland
+    """
+    from fedrema_cli.status_view import federation_status
+
+    out = federation_status(state=state, workspace=workspace)
+    if json_out:
+        return ui.emit_json(out)
+    if out["phase"] == "enrolling":
+        ui.say(f"[bold]{out['federation']}[/]: sites enrolling ({', '.join(out['acted']) or 'none yet'})")
+    elif out["complete"]:
+        ui.say(f"[bold]{out['federation']}[/]: complete after {out['rounds']} rounds ({out['method']})")
+    else:
+        ui.say(f"[bold]{out['federation']}[/]: round {out['round']} of {out['rounds']} — "
+               f"{out['phase_label']} ({out['method']}, secure aggregation "
+               f"{'on' if out['secure_aggregation'] else 'off'})")
+        ui.say(f"  to {out['action']}: done {len(out['acted'])}/{len(out['expected'])}"
+               + (f"; waiting for {', '.join(out['missing'])}" if out["missing"] else ""))
+    if out.get("you"):
+        ui.say(f"  you are [bold]{out['you']}[/]: next → {out['next']}")
+    else:
+        for who, what in out["next_for"].items():
+            ui.say(f"  {who}: {what}")
+    return None

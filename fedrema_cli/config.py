@@ -1,0 +1,175 @@
+"""The federation config: everything every party must agree on, signed by the coordinator.
+
+It is written once by `fedrema init`, pinned by every site at `fedrema init --site`, and read
+(and verified) by every command. Validation collects every problem in one message.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from fedrema_cli.data import ImageSchema, TabularSchema
+from fedrema_cli.errors import ConfigError
+from fedrema_cli.merging import METHODS
+from fedrema_cli.models import ModelSpec
+from privacy.policy import PrivacyPolicy
+
+SCHEMA_VERSION = 1
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TrainingConfig(_Frozen):
+    """Local training per round; identical at every site so updates are comparable."""
+
+    local_epochs: int = Field(default=1, ge=1, le=1000)
+    batch_size: int = Field(default=16, ge=1)
+    lr: float = Field(default=0.05, gt=0)
+    momentum: float = Field(default=0.0, ge=0, lt=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+
+
+class SecAggConfig(_Frozen):
+    """Secure aggregation (Bonawitz et al. 2017) parameters; on by default.
+
+    ``threshold`` t: how many sites must survive a round (default ``max(2, floor(2n/3) + 1)``,
+    fixed at approval). Fixed point: values are clipped to ``clip`` per coordinate, scaled by
+    ``2**frac_bits`` and summed mod ``2**modulus_bits``; the headroom rule
+    ``n * max_weight * clip * 2**frac_bits < 2**(modulus_bits - 1)`` is checked at approval.
+    """
+
+    enabled: bool = True
+    threshold: int | None = Field(default=None, ge=2)
+    modulus_bits: Literal[32, 64] = 64
+    frac_bits: int = Field(default=24, ge=4, le=40)
+    clip: float = Field(default=64.0, gt=0)
+    max_weight: int = Field(default=100_000, ge=1)
+
+
+class RoundConfig(_Frozen):
+    """When the coordinator stops waiting: all expected sites acted, or the deadline passed."""
+
+    timeout_seconds: float = Field(default=24 * 3600.0, gt=0)
+
+
+class FedReMaConfig(_Frozen):
+    """FedReMa merging knobs (see fedrema_cli.merging.fedrema.FedReMaParams)."""
+
+    delta: float = Field(default=0.5, gt=0, le=1)
+    t_self: float = Field(default=0.5, gt=0)
+    t_peer: float = Field(default=1.0, gt=0)
+    probe: Literal["uniform"] = "uniform"
+    probe_scale: float = Field(default=0.5, gt=0)
+    probe_samples: int = Field(default=1, ge=1)
+    self_weight: float | None = Field(default=None, ge=0, le=1)
+
+
+class CoordinatorKeys(_Frozen):
+    sign_pk: str
+    seal_pk: str
+
+
+class FederationConfig(_Frozen):
+    """The signed contract of a federation."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    federation_id: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")]
+    method: str = "fedrema"
+    rounds: int = Field(default=20, ge=1, le=10_000)
+    seed: int = 0
+    model: ModelSpec
+    data: TabularSchema | ImageSchema
+    training: TrainingConfig = TrainingConfig()
+    secagg: SecAggConfig = SecAggConfig()
+    round: RoundConfig = RoundConfig()
+    fedrema: FedReMaConfig = FedReMaConfig()
+    privacy: PrivacyPolicy | None = None
+    coordinator: CoordinatorKeys
+
+    @model_validator(mode="after")
+    def _check(self) -> FederationConfig:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
+        expected = self.data.num_classes
+        if self.model.num_classes != expected:
+            raise ValueError(f"model has {self.model.num_classes} classes, data has {expected}")
+        if isinstance(self.data, TabularSchema):
+            if self.model.kind != "mlp" or self.model.in_features != self.data.num_features:
+                raise ValueError("a table needs an 'mlp' model with in_features = number of features")
+        elif self.model.kind != "cnn" or self.model.input_shape != self.data.input_shape:
+            raise ValueError("images need a 'cnn' model with the data's input_shape")
+        p = self.privacy
+        if p is not None and (p.local_epochs, p.batch_size, p.planned_rounds) != (
+                self.training.local_epochs, self.training.batch_size, self.rounds):
+            raise ValueError("the privacy policy must plan the federation's own rounds, local "
+                             "epochs and batch size")
+        return self
+
+    @property
+    def secure(self) -> bool:
+        """Whether updates go through secure aggregation (and there is anything to sum)."""
+        return self.secagg.enabled and METHODS[self.method].shared_part is not None
+
+
+def parse_config(data: Any, *, where: str) -> FederationConfig:
+    """Validate a config dict; every problem is listed in one ConfigError."""
+    try:
+        return FederationConfig.model_validate(data)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}" for err in e.errors()
+        )
+        raise ConfigError(f"{where}: {problems}") from None
+
+
+def default_threshold(n_sites: int) -> int:
+    """Bonawitz-style default t = max(2, floor(2n/3) + 1), capped at n."""
+    return min(n_sites, max(2, (2 * n_sites) // 3 + 1))
+
+
+def make_config(
+    *,
+    federation_id: str,
+    model: ModelSpec,
+    data: TabularSchema | ImageSchema,
+    method: str = "fedrema",
+    rounds: int = 20,
+    seed: int = 0,
+    training: TrainingConfig | None = None,
+    secure_aggregation: bool = True,
+    threshold: int | None = None,
+    timeout_seconds: float = 24 * 3600.0,
+    epsilon: float | None = None,
+    delta: float = 1e-5,
+    max_grad_norm: float = 1.0,
+    accountant: str = "rdp",
+    fedrema: FedReMaConfig | None = None,
+) -> dict[str, Any]:
+    """A federation config (without the coordinator's keys) from the usual choices.
+
+    ``epsilon=None`` turns differential privacy off; otherwise the privacy policy plans the
+    federation's own rounds, local epochs and batch size.
+    """
+    training = training or TrainingConfig()
+    privacy = None
+    if epsilon is not None:
+        privacy = PrivacyPolicy(target_epsilon=epsilon, delta=delta, accountant=accountant,
+                                max_grad_norm=max_grad_norm, planned_rounds=rounds,
+                                local_epochs=training.local_epochs, batch_size=training.batch_size)
+    return {
+        "federation_id": federation_id,
+        "method": method,
+        "rounds": rounds,
+        "seed": seed,
+        "model": model.model_dump(mode="json"),
+        "data": data.model_dump(mode="json"),
+        "training": training.model_dump(mode="json"),
+        "secagg": SecAggConfig(enabled=secure_aggregation, threshold=threshold).model_dump(mode="json"),
+        "round": RoundConfig(timeout_seconds=timeout_seconds).model_dump(mode="json"),
+        "fedrema": (fedrema or FedReMaConfig()).model_dump(mode="json"),
+        "privacy": privacy.model_dump(mode="json") if privacy else None,
+    }

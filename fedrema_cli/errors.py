@@ -1,0 +1,67 @@
+"""Errors a person can act on; `app.py` turns each into one line and an exit code.
+
+Exit codes (also in `fedrema --help` and the README):
+    0  done (or nothing left to do)
+    1  bad input or wrong order: the message says what to fix
+    2  command-line usage error (unknown option, missing argument)
+    3  integrity failure: a file is forged, tampered, replayed or from another round
+    4  privacy budget would be exceeded: nothing was trained
+    5  protocol aborted: too few sites survived the round
+   75  still waiting on other parties (a `--wait` ran out of time); run the command again later
+"""
+
+from __future__ import annotations
+
+
+class FedremaError(Exception):
+    """Root of every error the CLI reports without a traceback."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+class UsageError(FedremaError):
+    """A command was run with inconsistent options, out of order, or twice."""
+
+
+class ConfigError(FedremaError):
+    """A federation config, roster or site state is missing or does not validate."""
+
+
+class DataError(FedremaError):
+    """A data file is missing, unreadable, or does not match the federation's schema."""
+
+
+class StoreError(FedremaError):
+    """The workspace or a state folder cannot be read or written."""
+
+
+class WriteOnceError(StoreError):
+    """A write-once file already exists with different content."""
+
+
+class IntegrityError(FedremaError):
+    """A file's signature, hash, author, kind or round is not what the reader expects."""
+
+    exit_code = 3
+
+
+class BudgetError(FedremaError):
+    """Training this round would spend more privacy budget than the policy allows."""
+
+    exit_code = 4
+
+
+class ProtocolAbortedError(FedremaError):
+    """Secure aggregation cannot complete this round (too few survivors, bad shares)."""
+
+    exit_code = 5
+
+
+class WaitTimeout(FedremaError):
+    """A `--wait` ran out of time while other parties had not yet acted."""
+
+    exit_code = 75

@@ -1,0 +1,98 @@
+"""What both roles share: opening a party's federation, round phases, time, model files."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedrema_cli.config import FederationConfig
+from fedrema_cli.errors import IntegrityError
+from fedrema_cli.models import Params, build_model, get_part, load_params, save_params
+from fedrema_cli.store.federation import Federation
+
+PARAMS = "params.safetensors"
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def timestamp() -> str:
+    return utcnow().isoformat(timespec="seconds")
+
+
+def parse_time(text: str) -> dt.datetime:
+    try:
+        return dt.datetime.fromisoformat(text)
+    except (TypeError, ValueError):
+        raise IntegrityError(f"bad timestamp {text!r} in a signed file") from None
+
+
+def derive_seed(*parts: object) -> int:
+    """A 63-bit seed from labelled parts: reproducible, and different per site and round."""
+    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+@dataclass(frozen=True)
+class Phase:
+    """Where round r is, read from which coordinator files exist."""
+
+    round: int
+    name: str  # "waiting" | "keys" | "collect" | "unmask" | "done"
+
+    @property
+    def label(self) -> str:
+        return {
+            "waiting": "not started",
+            "keys": "sharing keys",
+            "collect": "collecting updates",
+            "unmask": "collecting unmasking shares",
+            "done": "finished",
+        }[self.name]
+
+
+def phase_of(fed: Federation, r: int) -> Phase:
+    if fed.exists("result", r):
+        return Phase(r, "done")
+    if fed.exists("unmask-request", r):
+        return Phase(r, "unmask")
+    if fed.exists("masking-roster", r):
+        return Phase(r, "collect")
+    if fed.exists("key-roster", r):
+        return Phase(r, "keys")
+    return Phase(r, "waiting")
+
+
+def current_round(fed: Federation) -> int:
+    """The first round without a result; ``rounds + 1`` once the federation is complete."""
+    total = fed.config.rounds
+    lo, hi = 1, total + 1
+    while lo < hi:  # results are written in round order, so binary search is exact
+        mid = (lo + hi) // 2
+        if fed.exists("result", mid):
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+def initial_params(config: FederationConfig) -> Params:
+    return get_part(build_model(config.model, seed=config.seed), "all")
+
+
+def read_model(fed: Federation, r: int) -> Params:
+    art = fed.get("model", r, attachments=(PARAMS,))
+    return load_params(art.attachments[PARAMS])
+
+
+def model_attachment(params: Mapping[str, np.ndarray]) -> dict[str, bytes]:
+    return {PARAMS: save_params(params)}
+
+
+def part_of(params: Mapping[str, np.ndarray], part: str) -> Params:
+    return {k: v for k, v in params.items() if part == "all" or k.startswith(part + ".")}

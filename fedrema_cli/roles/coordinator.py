@@ -1,0 +1,363 @@
+"""The coordinator: creates the federation, approves sites, and moves each round forward.
+
+`advance()` does every step that is possible right now and returns what it did; running it
+again when nothing can move is harmless. Each step writes one signed coordinator file that
+marks a phase boundary (see docs/architecture.md, "One round of secure aggregation"):
+
+    key-roster(r)  ->  masking-roster(r)  ->  unmask-request(r)  ->  result(r), model(r+1)
+
+A phase closes when every expected site has acted, or when its deadline has passed (or the
+operator passes ``close=True``) and at least ``threshold`` sites have acted.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedrema_cli.config import FederationConfig, default_threshold, parse_config
+from fedrema_cli.errors import ConfigError, ProtocolAbortedError, UsageError
+from fedrema_cli.identity import PublicIdentity, fingerprint
+from fedrema_cli.merging import METHODS
+from fedrema_cli.merging import fedrema as fr
+from fedrema_cli.models import head_logits, save_params
+from fedrema_cli.roles import exchange, secure
+from fedrema_cli.roles.common import (
+    current_round,
+    initial_params,
+    model_attachment,
+    parse_time,
+    phase_of,
+    read_model,
+    timestamp,
+    utcnow,
+)
+from fedrema_cli.store.federation import FEDERATION, ROSTER, Federation, Roster, RosterSite, read_federation
+from fedrema_cli.store.state import PartyState
+from fedrema_cli.store.workspace import COORDINATOR, Workspace
+
+META = "coordinator.json"
+FEDREMA_STATE = "fedrema-state.json"
+MERGE_LOG = "merge-log.json"
+
+
+@dataclass(frozen=True)
+class Enrollment:
+    site: str
+    fingerprint: str
+    public: PublicIdentity
+    approved: bool
+
+
+@dataclass
+class Progress:
+    """What one `advance()` did, in words, plus the rounds it finished."""
+
+    events: list[str] = field(default_factory=list)
+    finished: list[int] = field(default_factory=list)
+
+
+class Coordinator:
+    """One coordinator, bound to its private state folder and the federation workspace."""
+
+    def __init__(self, state_dir: str | Path, *, workspace: str | None = None) -> None:
+        self.state = PartyState(state_dir)
+        if not self.state.exists(META):
+            raise ConfigError(f"{state_dir} is not a coordinator state folder",
+                              hint="create one with `fedrema init --workspace WS --state DIR`")
+        meta = self.state.read_json(META)
+        ws = Workspace.open(workspace or meta["workspace"])
+        config, digest = read_federation(ws)
+        if digest != meta["federation_sha256"]:
+            raise ConfigError("federation.json in the workspace is not the one this coordinator wrote")
+        self.fed = Federation(ws, config, me=COORDINATOR, identity=self.state.identity())
+        self.fed.load_roster()
+
+    # -- creation and approval ------------------------------------------------------------
+
+    @classmethod
+    def create(cls, *, workspace: str, state_dir: str | Path, config: dict[str, Any]) -> Coordinator:
+        """Write a new federation: signed config and private coordinator state."""
+        state = PartyState(state_dir)
+        ws = Workspace.open(workspace)
+        if state.exists(META):
+            raise UsageError(f"{state_dir} already holds a coordinator; nothing was changed")
+        if ws.exists(FEDERATION):
+            raise UsageError(f"{ws.describe()} already holds a federation; nothing was changed",
+                             hint="use an empty folder for a new federation")
+        identity = state.create_identity()
+        pub = identity.public
+        full = {**config, "coordinator": {"sign_pk": pub.sign_pk, "seal_pk": pub.seal_pk}}
+        parsed = parse_config(full, where="the new federation's config")
+        body = parsed.model_dump(mode="json")
+        ws.put(FEDERATION, kind="federation", federation=parsed.federation_id, round=0,
+               author=COORDINATOR, identity=identity, body=body)
+        state.write_json(META, {"format": "fedrema-coordinator/1", "workspace": workspace,
+                                "federation_id": parsed.federation_id,
+                                "federation_sha256": ws.raw_sha256(FEDERATION)})
+        return cls(state_dir)
+
+    @property
+    def config(self) -> FederationConfig:
+        return self.fed.config
+
+    def enrollments(self) -> list[Enrollment]:
+        approved = set(self.fed.roster.names) if self.fed.roster else set()
+        out = []
+        for site in self.fed.ws.names("enrollments"):
+            art = exchange.read_enrollment(self.fed, site)
+            pub = PublicIdentity.from_json(art.body["keys"])
+            out.append(Enrollment(site, fingerprint(pub.sign_pk), pub, site in approved))
+        return out
+
+    def approve(self, sites: list[str] | None = None) -> Roster:
+        """Sign the roster (all enrolled sites, or the named ones) and open round 1."""
+        if self.fed.roster is not None:
+            raise UsageError("the roster is already approved; sites cannot be added to a running "
+                             "federation yet")
+        enrolled = {e.site: e for e in self.enrollments()}
+        chosen = sorted(enrolled) if not sites else sorted(set(sites))
+        unknown = [s for s in chosen if s not in enrolled]
+        if unknown:
+            raise UsageError(f"no enrollment for {', '.join(unknown)} "
+                             f"(enrolled: {', '.join(sorted(enrolled)) or 'none'})")
+        if len(chosen) < 2:
+            raise UsageError(f"a federation needs at least 2 sites, {len(chosen)} enrolled",
+                             hint="each hospital runs `fedrema init --site NAME ...` first")
+        n = len(chosen)
+        threshold = self.config.secagg.threshold or default_threshold(n)
+        if threshold > n:
+            raise ConfigError(f"secure-aggregation threshold {threshold} exceeds the {n} sites")
+        roster = Roster(
+            federation_id=self.fed.id,
+            threshold=threshold,
+            approved_at=timestamp(),
+            sites=tuple(RosterSite(name=s, index=i + 1, sign_pk=enrolled[s].public.sign_pk,
+                                   seal_pk=enrolled[s].public.seal_pk)
+                        for i, s in enumerate(chosen)),
+        )
+        if self.config.secure:
+            secure.check_parameters(self.config, roster)  # headroom etc. before anything is signed
+        self.fed.put("model", 1, {"round": 1, "created": timestamp()},
+                     attachments=model_attachment(initial_params(self.config)))
+        self.fed.ws.put(ROSTER, kind="roster", federation=self.fed.id, round=0, author=COORDINATOR,
+                        identity=self.fed.identity, body=roster.model_dump(mode="json"))
+        self.fed.roster = roster
+        self._open_round(1, Progress())
+        return roster
+
+    # -- moving rounds forward --------------------------------------------------------------
+
+    def advance(self, *, close: bool = False) -> Progress:
+        """Do every step possible now. ``close``: stop waiting for missing sites (if >= t acted)."""
+        roster = self.fed.require_roster()
+        progress = Progress()
+        for _ in range(4 * self.config.rounds + 4):  # bounded: each pass moves at least one phase
+            r = current_round(self.fed)
+            if r > self.config.rounds:
+                break
+            before = len(progress.events)
+            self._step(r, roster, close, progress)
+            if len(progress.events) == before:
+                break
+        return progress
+
+    def _opened_at(self, kind: str, r: int) -> str:
+        """When the phase that ``kind`` (of round r) opened began; "roster": at approval."""
+        if kind == "roster":
+            return self.fed.require_roster().approved_at
+        return str(self.fed.get(kind, r).body["opened_at"])
+
+    def _ready(self, acted: list[str], expected: list[str], opened_at: str, r: int, close: bool,
+               what: str) -> bool:
+        """All expected sites acted, or the deadline passed with at least t of them."""
+        if set(expected) <= set(acted):
+            return True
+        deadline = parse_time(opened_at) + dt.timedelta(seconds=self.config.round.timeout_seconds)
+        if not close and utcnow() < deadline:
+            return False
+        t = self.fed.require_roster().threshold
+        if len(acted) < t:
+            missing = sorted(set(expected) - set(acted))
+            raise ProtocolAbortedError(
+                f"round {r}: only {len(acted)} of {len(expected)} sites {what} "
+                f"(missing: {', '.join(missing)}); secure aggregation needs at least {t}",
+                hint="wait for more sites and run `fedrema aggregate` again",
+            )
+        return True
+
+    def _step(self, r: int, roster: Roster, close: bool, progress: Progress) -> None:
+        phase = phase_of(self.fed, r).name
+        if phase == "waiting":
+            advertised = self.fed.sites_with("key-advert", r)
+            opened = (self._opened_at("roster", 0) if r == 1
+                      else self._opened_at("unmask-request", r - 1))
+            if self._ready(advertised, list(roster.names), opened, r, close, "advertised keys"):
+                self._open_round(r, progress)
+        elif phase == "keys":
+            expected = secure.key_roster_parties(self.fed, r)
+            acted = self.fed.sites_with("shares", r)
+            if self._ready(acted, expected, self._opened_at("key-roster", r), r, close, "shared their keys"):
+                self._fix_masking_roster(r, acted, progress)
+        elif phase == "collect":
+            expected = list(self.fed.get("masking-roster", r).body["participants"])
+            acted = [s for s in self.fed.sites_with("submission", r) if s in expected]
+            if self._ready(acted, expected, self._opened_at("masking-roster", r), r, close,
+                           "submitted"):
+                if self.config.secure:
+                    self._request_unmasking(r, acted, expected, progress)
+                else:
+                    self._finalize(r, acted, progress)
+        elif phase == "unmask":
+            body = self.fed.get("unmask-request", r).body
+            expected = list(body["survivors"])
+            acted = [s for s in self.fed.sites_with("reveal", r) if s in expected]
+            if self._ready(acted, expected, str(body["opened_at"]), r, close, "revealed shares"):
+                self._finalize(r, expected, progress)
+
+    def _open_round(self, r: int, progress: Progress) -> None:
+        """Round r can start: fix U1(r) (secure) or its participants (plaintext)."""
+        if r > self.config.rounds:
+            return
+        roster = self.fed.require_roster()
+        if not self.config.secure:
+            self.fed.put("masking-roster", r, {"round": r, "participants": list(roster.names),
+                                               "opened_at": timestamp()})
+            progress.events.append(f"round {r}: open for updates from {len(roster.names)} sites")
+            return
+        if self.fed.exists("key-roster", r):
+            return
+        advertised = self.fed.sites_with("key-advert", r)
+        if len(advertised) < roster.threshold:
+            return  # too few adverts yet; the "waiting" phase retries with its deadline
+        body = secure.fix_key_roster(self.fed, r, advertised)
+        self.fed.put("key-roster", r, {**body, "opened_at": timestamp()})
+        progress.events.append(f"round {r}: keys of {len(advertised)} sites fixed (U1)")
+
+    def _fix_masking_roster(self, r: int, shared: list[str], progress: Progress) -> None:
+        body = secure.fix_masking_roster(self.fed, r, shared)
+        self.fed.put("masking-roster", r, {**body, "opened_at": timestamp()})
+        progress.events.append(f"round {r}: open for masked updates from {len(shared)} sites (U2)")
+
+    def _request_unmasking(self, r: int, submitted: list[str], expected: list[str],
+                           progress: Progress) -> None:
+        body = secure.fix_survivors(self.fed, r, submitted)
+        self.fed.put("unmask-request", r, {**body, "opened_at": timestamp()})
+        dropped = sorted(set(expected) - set(submitted))
+        note = f"; dropped: {', '.join(dropped)}" if dropped else ""
+        progress.events.append(f"round {r}: {len(submitted)} updates in, unmasking requested{note}")
+        self._open_round(r + 1, progress)
+
+    def _finalize(self, r: int, survivors: list[str], progress: Progress) -> None:
+        method = METHODS[self.config.method]
+        params = read_model(self.fed, r)
+        total_weight = 0.0
+        if method.shared_part is not None:
+            if self.config.secure:
+                summed, total_weight = secure.unmask_sum(self.fed, r)
+            else:
+                summed, total_weight = exchange.plain_sum(self.fed, r, survivors)
+            params = exchange.apply_mean_update(params, method.shared_part, summed, total_weight)
+        merge_info: dict[str, Any] = {}
+        if method.sends_head:
+            merge_info = self._merge_heads(r, survivors, progress)
+        self.fed.put("model", r + 1, {"round": r + 1, "created": timestamp()},
+                     attachments=model_attachment(params))
+        expected = self._expected(r)
+        result = {
+            "round": r,
+            "method": method.name,
+            "expected": expected,
+            "survivors": survivors,
+            "dropped": sorted(set(expected) - set(survivors)),
+            "secure_aggregation": self.config.secure,
+            "finished_at": timestamp(),
+            **merge_info,
+        }
+        self.fed.put("result", r, result)
+        progress.events.append(f"round {r}: finished with {len(survivors)} sites"
+                               + (f" (total weight {total_weight:.0f})" if total_weight else ""))
+        progress.finished.append(r)
+        if self.config.secure:
+            if r < self.config.rounds and self.fed.exists("key-roster", r + 1):
+                shared = self.fed.sites_with("shares", r + 1)
+                if len(shared) >= self.fed.require_roster().threshold:
+                    self._fix_masking_roster(r + 1, shared, progress)
+        else:
+            self._open_round(r + 1, progress)
+
+    def _expected(self, r: int) -> list[str]:
+        return list(self.fed.get("masking-roster", r).body["participants"])
+
+    def _merge_heads(self, r: int, survivors: list[str], progress: Progress) -> dict[str, Any]:
+        """FedReMa: open the survivors' sealed heads, merge, seal each merged head to its site."""
+        config = self.config
+        heads = {s: exchange.open_head_for_coordinator(self.fed, r, s) for s in survivors
+                 if self.fed.get("submission", r, site=s).body.get("sealed_head")}
+        if not heads:
+            return {}
+        layout_names = sorted(next(iter(heads.values())))
+        vectors = {s: np.concatenate([h[k].astype(np.float64).ravel() for k in layout_names])
+                   for s, h in heads.items()}
+        state = (fr.FedReMaState.from_json(self.state.read_json(FEDREMA_STATE))
+                 if self.state.exists(FEDREMA_STATE)
+                 else fr.FedReMaState(sites=self.fed.require_roster().names))
+        params = exchange.fedrema_params(config)
+        present = fr.participants(vectors, state)
+        logits = None
+        if state.in_ccp:
+            rng = np.random.default_rng([config.seed, r])
+            logits = _probe_logits(heads, present, config, params, rng)
+        merged, new_state, report = fr.merge(vectors, logits, state, params)
+        self.state.write_json(FEDREMA_STATE, new_state.to_json())
+        template = next(iter(heads.values()))
+        for site, vec in merged.items():
+            head = exchange.unflatten_like(vec, template)
+            exchange.seal_head_to_site(self.fed, r + 1, site, save_params(head))
+        log = self.state.read_json(MERGE_LOG) if self.state.exists(MERGE_LOG) else []
+        log.append({"round": r, "in_ccp": report.in_ccp, "mean_gap": report.mean_gap,
+                    "ccp_ended": report.ccp_ended,
+                    "selected": {k: list(v) for k, v in report.selected.items()}})
+        self.state.write_json(MERGE_LOG, log)
+        if report.ccp_ended:
+            progress.events.append(f"round {r}: FedReMa's critical co-learning period ended")
+        return {"fedrema": {"in_ccp": report.in_ccp, "heads_merged": len(merged)}}
+
+    # -- status -----------------------------------------------------------------------------
+
+    def current_round(self) -> int:
+        return current_round(self.fed)
+
+    def complete(self) -> bool:
+        return self.fed.roster is not None and self.current_round() > self.config.rounds
+
+    def waiting_for(self) -> str:
+        from fedrema_cli.roles.status import round_status
+
+        status = round_status(self.fed)
+        if status.complete:
+            return "nothing (federation complete)"
+        if status.phase == "enrolling":
+            return "approval of the enrolled sites (`fedrema approve`)"
+        who = ", ".join(status.missing) or "nobody"
+        return f"round {status.round}: {who} to {status.action}"
+
+    def merge_log(self) -> list[dict[str, Any]]:
+        return self.state.read_json(MERGE_LOG) if self.state.exists(MERGE_LOG) else []
+
+
+def _probe_logits(heads: dict[str, dict[str, np.ndarray]], present: list[str],
+                  config: FederationConfig, params: fr.FedReMaParams,
+                  rng: np.random.Generator) -> np.ndarray:
+    """logits[i, j] = head_j on row i's own probe (FedReMa draws one probe per row)."""
+    rows = []
+    for _ in present:
+        probe = fr.uniform_probe(rng, feature_dim=config.model.feature_dim,
+                                 samples=params.probe_samples, scale=params.probe_scale)
+        rows.append(np.stack([head_logits(heads[j], config.model, probe) for j in present]))
+    return np.stack(rows)
+

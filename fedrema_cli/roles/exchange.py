@@ -1,0 +1,133 @@
+"""What sites and the coordinator hand each other outside the masking protocol.
+
+Enrollment requests, plaintext updates (only with secure aggregation off), classifier heads
+sealed to the coordinator (FedReMa needs them one by one: protected by DP, not by masking),
+merged heads sealed back to their site, and the arithmetic that turns a sum of weighted
+updates into the next model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+from safetensors.numpy import load as st_load
+from safetensors.numpy import save as st_save
+
+from crypto.seal import SealContext, open_sealed, seal
+from fedrema_cli.errors import IntegrityError
+from fedrema_cli.identity import Identity, b64, unb64
+from fedrema_cli.merging import fedrema as fr
+from fedrema_cli.models import Params, flatten, load_params, unflatten
+from fedrema_cli.roles.common import part_of
+from fedrema_cli.store.federation import Federation
+from fedrema_cli.store.workspace import COORDINATOR, Artifact, Workspace, site_author
+
+UPDATE = "update.safetensors"
+
+
+# -- enrollment ------------------------------------------------------------------------------
+
+def write_enrollment(ws: Workspace, *, federation_id: str, site: str, identity: Identity) -> bool:
+    pub = identity.public
+    return ws.put(f"enrollments/{site}", kind="enrollment", federation=federation_id, round=0,
+                  author=site_author(site), identity=identity,
+                  body={"site": site, "keys": pub.to_json()})
+
+
+def read_enrollment(fed: Federation, site: str) -> Artifact:
+    art = fed.ws.read_self_signed(f"enrollments/{site}", kind="enrollment",
+                                  author=site_author(site), key_field="keys")
+    if art.body.get("site") != site or art.envelope.header.get("federation") != fed.id:
+        raise IntegrityError(f"enrollments/{site}.json is for another site or federation")
+    return art
+
+
+# -- shared part as one vector ----------------------------------------------------------------
+
+def shared_vector(params: Mapping[str, np.ndarray], part: str) -> np.ndarray:
+    """The shared part of a model as one float64 vector (sorted names: identical everywhere)."""
+    vec, _ = flatten(part_of(params, part))
+    return vec
+
+
+def apply_mean_update(params: Params, part: str, summed: np.ndarray, total_weight: float) -> Params:
+    """New shared part = old + (sum_k n_k * delta_k) / (sum_k n_k): sample-weighted FedAvg."""
+    if total_weight <= 0:
+        raise IntegrityError("the aggregate carries no sample weight")
+    shared = part_of(params, part)
+    vec, layout = flatten(shared)
+    if summed.shape != vec.shape:
+        raise IntegrityError(f"aggregate has {summed.shape[0]} values, the model {vec.shape[0]}")
+    new = unflatten((vec + summed / total_weight).astype(np.float64), layout)
+    return {**params, **{k: v.astype(np.float32) for k, v in new.items()}}
+
+
+def unflatten_like(vector: np.ndarray, template: Mapping[str, np.ndarray]) -> Params:
+    _, layout = flatten(template)
+    return {k: v.astype(np.float32) for k, v in unflatten(vector, layout).items()}
+
+
+# -- plaintext updates (secure aggregation off) ------------------------------------------------
+
+def plain_update(weighted_delta: np.ndarray, weight: float) -> dict[str, bytes]:
+    return {UPDATE: st_save({"weighted_delta": np.ascontiguousarray(weighted_delta, np.float64),
+                             "weight": np.array([weight], dtype=np.float64)})}
+
+
+def plain_sum(fed: Federation, r: int, sites: list[str]) -> tuple[np.ndarray, float]:
+    total: np.ndarray | None = None
+    weight = 0.0
+    for site in sites:
+        art = fed.get("submission", r, site=site, attachments=(UPDATE,))
+        arrays = st_load(art.attachments[UPDATE])
+        vec, w = arrays["weighted_delta"], float(arrays["weight"][0])
+        if not np.all(np.isfinite(vec)) or not np.isfinite(w) or w <= 0:
+            raise IntegrityError(f"round {r}: the update from {site} is not finite")
+        total = vec.copy() if total is None else total + vec
+        weight += w
+    assert total is not None
+    return total, weight
+
+
+# -- sealed heads ------------------------------------------------------------------------------
+
+def _context(fed: Federation, r: int, sender: str, recipient: str) -> SealContext:
+    return SealContext(federation_id=fed.id, round=r, sender=sender, recipient=recipient,
+                       purpose="classifier-head")
+
+
+def seal_head_for_coordinator(fed: Federation, r: int, head: bytes) -> str:
+    ctx = _context(fed, r, site_author(fed.me), COORDINATOR)
+    return b64(seal(head, unb64(fed.coordinator_key.seal_pk, what="coordinator key"), ctx))
+
+
+def open_head_for_coordinator(fed: Federation, r: int, site: str) -> Params:
+    body = fed.get("submission", r, site=site).body
+    sealed = unb64(str(body["sealed_head"]), what=f"head from {site}")
+    plain = open_sealed(sealed, fed.identity.seal_sk, _context(fed, r, site_author(site), COORDINATOR))
+    return load_params(plain)
+
+
+def seal_head_to_site(fed: Federation, r: int, site: str, head: bytes) -> None:
+    recipient = fed.require_roster().site(site).public
+    ctx = _context(fed, r, COORDINATOR, site_author(site))
+    sealed = seal(head, unb64(recipient.seal_pk, what=f"{site}'s key"), ctx)
+    fed.put("head", r, {"round": r, "sealed_head": b64(sealed)}, site=site)
+
+
+def open_head_for_site(fed: Federation, r: int) -> Params | None:
+    """This site's merged head for round r, if the coordinator sent one."""
+    if not fed.exists("head", r, site=fed.me):
+        return None
+    body = fed.get("head", r, site=fed.me).body
+    sealed = unb64(str(body["sealed_head"]), what="merged head")
+    ctx = _context(fed, r, COORDINATOR, site_author(fed.me))
+    return load_params(open_sealed(sealed, fed.identity.seal_sk, ctx))
+
+
+def fedrema_params(config) -> fr.FedReMaParams:  # noqa: ANN001 - FederationConfig, avoids a cycle
+    c = config.fedrema
+    return fr.FedReMaParams(delta=c.delta, t_self=c.t_self, t_peer=c.t_peer, probe=c.probe,
+                            probe_scale=c.probe_scale, probe_samples=c.probe_samples,
+                            self_weight=c.self_weight)

@@ -1,0 +1,323 @@
+"""Secure aggregation in the workspace: the crypto.secagg state machines, driven through files.
+
+Sites keep their protocol state (with secrets) in their private folder, one file per round,
+and persist each new state together with the artifact it produced *before* publishing it:
+a crash between the two is repaired by the next run, which republishes the identical
+bytes. Secrets of a round are deleted once its result is out (forward secrecy).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from crypto.errors import SecAggError
+from crypto.secagg.client import (
+    AwaitingKeyRoster,
+    AwaitingMaskingRoster,
+    AwaitingUnmaskRequest,
+    ClientState,
+    load_client_state,
+    start_round,
+)
+from crypto.secagg.messages import (
+    KeyAdvert,
+    KeyRoster,
+    MaskedInput,
+    MaskingRoster,
+    ShareKeysMsg,
+    UnmaskRequest,
+    UnmaskShares,
+)
+from crypto.secagg.params import RoundContext, SecAggParams
+from crypto.secagg.quantize import decode_aggregate, encode_update
+from crypto.secagg.server import (
+    finalize,
+    fix_key_roster as _fix_key_roster,
+    fix_masking_roster as _fix_masking_roster,
+    fix_survivors as _fix_survivors,
+    route_ciphertexts,
+)
+from fedrema_cli.config import FederationConfig
+from fedrema_cli.errors import ConfigError, IntegrityError, ProtocolAbortedError
+from fedrema_cli.identity import b64, unb64
+from fedrema_cli.merging import METHODS
+from fedrema_cli.models import part_shapes
+from fedrema_cli.roles.common import phase_of
+from fedrema_cli.store.federation import Federation, Roster
+from fedrema_cli.store.state import PartyState
+
+if TYPE_CHECKING:
+    from fedrema_cli.roles.site import Actions, Site
+
+MSG = "msg.bin"
+MASKED = "masked.bin"
+
+
+def _secrets(r: int) -> str:
+    return f"secagg/{r:04d}.json"
+
+
+def _dim(config: FederationConfig) -> int:
+    part = METHODS[config.method].shared_part
+    assert part is not None
+    return sum(int(np.prod(s, dtype=np.int64)) for s in part_shapes(config.model, part).values()) + 1
+
+
+def round_context(config: FederationConfig, roster: Roster, r: int) -> RoundContext:
+    """Everything round r's SecAgg session is bound to, built from signed, public data."""
+    c = config.secagg
+    params = SecAggParams(threshold=roster.threshold, modulus_bits=c.modulus_bits,
+                          dim=_dim(config), frac_bits=c.frac_bits, clip=c.clip,
+                          max_weight=c.max_weight)
+    return RoundContext(config.federation_id, r, roster.digest, params,
+                        tuple(s.index for s in roster.sites))
+
+
+def check_parameters(config: FederationConfig, roster: Roster) -> None:
+    """Refuse an unsafe configuration (e.g. fixed-point headroom) before the roster is signed."""
+    try:
+        round_context(config, roster, 1)
+    except SecAggError as e:
+        raise ConfigError(f"secure-aggregation parameters do not work for {len(roster.sites)} "
+                          f"sites: {e}") from None
+
+
+def _ctx(fed: Federation, r: int) -> RoundContext:
+    return round_context(fed.config, fed.require_roster(), r)
+
+
+def _index(fed: Federation, site: str) -> int:
+    return fed.require_roster().site(site).index
+
+
+def _names(fed: Federation, parties: tuple[int, ...]) -> list[str]:
+    roster = fed.require_roster()
+    return [roster.by_index(p).name for p in parties]
+
+
+# -- coordinator side ------------------------------------------------------------------------
+
+def _advert(fed: Federation, r: int, site: str) -> KeyAdvert:
+    body = fed.get("key-advert", r, site=site).body
+    advert = KeyAdvert.from_bytes(unb64(str(body["advert"]), what=f"{site}'s key advert"))
+    if advert.party != _index(fed, site) or advert.round != r:
+        raise IntegrityError(f"round {r}: {site}'s key advert claims another party or round")
+    return advert
+
+
+def _message(fed: Federation, kind: str, r: int, site: str, name: str, cls: type) -> Any:
+    art = fed.get(kind, r, site=site, attachments=(name,))
+    msg = cls.from_bytes(art.attachments[name])
+    if msg.party != _index(fed, site) or msg.round != r:
+        raise IntegrityError(f"round {r}: {site}'s {kind} claims another party or round")
+    return msg
+
+
+def key_roster(fed: Federation, r: int) -> KeyRoster:
+    return KeyRoster.from_bytes(unb64(str(fed.get("key-roster", r).body["roster"]), what="U1"))
+
+
+def masking_roster(fed: Federation, r: int) -> MaskingRoster:
+    body = fed.get("masking-roster", r).body
+    return MaskingRoster.from_bytes(unb64(str(body["roster"]), what="U2"))
+
+
+def unmask_request(fed: Federation, r: int) -> UnmaskRequest:
+    body = fed.get("unmask-request", r).body
+    return UnmaskRequest.from_bytes(unb64(str(body["request"]), what="U3"))
+
+
+def key_roster_parties(fed: Federation, r: int) -> list[str]:
+    return list(fed.get("key-roster", r).body["parties"])
+
+
+def fix_key_roster(fed: Federation, r: int, advertised: list[str]) -> dict[str, Any]:
+    roster = _fix_key_roster(_ctx(fed, r), [_advert(fed, r, s) for s in advertised])
+    return {"round": r, "parties": _names(fed, roster.parties), "roster": b64(roster.to_bytes())}
+
+
+def _shares(fed: Federation, r: int, sites: list[str]) -> list[ShareKeysMsg]:
+    return [_message(fed, "shares", r, s, MSG, ShareKeysMsg) for s in sites]
+
+
+def fix_masking_roster(fed: Federation, r: int, shared: list[str]) -> dict[str, Any]:
+    u1 = set(key_roster_parties(fed, r))
+    shared = [s for s in shared if s in u1]
+    roster = _fix_masking_roster(_ctx(fed, r), key_roster(fed, r), _shares(fed, r, shared))
+    return {"round": r, "participants": _names(fed, roster.participants),
+            "roster": b64(roster.to_bytes())}
+
+
+def _masked(fed: Federation, r: int, sites: list[str]) -> list[MaskedInput]:
+    return [_message(fed, "submission", r, s, MASKED, MaskedInput) for s in sites]
+
+
+def fix_survivors(fed: Federation, r: int, submitted: list[str]) -> dict[str, Any]:
+    request = _fix_survivors(_ctx(fed, r), masking_roster(fed, r), _masked(fed, r, submitted))
+    return {"round": r, "survivors": _names(fed, request.survivors),
+            "dropped": _names(fed, request.dropped), "request": b64(request.to_bytes())}
+
+
+def unmask_sum(fed: Federation, r: int) -> tuple[np.ndarray, float]:
+    """The sum over survivors of weight * delta, and the sum of weights (nothing else)."""
+    ctx = _ctx(fed, r)
+    request = unmask_request(fed, r)
+    survivors = _names(fed, request.survivors)
+    revealed = [s for s in fed.sites_with("reveal", r) if s in survivors]
+    total = finalize(ctx, key_roster(fed, r), masking_roster(fed, r), request,
+                     _masked(fed, r, survivors),
+                     [_message(fed, "reveal", r, s, MSG, UnmaskShares) for s in revealed])
+    return decode_aggregate(ctx.params, total)
+
+
+# -- site side -------------------------------------------------------------------------------
+
+class _Secrets:
+    """One round's private protocol state and the artifacts it produced (the outbox)."""
+
+    def __init__(self, state: PartyState, r: int) -> None:
+        self.state, self.r, self.path = state, r, _secrets(r)
+        data = state.read_json(self.path) if state.exists(self.path) else None
+        self.client: ClientState | None = (
+            load_client_state(unb64(data["client"], what="protocol state")) if data else None)
+        self.outbox: dict[str, dict[str, Any]] = dict(data["outbox"]) if data else {}
+
+    def save(self, client: ClientState, kind: str | None = None, body: dict | None = None,
+             attachments: dict[str, bytes] | None = None) -> None:
+        self.client = client
+        if kind is not None:
+            self.outbox[kind] = {"body": body or {},
+                                 "attachments": {k: b64(v) for k, v in (attachments or {}).items()}}
+        self.state.write_json(self.path, {"client": b64(client.to_bytes()), "outbox": self.outbox})
+
+    def flush(self, fed: Federation) -> None:
+        """Publish every artifact this round produced (identical bytes: a no-op if present)."""
+        for kind, item in self.outbox.items():
+            attachments = {k: unb64(v, what="outbox") for k, v in item["attachments"].items()}
+            fed.put(kind, self.r, item["body"], attachments=attachments)
+
+
+def _raise_if_aborted(client: ClientState, r: int) -> None:
+    if client.is_aborted:
+        raise ProtocolAbortedError(f"round {r}: secure aggregation aborted at this site: "
+                                   f"{client.reason}")  # type: ignore[union-attr]
+
+
+def advertise(fed: Federation, state: PartyState, r: int) -> None:
+    """Round 0 for round r: fresh key pairs, kept here; the advert goes to the workspace."""
+    secrets = _Secrets(state, r)
+    if secrets.client is None:
+        client, advert = start_round(_ctx(fed, r), _index(fed, fed.me), rng=os.urandom)
+        secrets.save(client, "key-advert", {"round": r, "advert": b64(advert.to_bytes())})
+    secrets.flush(fed)
+
+
+def site_steps(site: Site, r: int, actions: Actions) -> None:
+    """Every SecAgg step this site can take now, for round r and the next round."""
+    fed, state = site.fed, site.state
+    last = fed.config.rounds
+    for rr in (r, r + 1):
+        if rr > last:
+            break
+        secrets = _Secrets(state, rr)
+        secrets.flush(fed)
+        if secrets.client is None:
+            if rr == r and not fed.exists("key-roster", rr):
+                advertise(fed, state, rr)
+                actions.done.append(f"round {rr}: key pair advertised")
+                actions.waiting.append(f"round {rr}: the coordinator to fix the key roster")
+            continue
+        _raise_if_aborted(secrets.client, rr)
+        _share_keys(site, rr, secrets, actions)
+        _submit_masked(site, rr, secrets, actions)
+        _reveal(site, rr, secrets, actions)
+    for rr in range(1, r):  # finished rounds: forget their secrets
+        state.delete(_secrets(rr))
+    _rejoin(site, r, actions)
+
+
+def _share_keys(site: Site, r: int, secrets: _Secrets, actions: Actions) -> None:
+    fed = site.fed
+    if not isinstance(secrets.client, AwaitingKeyRoster):
+        return
+    if not fed.exists("key-roster", r):
+        actions.waiting.append(f"round {r}: the coordinator to fix the key roster")
+        return
+    if site.name not in key_roster_parties(fed, r):
+        return
+    client, msg = secrets.client.handle(key_roster(fed, r), rng=os.urandom)
+    if msg is None:
+        secrets.save(client)
+        _raise_if_aborted(client, r)
+    secrets.save(client, "shares", {"round": r}, {MSG: msg.to_bytes()})
+    secrets.flush(fed)
+    actions.done.append(f"round {r}: key shares sent to peers (encrypted)")
+
+
+def _submit_masked(site: Site, r: int, secrets: _Secrets, actions: Actions) -> None:
+    fed = site.fed
+    if not isinstance(secrets.client, AwaitingMaskingRoster):
+        return
+    if not fed.exists("masking-roster", r):
+        actions.waiting.append(f"round {r}: the coordinator to open the round (other sites' keys)")
+        return
+    roster = masking_roster(fed, r)
+    me = _index(fed, site.name)
+    if me not in roster.participants:
+        return
+    update = site.trained_update(r)
+    if update is None:
+        actions.waiting.append(f"round {r}: run `fedrema train-local`, then `fedrema submit`")
+        return
+    delta, weight, trained = update
+    ctx = _ctx(fed, r)
+    x = encode_update(ctx.params, delta, weight=weight,
+                      rng=np.random.default_rng(int.from_bytes(os.urandom(16), "big")))
+    senders = [s for s in _names(fed, roster.participants) if s != site.name]
+    inbox = route_ciphertexts(roster, _shares(fed, r, senders), me)
+    client, msg = secrets.client.handle(roster, inbox=inbox, x=x)
+    if msg is None:
+        secrets.save(client)
+        _raise_if_aborted(client, r)
+    if r < fed.config.rounds:
+        advertise(fed, site.state, r + 1)  # keys for the next round travel with this update
+    secrets.save(client, "submission", site.submission_body(r, trained), {MASKED: msg.to_bytes()})
+    secrets.flush(fed)
+    actions.done.append(f"round {r}: masked update submitted")
+    actions.waiting.append(f"round {r}: the coordinator to close the round")
+
+
+def _reveal(site: Site, r: int, secrets: _Secrets, actions: Actions) -> None:
+    fed = site.fed
+    if not isinstance(secrets.client, AwaitingUnmaskRequest):
+        return
+    if not fed.exists("unmask-request", r):
+        return
+    request = unmask_request(fed, r)
+    if _index(fed, site.name) not in request.survivors:
+        actions.waiting.append(f"round {r}: closed without this site's update (too late)")
+        return
+    client, msg = secrets.client.handle(request)
+    if msg is None:
+        secrets.save(client)
+        _raise_if_aborted(client, r)
+    secrets.save(client, "reveal", {"round": r}, {MSG: msg.to_bytes()})
+    secrets.flush(fed)
+    actions.done.append(f"round {r}: unmasking shares revealed")
+    actions.waiting.append(f"round {r}: the coordinator to finish the round")
+
+
+def _rejoin(site: Site, r: int, actions: Actions) -> None:
+    """A site left out of round r advertises keys for the next round it can still join."""
+    fed, last = site.fed, site.fed.config.rounds
+    for rr in range(r, last + 1):
+        if site.state.exists(_secrets(rr)):
+            return  # already has keys for round rr or later in play
+    for rr in range(r, last + 1):
+        if phase_of(fed, rr).name == "waiting" and not fed.exists("key-roster", rr):
+            advertise(fed, site.state, rr)
+            actions.done.append(f"round {rr}: keys advertised to rejoin the federation")
+            return

@@ -1,0 +1,353 @@
+"""A hospital: joins a federation, trains on its own data, submits, reveals, personalizes.
+
+Raw data never leaves this folder's data paths. What leaves is: the masked shared-model
+update (summed by secure aggregation), the classifier head sealed to the coordinator (FedReMa
+only), SecAgg key material, and signed copies of privacy-ledger entries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedrema_cli.config import FederationConfig
+from fedrema_cli.data import ImageSchema, Standardizer, TabularSchema, fingerprint, load_npz, load_table
+from fedrema_cli.errors import ConfigError, UsageError
+from fedrema_cli.merging import METHODS
+from fedrema_cli.models import (
+    Params,
+    build_model,
+    get_part,
+    load_params,
+    params_hash,
+    save_params,
+    set_part,
+)
+from fedrema_cli.roles import exchange, secure
+from fedrema_cli.roles.common import (
+    current_round,
+    derive_seed,
+    part_of,
+    phase_of,
+    read_model,
+    timestamp,
+)
+from fedrema_cli.store.federation import Federation, read_federation
+from fedrema_cli.store.state import PartyState
+from fedrema_cli.store.workspace import Workspace
+from fedrema_cli.training import Metrics, evaluate, train_local
+
+META = "site.json"
+
+
+def _trained(r: int) -> str:
+    return f"rounds/{r:04d}/trained.safetensors"
+
+
+def _record(r: int) -> str:
+    return f"rounds/{r:04d}/training.json"
+
+
+@dataclass(frozen=True)
+class SiteData:
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray | None
+    y_test: np.ndarray | None
+    standardizer: Standardizer | None
+    train_fingerprint: str
+
+
+@dataclass
+class Actions:
+    """What a `submit` did and what the site waits for next."""
+
+    done: list[str] = field(default_factory=list)
+    waiting: list[str] = field(default_factory=list)
+
+
+class Site:
+    """One site, bound to its private state folder."""
+
+    def __init__(self, state_dir: str | Path, *, workspace: str | None = None) -> None:
+        self.state = PartyState(state_dir)
+        if not self.state.exists(META):
+            raise ConfigError(f"{state_dir} is not a site state folder",
+                              hint="create one with `fedrema init --site NAME ...`")
+        self.meta = self.state.read_json(META)
+        ws = Workspace.open(workspace or self.meta["workspace"])
+        config, digest = read_federation(ws)
+        if digest != self.meta["federation_sha256"]:
+            raise ConfigError("the workspace's federation.json differs from the one this site "
+                              "pinned when it joined; refusing to continue")
+        self.name: str = self.meta["site"]
+        self.fed = Federation(ws, config, me=self.name, identity=self.state.identity())
+        roster = self.fed.load_roster(pinned_sha256=self.meta.get("roster_sha256"))
+        if roster is not None and "roster_sha256" not in self.meta:
+            if self.name not in roster.names:
+                raise ConfigError(f"the coordinator's roster does not include {self.name}")
+            self.meta["roster_sha256"] = self.fed.ws.raw_sha256("roster")
+            self.state.write_json(META, self.meta)
+
+    # -- joining ----------------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        workspace: str,
+        state_dir: str | Path,
+        name: str,
+        train: str | Path,
+        test: str | Path | None,
+        coordinator_fingerprint: str | None = None,
+    ) -> Site:
+        """Check the data against the federation's schema, make keys, and ask to join."""
+        state = PartyState(state_dir)
+        if state.exists(META):
+            raise UsageError(f"{state_dir} already holds site {state.read_json(META)['site']!r}; "
+                             "nothing was changed")
+        ws = Workspace.open(workspace)
+        config, digest = read_federation(ws, expect_fingerprint=coordinator_fingerprint)
+        if ws.exists(f"enrollments/{name}"):
+            raise UsageError(f"a site named {name!r} has already enrolled in {config.federation_id}",
+                             hint="pick another --site name")
+        paths = {"train": str(Path(train).resolve()),
+                 "test": str(Path(test).resolve()) if test else None}
+        _load_data(config, paths)  # fails with file/line/column before anything is written
+        identity = state.create_identity()
+        state.write_json(META, {"format": "fedrema-site/1", "site": name, "workspace": workspace,
+                                "federation_id": config.federation_id, "federation_sha256": digest,
+                                "data": paths})
+        exchange.write_enrollment(ws, federation_id=config.federation_id, site=name,
+                                  identity=identity)
+        return cls(state_dir)
+
+    @property
+    def config(self) -> FederationConfig:
+        return self.fed.config
+
+    def data(self) -> SiteData:
+        return _load_data(self.config, self.meta["data"])
+
+    # -- training ---------------------------------------------------------------------------
+
+    def train_local(self) -> dict[str, Any]:
+        """Train this round's local update (once per round) and keep it here until `submit`."""
+        self.fed.require_roster()
+        r = current_round(self.fed)
+        if r > self.config.rounds:
+            raise UsageError(f"the federation finished its {self.config.rounds} rounds",
+                             hint="run `fedrema personalize` to get your model")
+        if self.state.exists(_record(r)):
+            raise UsageError(f"already trained for round {r}; a round trains once",
+                             hint="next: `fedrema submit`")
+        if not self.fed.exists("model", r):
+            raise UsageError(f"round {r} has not started yet", hint="wait for the coordinator")
+        self._check_participant(r)
+        data = self.data()
+        start = self._start_params(r)
+        model = build_model(self.config.model, seed=self.config.seed)
+        set_part(model, "all", start)
+        seed = derive_seed(self.config.federation_id, self.config.seed, self.name, r)
+        model, result = train_local(model, data.x_train, data.y_train,
+                                    config=self.config.training, seed=seed, dp=None)
+        trained = get_part(model, "all")
+        record = {"round": r, "steps": result.steps, "examples": result.examples,
+                  "mean_loss": result.mean_loss, "start_hash": params_hash(start),
+                  "trained_hash": params_hash(trained), "data_fingerprint": data.train_fingerprint,
+                  "trained_at": timestamp()}
+        self.state.write_once(_trained(r), save_params(trained))
+        self.state.write_once(_record(r), _json_bytes(record))
+        return record
+
+    def _check_participant(self, r: int) -> None:
+        if not self.config.secure:
+            return
+        for kind, field_name in (("masking-roster", "participants"), ("key-roster", "parties")):
+            if self.fed.exists(kind, r):
+                members = self.fed.get(kind, r).body[field_name]
+                if self.name not in members:
+                    raise UsageError(
+                        f"{self.name} is not part of round {r}'s secure aggregation (it missed "
+                        "the previous round's key exchange)",
+                        hint="run `fedrema submit` to advertise keys; you rejoin in a later round")
+                return
+
+    def _latest_own(self, before: int) -> Params | None:
+        for k in range(before - 1, 0, -1):
+            if self.state.exists(_trained(k)):
+                return load_params(self.state.read_bytes(_trained(k)))
+        return None
+
+    def _start_params(self, r: int) -> Params:
+        """Global model for round r, with the head (or whole model) the method says to keep."""
+        method = METHODS[self.config.method]
+        global_params = read_model(self.fed, r)
+        own = self._latest_own(r)
+        if method.shared_part is None:
+            return own or global_params
+        if method.head_source == "global":
+            return global_params
+        head = None
+        if method.head_source == "merged":
+            head = exchange.open_head_for_site(self.fed, r)
+        if head is None and own is not None:
+            head = part_of(own, "head")
+        return {**global_params, **(head or {})}
+
+    # -- submitting -------------------------------------------------------------------------
+
+    def submit(self) -> Actions:
+        """Do every protocol step this site can do now (idempotent; safe to re-run)."""
+        self.fed.require_roster()
+        actions = Actions()
+        r = current_round(self.fed)
+        if r > self.config.rounds:
+            actions.waiting.append("nothing: the federation is complete; run `fedrema personalize`")
+            return actions
+        if self.config.secure:
+            secure.site_steps(self, r, actions)
+        else:
+            self._submit_plain(r, actions)
+        return actions
+
+    def trained_update(self, r: int) -> tuple[np.ndarray, float, Params] | None:
+        """(delta of the shared part, weight n, trained params) if round r was trained here."""
+        if not self.state.exists(_record(r)):
+            return None
+        record = self.state.read_json(_record(r))
+        trained = load_params(self.state.read_bytes(_trained(r)))
+        method = METHODS[self.config.method]
+        weight = float(record["examples"])
+        if method.shared_part is None:
+            return np.zeros(0), weight, trained
+        start = read_model(self.fed, r)
+        delta = (exchange.shared_vector(trained, method.shared_part)
+                 - exchange.shared_vector(start, method.shared_part))
+        return delta, weight, trained
+
+    def submission_body(self, r: int, trained: Params) -> dict[str, Any]:
+        body: dict[str, Any] = {"round": r, "method": self.config.method}
+        if METHODS[self.config.method].sends_head:
+            body["sealed_head"] = exchange.seal_head_for_coordinator(
+                self.fed, r, save_params(part_of(trained, "head")))
+        return body
+
+    def _submit_plain(self, r: int, actions: Actions) -> None:
+        if self.fed.exists("submission", r, site=self.name):
+            actions.waiting.append(f"round {r}: the coordinator to aggregate")
+            return
+        if not self.fed.exists("masking-roster", r):
+            actions.waiting.append(f"round {r}: the coordinator to open the round")
+            return
+        update = self.trained_update(r)
+        if update is None:
+            actions.waiting.append(f"round {r}: run `fedrema train-local` first")
+            return
+        delta, weight, trained = update
+        attachments = (exchange.plain_update(weight * delta, weight)
+                       if METHODS[self.config.method].shared_part else {})
+        self.fed.put("submission", r, self.submission_body(r, trained), attachments=attachments)
+        actions.done.append(f"round {r}: update submitted (plaintext; secure aggregation is off)")
+        actions.waiting.append(f"round {r}: the coordinator to aggregate")
+
+    # -- personalizing ----------------------------------------------------------------------
+
+    def personalized_params(self) -> tuple[Params, int]:
+        """The model this site would deploy now, and the last finished round it reflects."""
+        r = current_round(self.fed)
+        last = r - 1
+        if last < 1:
+            raise UsageError("no round has finished yet", hint="see `fedrema status`")
+        return self._start_params(r), last
+
+    def personalize(self, export: str | Path | None = None) -> dict[str, Any]:
+        params, last = self.personalized_params()
+        data = self.data()
+        model = build_model(self.config.model, seed=self.config.seed)
+        set_part(model, "all", params)
+        metrics: Metrics | None = None
+        if data.x_test is not None:
+            metrics = evaluate(model, data.x_test, data.y_test,
+                               num_classes=self.config.model.num_classes)
+        out: dict[str, Any] = {
+            "site": self.name,
+            "federation": self.config.federation_id,
+            "method": self.config.method,
+            "after_round": last,
+            "complete": last >= self.config.rounds,
+            "model_hash": params_hash(params),
+            "metrics": metrics.to_json() if metrics else None,
+        }
+        if export is not None:
+            from fedrema_cli.roles.export import export_model
+
+            out["exported"] = export_model(Path(export), params=params, config=self.config,
+                                           standardizer=data.standardizer, card=out)
+        return out
+
+    # -- status -----------------------------------------------------------------------------
+
+    def epsilon_spent(self) -> float | None:
+        """Record-level epsilon this site has spent so far (None without DP)."""
+        if self.config.privacy is None:
+            return None
+        raise NotImplementedError("privacy ledger not wired yet")
+
+    def trained(self, r: int) -> bool:
+        return self.state.exists(_record(r))
+
+    def round_part_done(self) -> bool:
+        """True when nothing more is needed from this site for the current round."""
+        r = current_round(self.fed)
+        if r > self.config.rounds:
+            return True
+        phase = phase_of(self.fed, r).name
+        if phase == "unmask" or (phase == "collect" and not self.config.secure):
+            kind = "reveal" if self.config.secure else "submission"
+            survivors = (self.fed.get("unmask-request", r).body["survivors"]
+                         if self.config.secure else [self.name])
+            return self.name not in survivors or self.fed.exists(kind, r, site=self.name)
+        return False
+
+    def next_step(self, status: dict[str, Any]) -> str:
+        """This site's next command, refining the workspace view with private knowledge."""
+        if status["phase"] in ("enrolling", "done"):
+            return status["next_for"].get("each site", "wait for the coordinator to approve")
+        r = status["round"]
+        if status["phase"] == "collect" and self.name in status["missing"]:
+            return ("`fedrema submit`" if self.trained(r)
+                    else "`fedrema train-local`, then `fedrema submit`")
+        return status["next_for"].get(self.name, "wait for the coordinator")
+
+
+def _json_bytes(obj: Any) -> bytes:
+    import json
+
+    return json.dumps(obj, indent=1, sort_keys=True).encode("utf-8") + b"\n"
+
+
+def _load_data(config: FederationConfig, paths: dict[str, str | None]) -> SiteData:
+    schema = config.data
+    train, test = paths["train"], paths.get("test")
+    if train is None:
+        raise ConfigError("no training data configured")
+    if isinstance(schema, TabularSchema):
+        x_tr, y_tr = load_table(train, schema)
+        std = Standardizer.fit(x_tr)
+        x_tr = std.transform(x_tr)
+        x_te = y_te = None
+        if test:
+            x_te, y_te = load_table(test, schema)
+            x_te = std.transform(x_te)
+        return SiteData(x_tr, y_tr, x_te, y_te, std, fingerprint(train))
+    assert isinstance(schema, ImageSchema)
+    x_tr, y_tr = load_npz(train, input_shape=schema.input_shape, classes=schema.classes)
+    x_te = y_te = None
+    if test:
+        x_te, y_te = load_npz(test, input_shape=schema.input_shape, classes=schema.classes)
+    return SiteData(x_tr, y_tr, x_te, y_te, None, fingerprint(train))

@@ -1,0 +1,99 @@
+"""Where a federation is and who must act next, read from the workspace alone."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from fedrema_cli.roles.common import current_round, phase_of
+from fedrema_cli.store.federation import Federation
+
+#: For each phase: (who is expected, the artifact that counts as having acted, what it means).
+_ACTS = {
+    "waiting": ("key-advert", "advertise keys"),
+    "keys": ("shares", "share keys"),
+    "collect": ("submission", "submit an update"),
+    "unmask": ("reveal", "reveal unmasking shares"),
+}
+
+
+@dataclass
+class RoundStatus:
+    federation: str
+    method: str
+    rounds: int
+    round: int
+    phase: str
+    phase_label: str
+    complete: bool
+    secure_aggregation: bool
+    roster_approved: bool
+    expected: list[str] = field(default_factory=list)
+    acted: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    action: str = ""
+    next_for: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _expected(fed: Federation, r: int, phase: str) -> list[str]:
+    if phase == "waiting":
+        return list(fed.require_roster().names)
+    if phase == "keys":
+        return list(fed.get("key-roster", r).body["parties"])
+    if phase == "collect":
+        return list(fed.get("masking-roster", r).body["participants"])
+    if phase == "unmask":
+        return list(fed.get("unmask-request", r).body["survivors"])
+    return []
+
+
+def round_status(fed: Federation) -> RoundStatus:
+    c = fed.config
+    base = dict(federation=c.federation_id, method=c.method, rounds=c.rounds,
+                secure_aggregation=c.secure, roster_approved=fed.roster is not None)
+    if fed.roster is None:
+        enrolled = fed.ws.names("enrollments")
+        return RoundStatus(round=0, phase="enrolling", phase_label="sites enrolling",
+                           complete=False, acted=enrolled, action="enroll", **base,
+                           next_for={"coordinator": "compare fingerprints, then `fedrema approve "
+                                                    "--all`",
+                                     "new site": "`fedrema init --site NAME ...`"})
+    r = current_round(fed)
+    if r > c.rounds:
+        return RoundStatus(round=c.rounds, phase="done", phase_label="federation complete",
+                           complete=True, **base,
+                           next_for={"coordinator": "nothing; the federation is complete",
+                                     "each site": "`fedrema personalize`"})
+    phase = phase_of(fed, r)
+    kind, action = _ACTS[phase.name]
+    expected = _expected(fed, r, phase.name)
+    acted = [s for s in fed.sites_with(kind, r) if s in expected]
+    missing = [s for s in expected if s not in acted]
+    status = RoundStatus(round=r, phase=phase.name, phase_label=phase.label, complete=False,
+                         expected=expected, acted=acted, missing=missing, action=action, **base)
+    status.next_for["coordinator"] = (
+        "`fedrema aggregate`" if not missing
+        else f"wait for {', '.join(missing)} (or `fedrema aggregate --close` after enough)")
+    for site in fed.require_roster().names:
+        status.next_for[site] = _site_next(fed, site, r, phase.name, expected, acted)
+    return status
+
+
+def _site_next(fed: Federation, site: str, r: int, phase: str, expected: list[str],
+               acted: list[str]) -> str:
+    if site not in expected:
+        return "not part of this round; `fedrema submit` to rejoin a later round"
+    if site in acted:
+        return "wait for the coordinator"
+    if phase == "collect" and not _trained(fed, site, r):
+        return "`fedrema train-local`, then `fedrema submit`"
+    return "`fedrema submit`"
+
+
+def _trained(fed: Federation, site: str, r: int) -> bool:
+    """From the workspace we cannot see private training; the site's own view refines this."""
+    del fed, site, r
+    return False

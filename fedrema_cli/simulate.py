@@ -1,0 +1,188 @@
+"""A whole federation on one machine: every site and the coordinator, the same code paths.
+
+Each party gets its own state folder, the workspace is a real folder, and every step is the
+role method the CLI command calls; only the processes are shared. Sites can be made to drop
+out at a chosen protocol stage of a chosen round, to see the round finish without them.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedrema_cli.config import FedReMaConfig, TrainingConfig, make_config
+from fedrema_cli.datasets import get_dataset
+from fedrema_cli.errors import UsageError
+from fedrema_cli.merging import METHODS
+from fedrema_cli.roles.common import current_round, phase_of
+from fedrema_cli.roles.coordinator import Coordinator
+from fedrema_cli.roles.site import Site
+
+STAGES = {"keys": "keys", "submit": "collect", "unmask": "unmask", "offline": None}
+
+
+@dataclass(frozen=True)
+class Drop:
+    """Site ``site`` does nothing during ``stage`` of round ``round`` ("offline": all of it)."""
+
+    site: str
+    stage: str
+    round: int
+
+    @classmethod
+    def parse(cls, text: str) -> Drop:
+        m = re.fullmatch(r"([A-Za-z0-9_.-]+):(keys|submit|unmask|offline)(?:@(\d+))?", text.strip())
+        if not m:
+            raise UsageError(f"bad --drop {text!r}; use SITE:STAGE[@ROUND] with STAGE one of "
+                             "keys, submit, unmask, offline (e.g. va:unmask@3)")
+        return cls(m.group(1), m.group(2), int(m.group(3) or 1))
+
+    def blocks(self, site: str, r: int, phase: str) -> bool:
+        if site != self.site or r != self.round:
+            return False
+        return self.stage == "offline" or STAGES[self.stage] == phase
+
+
+@dataclass
+class SimulationSpec:
+    dataset: str
+    method: str
+    rounds: int = 20
+    seed: int = 1
+    secure_aggregation: bool = True
+    epsilon: float | None = None
+    delta: float = 1e-5
+    max_grad_norm: float = 1.0
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    fedrema: FedReMaConfig = field(default_factory=FedReMaConfig)
+    drops: tuple[Drop, ...] = ()
+    workdir: Path | None = None
+    keep: bool = False
+
+
+def run(spec: SimulationSpec, *, on_round: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Run the federation and return per-site test metrics and their means."""
+    if spec.method not in METHODS:
+        raise UsageError(f"unknown method {spec.method!r}; choose from {', '.join(METHODS)}")
+    info = get_dataset(spec.dataset)
+    for d in spec.drops:
+        if d.site not in info.sites:
+            raise UsageError(f"--drop names {d.site!r}, not a site of {spec.dataset} "
+                             f"({', '.join(info.sites)})")
+        if not 1 <= d.round <= spec.rounds:
+            raise UsageError(f"--drop round {d.round} is outside 1..{spec.rounds}")
+    tmp = None
+    if spec.workdir is None:
+        tmp = tempfile.mkdtemp(prefix="fedrema-sim-")
+        root = Path(tmp)
+    else:
+        root = spec.workdir
+        if root.exists() and any(root.iterdir()):
+            raise UsageError(f"--workdir {root} is not empty; use a new folder")
+    started = time.perf_counter()
+    try:
+        result = _run(spec, info, root, on_round)
+    finally:
+        if tmp is not None and not spec.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+    result["seconds"] = round(time.perf_counter() - started, 2)
+    if spec.workdir is not None:
+        result["workdir"] = str(root)
+    return result
+
+
+def _run(spec: SimulationSpec, info: Any, root: Path,
+         on_round: Callable[[int, int], None] | None) -> dict[str, Any]:
+    files = info.prepare(root / "data", spec.seed)
+    workspace = str(root / "workspace")
+    config = make_config(
+        federation_id=f"sim-{spec.dataset}-{spec.method}", model=info.model_spec,
+        data=info.schema, method=spec.method, rounds=spec.rounds, seed=spec.seed,
+        training=spec.training, secure_aggregation=spec.secure_aggregation,
+        epsilon=spec.epsilon, delta=spec.delta, max_grad_norm=spec.max_grad_norm,
+        fedrema=spec.fedrema)
+    coord = Coordinator.create(workspace=workspace, state_dir=root / "coordinator", config=config)
+    sites = {name: Site.create(workspace=workspace, state_dir=root / "sites" / name, name=name,
+                               train=paths["train"], test=paths["test"])
+             for name, paths in files.items()}
+    coord.approve(None)
+    for s in sites.values():  # pin the roster
+        s.fed.load_roster()
+
+    def acts(name: str, r: int) -> bool:
+        phase = phase_of(coord.fed, r).name
+        return not any(d.blocks(name, r, phase) for d in spec.drops)
+
+    for r in range(1, spec.rounds + 1):
+        dropping = any(d.round == r for d in spec.drops)
+        for _ in range(8):  # each pass moves every party one protocol step at most
+            if current_round(coord.fed) > r:
+                break
+            for name, site in sites.items():
+                if not acts(name, r):
+                    continue
+                if (phase_of(coord.fed, r).name in ("keys", "collect", "waiting")
+                        and not site.trained(r) and coord.fed.exists("model", r)):
+                    _train_if_participant(site)
+                site.submit()
+            coord.advance(close=dropping)
+        if current_round(coord.fed) <= r:
+            raise UsageError(f"round {r} did not finish: {coord.waiting_for()}")
+        if on_round is not None:
+            on_round(r, spec.rounds)
+
+    per_site: dict[str, Any] = {}
+    for name, site in sites.items():
+        out = site.personalize()
+        m = out["metrics"] or {}
+        per_site[name] = {"accuracy": m.get("accuracy"), "balanced_accuracy": m.get("balanced_accuracy"),
+                          "auc": m.get("auc"), "n_test": m.get("n"),
+                          "epsilon": site.epsilon_spent()}
+    result: dict[str, Any] = {
+        "dataset": spec.dataset,
+        "method": spec.method,
+        "rounds": spec.rounds,
+        "seed": spec.seed,
+        "secure_aggregation": coord.config.secure,
+        "privacy": ({"epsilon": spec.epsilon, "delta": spec.delta} if spec.epsilon else None),
+        "drops": [f"{d.site}:{d.stage}@{d.round}" for d in spec.drops],
+        "sites": per_site,
+    }
+    for key in ("accuracy", "balanced_accuracy", "auc"):
+        values = [v[key] for v in per_site.values() if v[key] is not None]
+        result[f"mean_{key}"] = float(np.mean(values)) if values else None
+    if spec.method == "fedrema":
+        result["fedrema"] = _peer_stats(coord.merge_log(), info.blocks)
+    return result
+
+
+def _train_if_participant(site: Site) -> None:
+    try:
+        site.train_local()
+    except UsageError as e:
+        if "not part of round" not in str(e):
+            raise
+
+
+def _peer_stats(log: list[dict[str, Any]], blocks: dict[str, int] | None) -> dict[str, Any]:
+    """How long the co-learning period lasted; with known blocks, how often peers match them."""
+    ccp = [e for e in log if e["in_ccp"]]
+    stats: dict[str, Any] = {"ccp_rounds": len(ccp)}
+    if blocks:
+        same = total = 0
+        for entry in ccp:
+            for site, chosen in entry["selected"].items():
+                for peer in chosen:
+                    if peer != site:
+                        total += 1
+                        same += blocks.get(peer) == blocks.get(site)
+        stats["peer_same_block_rate"] = same / total if total else None
+    return stats

@@ -1,0 +1,40 @@
+"""Status as one party sees it: the workspace's round status plus this party's own next step."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fedrema_cli.errors import UsageError
+from fedrema_cli.roles.status import round_status
+from fedrema_cli.store.federation import Federation, read_federation
+from fedrema_cli.store.workspace import Workspace
+
+
+def federation_status(*, state: Path | None, workspace: str | None) -> dict[str, Any]:
+    if state is not None:
+        from fedrema_cli.roles.coordinator import META as COORD_META
+        from fedrema_cli.roles.coordinator import Coordinator
+        from fedrema_cli.roles.site import Site
+        from fedrema_cli.store.state import PartyState
+
+        if PartyState(state).exists(COORD_META):
+            coord = Coordinator(state, workspace=workspace)
+            out = round_status(coord.fed).to_json()
+            out["you"], out["next"] = "coordinator", out["next_for"].get("coordinator", "")
+            return out
+        site = Site(state, workspace=workspace)
+        out = round_status(site.fed).to_json()
+        out["you"], out["next"] = site.name, site.next_step(out)
+        return out
+    if workspace is None:
+        raise UsageError("say whose status: --state DIR (a party) or --workspace WS (anyone)")
+    ws = Workspace.open(workspace)
+    config, _ = read_federation(ws)
+    # A read-only observer: it signs nothing, so any identity object will do; reads verify
+    # against the coordinator's key in federation.json and the roster it signed.
+    from fedrema_cli.identity import Identity
+
+    fed = Federation(ws, config, me="observer", identity=Identity.generate())
+    fed.load_roster()
+    return round_status(fed).to_json()

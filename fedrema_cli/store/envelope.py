@@ -1,0 +1,107 @@
+"""Signed envelopes: the one format for everything a party writes for others to read.
+
+``{"header": {...}, "body": {...}, "signature": "<base64 Ed25519>"}`` where the signature
+covers the canonical JSON of header and body. The header names the format version, the kind
+of artifact, the federation, the round and the author, and the SHA-256 of every binary
+attachment (safetensors or protocol bytes stored next to the envelope). A reader states what
+it expects; anything else is an IntegrityError, so forged, replayed, cross-round or tampered
+files are refused before their content is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from fedrema_cli.errors import IntegrityError
+from fedrema_cli.identity import Identity, PublicIdentity, b64, unb64
+
+FORMAT = "fedrema/1"
+
+
+def canonical(obj: Any) -> bytes:
+    """Deterministic JSON bytes: sorted keys, no whitespace, UTF-8, no NaN."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False).encode("utf-8")
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class Envelope:
+    header: dict[str, Any]
+    body: dict[str, Any]
+
+    @property
+    def attachments(self) -> dict[str, str]:
+        return dict(self.header.get("attachments", {}))
+
+
+def seal(
+    *,
+    kind: str,
+    federation: str,
+    round: int,
+    author: str,
+    body: Mapping[str, Any],
+    identity: Identity,
+    attachments: Mapping[str, bytes] | None = None,
+) -> bytes:
+    header = {
+        "format": FORMAT,
+        "kind": kind,
+        "federation": federation,
+        "round": round,
+        "author": author,
+        "attachments": {name: sha256(data) for name, data in (attachments or {}).items()},
+    }
+    signed = {"header": header, "body": dict(body)}
+    signature = identity.sign(canonical(signed))
+    return json.dumps({**signed, "signature": b64(signature)}, sort_keys=True, indent=1,
+                      allow_nan=False).encode("utf-8") + b"\n"
+
+
+def open_envelope(
+    raw: bytes,
+    *,
+    where: str,
+    kind: str,
+    federation: str | None,
+    round: int | None,
+    author: str,
+    key: PublicIdentity,
+) -> Envelope:
+    """Parse and verify; ``None`` for federation or round means "any" (only for bootstrap)."""
+    try:
+        data = json.loads(raw.decode("utf-8"))
+        header, body, signature = data["header"], data["body"], data["signature"]
+        if not isinstance(header, dict) or not isinstance(body, dict):
+            raise TypeError
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise IntegrityError(f"{where} is not a fedrema signed file") from None
+    if header.get("format") != FORMAT:
+        raise IntegrityError(f"{where} has format {header.get('format')!r}, expected {FORMAT!r}")
+    key.verify(unb64(str(signature), what=f"signature in {where}"),
+               canonical({"header": header, "body": body}), who=f"{author} on {where}")
+    expected = {"kind": kind, "author": author, "federation": federation, "round": round}
+    for field, want in expected.items():
+        if want is not None and header.get(field) != want:
+            raise IntegrityError(
+                f"{where} is a {field} {header.get(field)!r} file where {want!r} was expected "
+                "(replayed or misplaced)"
+            )
+    return Envelope(header=header, body=body)
+
+
+def check_attachment(envelope: Envelope, name: str, data: bytes, *, where: str) -> bytes:
+    want = envelope.attachments.get(name)
+    if want is None:
+        raise IntegrityError(f"{where} does not list an attachment {name!r}")
+    if sha256(data) != want:
+        raise IntegrityError(f"attachment {name!r} of {where} does not match its signed hash")
+    return data

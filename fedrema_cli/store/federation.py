@@ -1,0 +1,221 @@
+"""A party's verified view of one federation: config, roster, and every round artifact by kind.
+
+Roles ask for artifacts by *kind*, round and site; this module knows where each kind lives,
+who must have signed it, and with which key to check it. Nothing is read unverified.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from fedrema_cli.config import FederationConfig, parse_config
+from fedrema_cli.errors import ConfigError, IntegrityError
+from fedrema_cli.identity import Identity, PublicIdentity, fingerprint
+from fedrema_cli.store.envelope import canonical, sha256
+from fedrema_cli.store.workspace import COORDINATOR, Artifact, Workspace, round_path, site_author
+
+FEDERATION = "federation"
+ROSTER = "roster"
+
+
+@dataclass(frozen=True)
+class Kind:
+    """Where artifacts of one kind live and who writes them."""
+
+    folder: str  # under rounds/<r>/; "" for a single file per round
+    name: str  # the file name when ``folder`` is ""
+    by_site: bool  # written by a site (one per site) or by the coordinator
+
+
+KINDS: dict[str, Kind] = {
+    "model": Kind("", "model", False),
+    "head": Kind("heads", "", False),  # one per site, written by the coordinator
+    "key-advert": Kind("keys", "", True),
+    "key-roster": Kind("", "key-roster", False),
+    "shares": Kind("shares", "", True),
+    "masking-roster": Kind("", "masking-roster", False),
+    "submission": Kind("submissions", "", True),
+    "unmask-request": Kind("", "unmask-request", False),
+    "reveal": Kind("reveals", "", True),
+    "result": Kind("", "result", False),
+    "ledger-entry": Kind("", "", True),  # ledger/<site>/<r>, see _base
+}
+
+
+class RosterSite(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    index: int = Field(ge=1)
+    sign_pk: str
+    seal_pk: str
+
+    @property
+    def public(self) -> PublicIdentity:
+        return PublicIdentity(sign_pk=self.sign_pk, seal_pk=self.seal_pk)
+
+
+class Roster(BaseModel):
+    """The approved sites, their keys and SecAgg party indices (1..n in name order)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    federation_id: str
+    sites: tuple[RosterSite, ...]
+    threshold: int = Field(ge=1)
+    approved_at: str
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.sites)
+
+    def site(self, name: str) -> RosterSite:
+        for s in self.sites:
+            if s.name == name:
+                return s
+        raise ConfigError(f"site {name!r} is not in the roster (sites: {', '.join(self.names)})")
+
+    def by_index(self, index: int) -> RosterSite:
+        for s in self.sites:
+            if s.index == index:
+                return s
+        raise IntegrityError(f"no site has SecAgg index {index}")
+
+    @property
+    def digest(self) -> bytes:
+        """Hash bound into every SecAgg session id, so a changed roster cannot be replayed."""
+        return bytes.fromhex(sha256(canonical(self.model_dump(mode="json"))))
+
+
+def read_federation(ws: Workspace, *, expect_fingerprint: str | None = None) -> tuple[FederationConfig, str]:
+    """Read the federation config, check it is self-consistently signed, return it and its hash.
+
+    The key that signed it is inside it: trust comes from the fingerprint a person compared
+    (``expect_fingerprint``) or, later, from the hash the party pinned at init.
+    """
+    art = ws.read_self_signed(FEDERATION, kind="federation", author=COORDINATOR,
+                              key_field="coordinator")
+    config = parse_config(art.body, where=f"{ws.describe()}/federation.json")
+    if art.envelope.header.get("federation") != config.federation_id:
+        raise IntegrityError("federation.json header and body name different federations")
+    if expect_fingerprint is not None:
+        actual = fingerprint(config.coordinator.sign_pk)
+        if actual != expect_fingerprint.strip().lower():
+            raise IntegrityError(
+                f"the coordinator's key fingerprint is {actual}, not {expect_fingerprint}: "
+                "this is not the federation you were told to join"
+            )
+    return config, ws.raw_sha256(FEDERATION)
+
+
+class Federation:
+    """Verified access to one federation's workspace, acting as one party."""
+
+    def __init__(
+        self,
+        ws: Workspace,
+        config: FederationConfig,
+        *,
+        me: str,
+        identity: Identity,
+        roster: Roster | None = None,
+    ) -> None:
+        self.ws = ws
+        self.config = config
+        self.me = me  # "coordinator" or a site name
+        self.identity = identity
+        self.roster = roster
+        self.coordinator_key = PublicIdentity(sign_pk=config.coordinator.sign_pk,
+                                              seal_pk=config.coordinator.seal_pk)
+
+    @property
+    def id(self) -> str:
+        return self.config.federation_id
+
+    @property
+    def author(self) -> str:
+        return COORDINATOR if self.me == COORDINATOR else site_author(self.me)
+
+    # -- roster -----------------------------------------------------------------------------
+
+    def load_roster(self, *, pinned_sha256: str | None = None) -> Roster | None:
+        """Read and verify the roster if the coordinator has approved one."""
+        if not self.ws.exists(ROSTER):
+            return None
+        if pinned_sha256 is not None and self.ws.raw_sha256(ROSTER) != pinned_sha256:
+            raise IntegrityError("roster.json changed since this party pinned it")
+        art = self.ws.get(ROSTER, kind="roster", federation=self.id, round=0, author=COORDINATOR,
+                          key=self.coordinator_key)
+        try:
+            self.roster = Roster.model_validate(art.body)
+        except ValidationError:
+            raise IntegrityError("roster.json does not match the roster schema") from None
+        if self.roster.federation_id != self.id:
+            raise IntegrityError("roster.json belongs to another federation")
+        return self.roster
+
+    def require_roster(self) -> Roster:
+        if self.roster is None:
+            raise ConfigError("the coordinator has not approved the roster yet",
+                              hint="the coordinator runs `fedrema approve`")
+        return self.roster
+
+    def key_for(self, author: str) -> PublicIdentity:
+        if author == COORDINATOR:
+            return self.coordinator_key
+        return self.require_roster().site(author.removeprefix("site:")).public
+
+    # -- round artifacts --------------------------------------------------------------------
+
+    def _base(self, kind: str, r: int, site: str | None) -> tuple[str, str]:
+        spec = KINDS[kind]
+        if kind == "ledger-entry":
+            assert site is not None
+            return f"ledger/{site}/{r:04d}", site_author(site)
+        if spec.folder:
+            if site is None:
+                raise ValueError(f"{kind} artifacts are per site")
+            author = site_author(site) if spec.by_site else COORDINATOR
+            return round_path(r, spec.folder, site), author
+        return round_path(r, spec.name), COORDINATOR
+
+    def put(
+        self,
+        kind: str,
+        r: int,
+        body: Mapping[str, Any],
+        *,
+        site: str | None = None,
+        attachments: Mapping[str, bytes] | None = None,
+    ) -> bool:
+        if KINDS[kind].by_site:
+            site = self.me
+        base, author = self._base(kind, r, site)
+        if author != self.author:
+            raise ValueError(f"{self.me} cannot write {kind} artifacts")
+        return self.ws.put(base, kind=kind, federation=self.id, round=r, author=author,
+                           identity=self.identity, body=body, attachments=attachments)
+
+    def get(
+        self, kind: str, r: int, *, site: str | None = None, attachments: tuple[str, ...] = ()
+    ) -> Artifact:
+        base, author = self._base(kind, r, site)
+        return self.ws.get(base, kind=kind, federation=self.id, round=r, author=author,
+                           key=self.key_for(author), attachments=attachments)
+
+    def exists(self, kind: str, r: int, *, site: str | None = None) -> bool:
+        return self.ws.exists(self._base(kind, r, site)[0])
+
+    def sites_with(self, kind: str, r: int) -> list[str]:
+        """Roster sites that have written an artifact of this kind for round r."""
+        if kind == "ledger-entry":
+            return [s for s in self.require_roster().names if self.exists(kind, r, site=s)]
+        present = set(self.ws.names(round_path(r, KINDS[kind].folder)))
+        return [s for s in self.require_roster().names if s in present]
+
+    def ledger_rounds(self, site: str) -> list[int]:
+        return sorted(int(n) for n in self.ws.names(f"ledger/{site}") if n.isdigit())

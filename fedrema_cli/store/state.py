@@ -1,0 +1,64 @@
+"""A party's private state folder: keys, protocol secrets, local models, the privacy ledger.
+
+Never shared. Files are created owner-only (0600 in a 0700 folder) and replaced atomically,
+so a crash leaves either the old or the new version of every file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from fedrema_cli.errors import ConfigError, StoreError
+from fedrema_cli.identity import Identity
+from fedrema_cli.store.storage import LocalStorage
+
+IDENTITY = "identity.json"
+
+
+class PartyState:
+    """Typed access to one party's private folder."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.storage = LocalStorage(self.root, private=True)
+
+    def exists(self, name: str) -> bool:
+        return self.storage.exists(name)
+
+    def read_bytes(self, name: str) -> bytes:
+        return self.storage.read_bytes(name)
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        self.storage.replace(name, data)
+
+    def write_once(self, name: str, data: bytes) -> bool:
+        return self.storage.write_once(name, data)
+
+    def read_json(self, name: str) -> Any:
+        raw = self.storage.read_bytes(name)
+        try:
+            return json.loads(raw.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            raise StoreError(f"{self.root / name} is not valid JSON (edited by hand?)") from None
+
+    def write_json(self, name: str, obj: Any) -> None:
+        self.storage.replace(name, json.dumps(obj, indent=1, sort_keys=True).encode("utf-8") + b"\n")
+
+    def delete(self, name: str) -> None:
+        self.storage.delete(name)
+
+    def list(self, folder: str) -> list[str]:
+        return self.storage.list(folder)
+
+    def identity(self) -> Identity:
+        if not self.exists(IDENTITY):
+            raise ConfigError(f"{self.root} holds no identity; is this a fedrema state folder?",
+                              hint="run `fedrema init` first, or pass the right --state")
+        return Identity.from_json(self.read_json(IDENTITY))
+
+    def create_identity(self) -> Identity:
+        identity = Identity.generate()
+        self.write_json(IDENTITY, identity.to_json())
+        return identity

@@ -1,0 +1,221 @@
+"""Where bytes live: one small interface, a local-folder backend and an fsspec backend.
+
+Everything above this module speaks in relative, '/'-separated paths. Writes are atomic
+(temporary file + rename) so a crash never leaves half a file, and shared artifacts are
+write-once: writing the same bytes again is a no-op, different bytes are refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import posixpath
+import secrets
+from pathlib import Path
+from typing import Protocol
+
+from fedrema_cli.errors import StoreError, WriteOnceError
+
+
+class Storage(Protocol):
+    """The operations the workspace and the state folders need, nothing more."""
+
+    def read_bytes(self, path: str) -> bytes: ...
+
+    def exists(self, path: str) -> bool: ...
+
+    def write_once(self, path: str, data: bytes) -> bool:
+        """Create ``path`` atomically; True if written, False if identical bytes were there."""
+        ...
+
+    def replace(self, path: str, data: bytes) -> None:
+        """Atomically replace ``path`` (private state only; shared artifacts are write-once)."""
+        ...
+
+    def list(self, path: str) -> list[str]:
+        """Names directly under a folder, sorted; empty if the folder does not exist."""
+        ...
+
+    def delete(self, path: str) -> None: ...
+
+    def describe(self) -> str: ...
+
+
+def _clean(path: str) -> str:
+    norm = posixpath.normpath(path)
+    if norm.startswith("/") or norm == ".." or norm.startswith("../"):
+        raise StoreError(f"path escapes the store: {path!r}")
+    return norm
+
+
+class LocalStorage:
+    """A folder on this machine. ``private=True`` makes new files readable by the owner only."""
+
+    def __init__(self, root: str | os.PathLike[str], *, private: bool = False) -> None:
+        self.root = Path(root)
+        self.private = private
+
+    def _path(self, path: str) -> Path:
+        return self.root / _clean(path)
+
+    def describe(self) -> str:
+        return str(self.root)
+
+    def read_bytes(self, path: str) -> bytes:
+        p = self._path(path)
+        try:
+            return p.read_bytes()
+        except FileNotFoundError:
+            raise StoreError(f"missing file: {p}") from None
+        except OSError as e:
+            raise StoreError(f"cannot read {p}: {e.strerror}") from None
+
+    def exists(self, path: str) -> bool:
+        return self._path(path).exists()
+
+    def _write_temp(self, p: Path, data: bytes) -> Path:
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            if self.private:
+                p.parent.chmod(0o700)
+            tmp = p.parent / f".{p.name}.{secrets.token_hex(6)}.tmp"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if self.private else 0o644)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            return tmp
+        except OSError as e:
+            raise StoreError(f"cannot write {p}: {e.strerror}") from None
+
+    @staticmethod
+    def _sync_dir(d: Path) -> None:
+        with contextlib.suppress(OSError):
+            fd = os.open(d, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def write_once(self, path: str, data: bytes) -> bool:
+        p = self._path(path)
+        if p.exists():
+            return self._same_or_refuse(p, data)
+        tmp = self._write_temp(p, data)
+        try:
+            os.link(tmp, p)  # fails if p appeared meanwhile: no silent overwrite
+        except FileExistsError:
+            return self._same_or_refuse(p, data)
+        except OSError as e:
+            raise StoreError(f"cannot write {p}: {e.strerror}") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+        self._sync_dir(p.parent)
+        return True
+
+    def _same_or_refuse(self, p: Path, data: bytes) -> bool:
+        if p.read_bytes() == data:
+            return False
+        raise WriteOnceError(f"{p} already exists with different content; refusing to overwrite it")
+
+    def replace(self, path: str, data: bytes) -> None:
+        p = self._path(path)
+        tmp = self._write_temp(p, data)
+        try:
+            os.replace(tmp, p)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise StoreError(f"cannot write {p}: {e.strerror}") from None
+        self._sync_dir(p.parent)
+
+    def list(self, path: str) -> list[str]:
+        p = self._path(path)
+        if not p.is_dir():
+            return []
+        return sorted(c.name for c in p.iterdir() if not c.name.startswith("."))
+
+    def delete(self, path: str) -> None:
+        self._path(path).unlink(missing_ok=True)
+
+
+class FsspecStorage:
+    """Any fsspec filesystem (SFTP, S3-compatible object stores, ...) holding the workspace.
+
+    Object stores have no atomic rename; a write goes to a temporary name and is then moved,
+    and readers only ever look for final names, so a torn upload is never read.
+    """
+
+    def __init__(self, url: str, **options: object) -> None:
+        import fsspec
+
+        self.url = url
+        self.fs, root = fsspec.core.url_to_fs(url, **options)
+        self.root = root.rstrip("/")
+
+    def describe(self) -> str:
+        return self.url
+
+    def _path(self, path: str) -> str:
+        return f"{self.root}/{_clean(path)}"
+
+    def read_bytes(self, path: str) -> bytes:
+        p = self._path(path)
+        try:
+            with self.fs.open(p, "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            raise StoreError(f"missing file: {self.url}/{path}") from None
+        except OSError as e:
+            raise StoreError(f"cannot read {self.url}/{path}: {e}") from None
+
+    def exists(self, path: str) -> bool:
+        return bool(self.fs.exists(self._path(path)))
+
+    def write_once(self, path: str, data: bytes) -> bool:
+        p = self._path(path)
+        if self.fs.exists(p):
+            if self.read_bytes(path) == data:
+                return False
+            raise WriteOnceError(
+                f"{self.url}/{path} already exists with different content; refusing to overwrite it"
+            )
+        self._put(p, data)
+        return True
+
+    def replace(self, path: str, data: bytes) -> None:
+        self._put(self._path(path), data)
+
+    def _put(self, p: str, data: bytes) -> None:
+        parent = posixpath.dirname(p)
+        tmp = f"{parent}/.{posixpath.basename(p)}.{secrets.token_hex(6)}.tmp"
+        try:
+            self.fs.makedirs(parent, exist_ok=True)
+            with self.fs.open(tmp, "wb") as f:
+                f.write(data)
+            self.fs.mv(tmp, p)
+        except OSError as e:
+            with contextlib.suppress(Exception):
+                self.fs.rm(tmp)
+            raise StoreError(f"cannot write {p}: {e}") from None
+
+    def list(self, path: str) -> list[str]:
+        p = self._path(path)
+        try:
+            entries = self.fs.ls(p, detail=False)
+        except FileNotFoundError:
+            return []
+        names = [posixpath.basename(str(e).rstrip("/")) for e in entries]
+        return sorted(n for n in names if n and not n.startswith("."))
+
+    def delete(self, path: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm(self._path(path))
+
+
+def open_storage(location: str, *, private: bool = False) -> Storage:
+    """A local folder for plain paths, fsspec for URLs such as ``sftp://`` or ``s3://``."""
+    if "://" in location and not location.startswith("file://"):
+        if private:
+            raise StoreError("private state must live in a local folder, not at a URL")
+        return FsspecStorage(location)
+    return LocalStorage(location.removeprefix("file://"), private=private)

@@ -1,0 +1,136 @@
+"""Local training and evaluation at a site: one loop, private (Opacus DP-SGD) or not.
+
+The loop is the same either way; with a privacy run the model, optimizer and loader come
+back from `privacy.engine` wrapped for per-sample clipping, noise and Poisson sampling, and
+the steps Opacus actually took are recorded in the site's accountant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from fedrema_cli.config import TrainingConfig
+
+if TYPE_CHECKING:
+    from privacy.engine import DPSettings
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a local round did."""
+
+    steps: int
+    examples: int
+    mean_loss: float
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Test metrics of a model on one site's hold-out data."""
+
+    n: int
+    accuracy: float
+    balanced_accuracy: float
+    auc: float | None
+    loss: float
+
+    def to_json(self) -> dict:
+        return {"n": self.n, "accuracy": self.accuracy, "balanced_accuracy": self.balanced_accuracy,
+                "auc": self.auc, "loss": self.loss}
+
+
+def _tensors(x: np.ndarray, y: np.ndarray) -> TensorDataset:
+    return TensorDataset(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
+                         torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64)))
+
+
+def train_local(
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    config: TrainingConfig,
+    seed: int,
+    dp: DPSettings | None = None,
+) -> tuple[nn.Module, TrainResult]:
+    """Train ``model`` on (x, y) for ``config.local_epochs`` epochs; returns a plain nn.Module.
+
+    Without DP: shuffled mini-batches. With DP: Opacus with Poisson sampling (the expected
+    batch size is ``config.batch_size``), the accountant update is done by the engine.
+    """
+    dataset = _tensors(x, y)
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    loss_fn = nn.CrossEntropyLoss()
+    if dp is None:
+        loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True,
+                            generator=generator)
+        model, steps, loss = _loop(model, optimizer, loader, loss_fn, config.local_epochs)
+        return model, TrainResult(steps=steps, examples=len(dataset), mean_loss=loss)
+
+    from privacy.engine import private_training
+
+    with private_training(model, optimizer, dataset, settings=dp, batch_size=config.batch_size,
+                          generator=generator) as run:
+        _, steps, loss = _loop(run.model, run.optimizer, run.data_loader, loss_fn,
+                               config.local_epochs)
+    return run.plain_model, TrainResult(steps=steps, examples=len(dataset), mean_loss=loss)
+
+
+def _loop(model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader,
+          loss_fn: nn.Module, epochs: int) -> tuple[nn.Module, int, float]:
+    model.train()
+    steps, total = 0, 0.0
+    for _ in range(epochs):
+        for xb, yb in loader:
+            optimizer.zero_grad(set_to_none=True)
+            if len(yb) == 0:  # an empty Poisson batch still counts as a (noise-only) step
+                optimizer.step()
+                steps += 1
+                continue
+            loss = loss_fn(model(xb), yb)
+            loss.backward()
+            optimizer.step()
+            steps += 1
+            total += float(loss.detach())
+    return model, steps, total / max(steps, 1)
+
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, x: np.ndarray) -> np.ndarray:
+    model.eval()
+    logits = model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+    return torch.softmax(logits, dim=-1).numpy().astype(np.float64)
+
+
+def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, *, num_classes: int) -> Metrics:
+    """Accuracy, balanced accuracy and ROC AUC (None when the test set has a single class)."""
+    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+    proba = predict_proba(model, x)
+    pred = proba.argmax(axis=1)
+    y = np.asarray(y)
+    eps = 1e-12
+    loss = float(-np.mean(np.log(proba[np.arange(len(y)), y] + eps))) if len(y) else float("nan")
+    auc: float | None = None
+    if len(np.unique(y)) > 1:
+        if num_classes == 2:
+            auc = float(roc_auc_score(y, proba[:, 1]))
+        else:
+            present = np.unique(y)
+            if len(present) == num_classes:
+                auc = float(roc_auc_score(y, proba, multi_class="ovr", labels=list(range(num_classes))))
+    return Metrics(
+        n=int(len(y)),
+        accuracy=float((pred == y).mean()) if len(y) else float("nan"),
+        balanced_accuracy=float(balanced_accuracy_score(y, pred)) if len(y) else float("nan"),
+        auc=auc,
+        loss=loss,
+    )

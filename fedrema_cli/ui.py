@@ -1,0 +1,80 @@
+"""Printing: rich for people, plain JSON for scripts, and a waiting loop with a spinner."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fedrema_cli.errors import WaitTimeout
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+StateOpt = Annotated[Path, typer.Option(
+    "--state", "-s", envvar="FEDREMA_STATE",
+    help="This party's private state folder (keys, secrets, local models). Never share it.")]
+WorkspaceOpt = Annotated[str | None, typer.Option(
+    "--workspace", "-w", envvar="FEDREMA_WORKSPACE",
+    help="The federation workspace shared by all parties: a folder, or an fsspec URL "
+         "(sftp://host/path, s3://bucket/path). Defaults to the one recorded at init.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+WaitOpt = Annotated[bool, typer.Option(
+    "--wait", help="Keep going until this party's part of the round is done.")]
+TimeoutOpt = Annotated[float, typer.Option(
+    "--timeout", min=0, help="With --wait: give up after this many seconds (exit 75).")]
+
+
+def emit_json(obj: Any) -> None:
+    """One JSON document on stdout, nothing else (so `| jq` works)."""
+    sys.stdout.write(json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def say(text: str) -> None:
+    console.print(text)
+
+
+def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]],
+          caption: str | None = None) -> Table:
+    t = Table(title=title, caption=caption, title_justify="left")
+    for i, c in enumerate(columns):
+        t.add_column(c, justify="left" if i == 0 else "right")
+    for row in rows:
+        t.add_row(*[fmt(v) for v in row])
+    return t
+
+
+def fmt(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def wait_for(step: Callable[[], tuple[bool, str]], *, timeout: float, poll: float = 1.0,
+             quiet: bool = False) -> None:
+    """Call ``step`` until it reports done; show what is awaited; raise WaitTimeout at the end."""
+    deadline = time.monotonic() + timeout
+    done, waiting = step()
+    if done:
+        return
+    with err_console.status(waiting, spinner="dots") as status:
+        while True:
+            if time.monotonic() >= deadline:
+                raise WaitTimeout(f"gave up after {timeout:.0f}s; still waiting for {waiting}",
+                                  hint="run the same command again later")
+            time.sleep(poll)
+            done, waiting = step()
+            if done:
+                return
+            if not quiet:
+                status.update(waiting)
