@@ -24,7 +24,7 @@ from fedrema_cli.errors import (
 EPILOG = (
     "Exit codes: 0 done · 1 bad input or wrong order · 2 usage · 3 integrity failure "
     "(forged/tampered/replayed file) · 4 privacy budget exceeded · 5 secure aggregation "
-    "aborted · 75 still waiting on others."
+    "aborted · 75 nothing to do yet: waiting on other parties."
 )
 
 

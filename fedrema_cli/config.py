@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from fedrema_cli.data import ImageSchema, TabularSchema
 from fedrema_cli.errors import ConfigError
 from fedrema_cli.merging import METHODS
-from fedrema_cli.models import ModelSpec
+from fedrema_cli.modelspec import ModelSpec
 from privacy.policy import PrivacyPolicy
 
 SCHEMA_VERSION = 1

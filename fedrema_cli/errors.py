@@ -7,7 +7,8 @@ Exit codes (also in `fedrema --help` and the README):
     3  integrity failure: a file is forged, tampered, replayed or from another round
     4  privacy budget would be exceeded: nothing was trained
     5  protocol aborted: too few sites survived the round
-   75  still waiting on other parties (a `--wait` ran out of time); run the command again later
+   75  nothing could be done yet: other parties must act first (or a `--wait` ran out of
+       time); run the same command again later
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ class ProtocolAbortedError(FedremaError):
     exit_code = 5
 
 
-class WaitTimeout(FedremaError):
-    """A `--wait` ran out of time while other parties had not yet acted."""
+class NotYetError(FedremaError):
+    """Nothing could be done yet because other parties must act first (or --wait timed out)."""
 
     exit_code = 75

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fedrema_cli.errors import WaitTimeout
+from fedrema_cli.errors import NotYetError
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -62,7 +62,7 @@ def fmt(value: Any) -> str:
 
 def wait_for(step: Callable[[], tuple[bool, str]], *, timeout: float, poll: float = 1.0,
              quiet: bool = False) -> None:
-    """Call ``step`` until it reports done; show what is awaited; raise WaitTimeout at the end."""
+    """Call ``step`` until it reports done; show what is awaited; raise NotYetError at the end."""
     deadline = time.monotonic() + timeout
     done, waiting = step()
     if done:
@@ -70,7 +70,7 @@ def wait_for(step: Callable[[], tuple[bool, str]], *, timeout: float, poll: floa
     with err_console.status(waiting, spinner="dots") as status:
         while True:
             if time.monotonic() >= deadline:
-                raise WaitTimeout(f"gave up after {timeout:.0f}s; still waiting for {waiting}",
+                raise NotYetError(f"gave up after {timeout:.0f}s; still waiting for {waiting}",
                                   hint="run the same command again later")
             time.sleep(poll)
             done, waiting = step()

@@ -10,19 +10,15 @@ from opacus.validators import ModuleValidator
 from pydantic import ValidationError
 
 from fedrema_cli.errors import ConfigError, IntegrityError
-from fedrema_cli.models import (
+from fedrema_cli.models import SplitModel, build_model, get_part, set_part
+from fedrema_cli.modelspec import ModelSpec, part_shapes
+from fedrema_cli.params import (
     Layout,
-    ModelSpec,
-    SplitModel,
-    build_model,
     flatten,
-    get_part,
     head_logits,
     load_params,
     params_hash,
-    part_shapes,
     save_params,
-    set_part,
     unflatten,
 )
 

@@ -22,12 +22,15 @@ def aggregate(
     timeout: ui.TimeoutOpt = 3600.0,
     json_out: ui.JsonOpt = False,
 ) -> None:
-    """Move the federation forward: fix who takes part, close the round when every site (or,
-    after the deadline, enough sites) has submitted, unmask the sum, merge the heads with
-    FedReMa and publish the next round. Safe to re-run.
+    """Move the federation forward as far as it can go now; safe to re-run.
+
+    Fixes who takes part, closes the round when every site (or, after the deadline, at least
+    the threshold of sites) has submitted, unmasks the sum of the updates, merges the heads
+    with FedReMa and publishes the next round. Exit 75 when nothing could move yet.
 
       fedrema aggregate -s coord --wait
     """
+    from fedrema_cli.errors import NotYetError
     from fedrema_cli.roles.coordinator import Coordinator
 
     coord = Coordinator(state, workspace=workspace)
@@ -46,10 +49,11 @@ def aggregate(
 
     ui.wait_for(step, timeout=timeout)
     if json_out:
-        return ui.emit_json({"events": events, "round": coord.current_round(),
-                             "complete": coord.complete(), "waiting_for": coord.waiting_for()})
-    if not events:
-        ui.say(f"nothing to do yet; waiting for {coord.waiting_for()}")
+        ui.emit_json({"events": events, "round": coord.current_round(),
+                      "complete": coord.complete(), "waiting_for": coord.waiting_for()})
     elif coord.complete():
         ui.say("[bold]federation complete[/]: sites run `fedrema personalize`")
+    if not events:
+        raise NotYetError(f"nothing to aggregate yet; waiting for {coord.waiting_for()}",
+                          hint="`fedrema status` shows who must act")
     return None

@@ -40,8 +40,10 @@ def simulate(
         help="Keep every party's folders here (default: a temporary folder, removed).")] = None,
     json_out: ui.JsonOpt = False,
 ) -> None:
-    """Run every hospital and the coordinator on this machine, through the real commands' code,
-    and print each site's test accuracy.
+    """Run a whole federation on this machine and print each site's test accuracy.
+
+    Every hospital and the coordinator get their own folders and run the real commands' code;
+    only the process is shared.
 
       fedrema simulate heart-disease --method fedrema --rounds 20 --seed 1 --json
 
@@ -91,7 +93,7 @@ def results_table(results: list[dict]) -> object:
                if first["privacy"] else "no DP")
     caption = (f"{first['dataset']}: test accuracy per site after {first['rounds']} rounds, "
                f"seed {first['seed']}, {privacy}, secure aggregation "
-               f"{'on' if first['secure_aggregation'] else 'off'}")
+               f"{'on' if any(r['secure_aggregation'] for r in results) else 'off'}")
     return ui.table("Per-site test accuracy", columns, rows, caption=caption)
 
 

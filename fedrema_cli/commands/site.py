@@ -44,34 +44,43 @@ def train_local(state: ui.StateOpt, workspace: ui.WorkspaceOpt = None,
 
 def submit(state: ui.StateOpt, workspace: ui.WorkspaceOpt = None, wait: ui.WaitOpt = False,
            timeout: ui.TimeoutOpt = 3600.0, json_out: ui.JsonOpt = False) -> None:
-    """Send what the round needs from this site now: key shares, the masked update, or the
-    unmasking shares. Safe to re-run; with --wait it stays until its part of the round is done.
+    """Send what the round needs from this site now (key shares, masked update, unmasking shares).
+
+    Safe to re-run. With --wait it stays, showing what it waits for, until this site's part
+    of the round is done. Exit 75 when there was nothing to send yet (others must act first).
 
       fedrema submit -s cleveland --wait
     """
+    from fedrema_cli.errors import NotYetError, UsageError
     from fedrema_cli.roles.site import Site
 
     site = Site(state, workspace=workspace)
     done: list[str] = []
-    last: list[str] = []
+    waiting: list[str] = []
 
     def step() -> tuple[bool, str]:
         actions = site.submit()
         done.extend(actions.done)
-        for line in actions.done:
-            if not json_out:
+        if not json_out:
+            for line in actions.done:
                 ui.say(f"[green]✓[/] {site.name}: {line}")
-        last[:] = actions.waiting
-        finished = not wait or site.round_part_done() or "train-local" in " ".join(last)
-        return finished, "; ".join(actions.waiting) or "the coordinator"
+        waiting[:] = actions.waiting
+        if any("train-local" in w for w in waiting):
+            raise UsageError(f"{site.name}: nothing to submit yet: the update for this round is "
+                             "not trained", hint="`fedrema train-local`, then `fedrema submit`")
+        finished = not wait or site.round_part_done()
+        return finished, "; ".join(waiting) or "the coordinator"
 
     ui.wait_for(step, timeout=timeout)
     if json_out:
-        return ui.emit_json({"site": site.name, "done": done, "waiting_for": last})
+        ui.emit_json({"site": site.name, "done": done, "waiting_for": waiting})
+    else:
+        for line in waiting:
+            ui.say(f"  waiting for {line}")
     if not done:
-        ui.say(f"{site.name}: nothing to send right now")
-    for line in last:
-        ui.say(f"  waiting for {line}")
+        raise NotYetError(f"{site.name}: nothing to send yet; waiting for "
+                          f"{'; '.join(waiting) or 'the coordinator'}",
+                          hint="`fedrema status` shows who must act")
     return None
 
 
@@ -82,8 +91,10 @@ def personalize(
     workspace: ui.WorkspaceOpt = None,
     json_out: ui.JsonOpt = False,
 ) -> None:
-    """Build this site's own model (shared extractor + its personalized head), evaluate it on
-    the site's hold-out data, and optionally export it.
+    """Build this site's own model, evaluate it on local hold-out data, optionally export it.
+
+    The model is the federation's shared feature extractor with this site's personalized
+    classifier head (FedReMa's merged head, or the site's own head for FedPer/local).
 
       fedrema personalize -s cleveland --export models/cleveland
     """

@@ -19,7 +19,7 @@ from typing import Literal
 from fedrema_cli.data import ImageSchema, TabularSchema
 from fedrema_cli.datasets import heart_disease, label_skew
 from fedrema_cli.errors import UsageError
-from fedrema_cli.models import ModelSpec
+from fedrema_cli.modelspec import ModelSpec
 
 SiteFiles = dict[str, dict[str, Path]]
 

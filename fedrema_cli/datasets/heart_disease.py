@@ -34,7 +34,7 @@ from sklearn.model_selection import train_test_split
 
 from fedrema_cli.data import TabularSchema
 from fedrema_cli.errors import DataError
-from fedrema_cli.models import ModelSpec
+from fedrema_cli.modelspec import ModelSpec
 
 SITES: tuple[str, ...] = ("cleveland", "hungary", "switzerland", "va")
 

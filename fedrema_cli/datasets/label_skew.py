@@ -40,7 +40,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 from fedrema_cli.data import ImageSchema
-from fedrema_cli.models import ModelSpec
+from fedrema_cli.modelspec import ModelSpec
 
 NUM_CLASSES = 10
 LABEL_GROUPS: tuple[tuple[int, int, int], ...] = (

@@ -11,7 +11,7 @@ import numpy as np
 
 from fedrema_cli.config import FederationConfig
 from fedrema_cli.errors import IntegrityError
-from fedrema_cli.models import Params, build_model, get_part, load_params, save_params
+from fedrema_cli.params import Params, load_params, save_params
 from fedrema_cli.store.federation import Federation
 
 PARAMS = "params.safetensors"
@@ -82,6 +82,8 @@ def current_round(fed: Federation) -> int:
 
 
 def initial_params(config: FederationConfig) -> Params:
+    from fedrema_cli.models import build_model, get_part  # torch: only where a model is built
+
     return get_part(build_model(config.model, seed=config.seed), "all")
 
 

@@ -24,7 +24,7 @@ from fedrema_cli.errors import ConfigError, ProtocolAbortedError, UsageError
 from fedrema_cli.identity import PublicIdentity, fingerprint
 from fedrema_cli.merging import METHODS
 from fedrema_cli.merging import fedrema as fr
-from fedrema_cli.models import head_logits, save_params
+from fedrema_cli.params import head_logits, save_params
 from fedrema_cli.roles import exchange, secure
 from fedrema_cli.roles.common import (
     current_round,
@@ -36,7 +36,14 @@ from fedrema_cli.roles.common import (
     timestamp,
     utcnow,
 )
-from fedrema_cli.store.federation import FEDERATION, ROSTER, Federation, Roster, RosterSite, read_federation
+from fedrema_cli.store.federation import (
+    FEDERATION,
+    ROSTER,
+    Federation,
+    Roster,
+    RosterSite,
+    read_federation,
+)
 from fedrema_cli.store.state import PartyState
 from fedrema_cli.store.workspace import COORDINATOR, Workspace
 

@@ -18,7 +18,7 @@ from crypto.seal import SealContext, open_sealed, seal
 from fedrema_cli.errors import IntegrityError
 from fedrema_cli.identity import Identity, b64, unb64
 from fedrema_cli.merging import fedrema as fr
-from fedrema_cli.models import Params, flatten, load_params, unflatten
+from fedrema_cli.params import Params, flatten, load_params, unflatten
 from fedrema_cli.roles.common import part_of
 from fedrema_cli.store.federation import Federation
 from fedrema_cli.store.workspace import COORDINATOR, Artifact, Workspace, site_author

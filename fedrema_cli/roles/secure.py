@@ -35,16 +35,22 @@ from crypto.secagg.params import RoundContext, SecAggParams
 from crypto.secagg.quantize import decode_aggregate, encode_update
 from crypto.secagg.server import (
     finalize,
-    fix_key_roster as _fix_key_roster,
-    fix_masking_roster as _fix_masking_roster,
-    fix_survivors as _fix_survivors,
     route_ciphertexts,
+)
+from crypto.secagg.server import (
+    fix_key_roster as _fix_key_roster,
+)
+from crypto.secagg.server import (
+    fix_masking_roster as _fix_masking_roster,
+)
+from crypto.secagg.server import (
+    fix_survivors as _fix_survivors,
 )
 from fedrema_cli.config import FederationConfig
 from fedrema_cli.errors import ConfigError, IntegrityError, ProtocolAbortedError
 from fedrema_cli.identity import b64, unb64
 from fedrema_cli.merging import METHODS
-from fedrema_cli.models import part_shapes
+from fedrema_cli.modelspec import part_shapes
 from fedrema_cli.roles.common import phase_of
 from fedrema_cli.store.federation import Federation, Roster
 from fedrema_cli.store.state import PartyState

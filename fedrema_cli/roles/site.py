@@ -14,18 +14,17 @@ from typing import Any
 import numpy as np
 
 from fedrema_cli.config import FederationConfig
-from fedrema_cli.data import ImageSchema, Standardizer, TabularSchema, fingerprint, load_npz, load_table
+from fedrema_cli.data import (
+    ImageSchema,
+    Standardizer,
+    TabularSchema,
+    fingerprint,
+    load_npz,
+    load_table,
+)
 from fedrema_cli.errors import ConfigError, UsageError
 from fedrema_cli.merging import METHODS
-from fedrema_cli.models import (
-    Params,
-    build_model,
-    get_part,
-    load_params,
-    params_hash,
-    save_params,
-    set_part,
-)
+from fedrema_cli.params import Params, load_params, params_hash, save_params
 from fedrema_cli.roles import exchange, secure
 from fedrema_cli.roles.common import (
     current_round,
@@ -38,7 +37,6 @@ from fedrema_cli.roles.common import (
 from fedrema_cli.store.federation import Federation, read_federation
 from fedrema_cli.store.state import PartyState
 from fedrema_cli.store.workspace import Workspace
-from fedrema_cli.training import Metrics, evaluate, train_local
 
 META = "site.json"
 
@@ -148,6 +146,9 @@ class Site:
         if not self.fed.exists("model", r):
             raise UsageError(f"round {r} has not started yet", hint="wait for the coordinator")
         self._check_participant(r)
+        from fedrema_cli.models import build_model, get_part, set_part
+        from fedrema_cli.training import train_local
+
         data = self.data()
         start = self._start_params(r)
         model = build_model(self.config.model, seed=self.config.seed)
@@ -266,11 +267,14 @@ class Site:
         return self._start_params(r), last
 
     def personalize(self, export: str | Path | None = None) -> dict[str, Any]:
+        from fedrema_cli.models import build_model, set_part
+        from fedrema_cli.training import evaluate
+
         params, last = self.personalized_params()
         data = self.data()
         model = build_model(self.config.model, seed=self.config.seed)
         set_part(model, "all", params)
-        metrics: Metrics | None = None
+        metrics = None
         if data.x_test is not None:
             metrics = evaluate(model, data.x_test, data.y_test,
                                num_classes=self.config.model.num_classes)

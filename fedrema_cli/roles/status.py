@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from fedrema_cli.identity import fingerprint
 from fedrema_cli.roles.common import current_round, phase_of
 from fedrema_cli.store.federation import Federation
 
@@ -20,6 +21,7 @@ _ACTS = {
 @dataclass
 class RoundStatus:
     federation: str
+    coordinator_fingerprint: str
     method: str
     rounds: int
     round: int
@@ -53,6 +55,7 @@ def _expected(fed: Federation, r: int, phase: str) -> list[str]:
 def round_status(fed: Federation) -> RoundStatus:
     c = fed.config
     base = dict(federation=c.federation_id, method=c.method, rounds=c.rounds,
+                coordinator_fingerprint=fingerprint(c.coordinator.sign_pk),
                 secure_aggregation=c.secure, roster_approved=fed.roster is not None)
     if fed.roster is None:
         enrolled = fed.ws.names("enrollments")

@@ -1,0 +1,46 @@
+"""Export a site's personalized model: weights (safetensors) plus a model card (JSON).
+
+The card carries what a deployment needs besides the weights: the model spec, the feature
+order and the site's own standardization statistics (which never left the site), and where
+the model came from (federation, round, method, hash).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedrema_cli.config import FederationConfig
+from fedrema_cli.data import Standardizer
+from fedrema_cli.params import save_params
+from fedrema_cli.store.storage import LocalStorage
+
+WEIGHTS = "model.safetensors"
+CARD = "model-card.json"
+
+
+def export_model(
+    folder: Path,
+    *,
+    params: Mapping[str, np.ndarray],
+    config: FederationConfig,
+    standardizer: Standardizer | None,
+    card: Mapping[str, Any],
+) -> str:
+    store = LocalStorage(folder)
+    full_card = {
+        "format": "fedrema-model-card/1",
+        **card,
+        "model": config.model.model_dump(mode="json"),
+        "data": config.data.model_dump(mode="json"),
+        "standardizer": standardizer.model_dump(mode="json") if standardizer else None,
+        "weights": WEIGHTS,
+        "privacy": config.privacy.model_dump(mode="json") if config.privacy else None,
+    }
+    store.replace(WEIGHTS, save_params(params))
+    store.replace(CARD, json.dumps(full_card, indent=1, sort_keys=True).encode() + b"\n")
+    return str(folder)

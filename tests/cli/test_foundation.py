@@ -1,0 +1,166 @@
+"""The five commands end to end, and the bad inputs that must fail cleanly (issue #2)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.cli.conftest import SITES, Fed, make_federation, run, snapshot
+
+
+def _keys(fed: Fed) -> None:
+    """Round 1's key exchange: advertise, fix U1, share, fix U2."""
+    for s in SITES:
+        assert run("submit", "-s", fed.site(s)).exit_code == 0
+    assert run("aggregate", "-s", fed.coordinator).exit_code == 0
+    for s in SITES:
+        assert run("submit", "-s", fed.site(s)).exit_code == 0
+    assert run("aggregate", "-s", fed.coordinator).exit_code == 0
+
+
+def _round(fed: Fed) -> None:
+    for s in SITES:
+        out = run("train-local", "-s", fed.site(s))
+        assert out.exit_code == 0, out.stderr
+        assert run("submit", "-s", fed.site(s)).exit_code == 0
+    assert run("aggregate", "-s", fed.coordinator).exit_code == 0
+    for s in SITES:
+        assert run("submit", "-s", fed.site(s)).exit_code == 0
+    assert run("aggregate", "-s", fed.coordinator).exit_code == 0
+
+
+def test_a_whole_federation_through_the_cli(federation: Fed) -> None:
+    fed = federation
+    status = run("status", "-s", fed.coordinator, "--json").json()
+    assert status["round"] == 1 and status["phase"] == "waiting"
+    assert status["next_for"]["cleveland"] == "`fedrema submit`"
+    _keys(fed)
+    status = run("status", "-s", fed.site("va"), "--json").json()
+    assert status["phase"] == "collect" and status["you"] == "va"
+    assert status["next"] == "`fedrema train-local`, then `fedrema submit`"
+    _round(fed)
+    status = run("status", "-s", fed.coordinator, "--json").json()
+    assert status["round"] == 2 and status["phase"] == "collect"
+    _round(fed)
+    assert run("status", "-s", fed.coordinator, "--json").json()["complete"]
+    export = fed.root / "model-va"
+    out = run("personalize", "-s", fed.site("va"), "--export", export, "--json").json()
+    assert out["complete"] and out["after_round"] == 2
+    assert 0.0 <= out["metrics"]["accuracy"] <= 1.0 and out["metrics"]["n"] == 45
+    assert (export / "model.safetensors").exists() and (export / "model-card.json").exists()
+
+
+def test_status_tells_each_party_what_to_do_next(federation: Fed) -> None:
+    fed = federation
+    _keys(fed)
+    run("train-local", "-s", fed.site("cleveland"))
+    out = run("status", "-s", fed.site("cleveland"), "--json").json()
+    assert out["next"] == "`fedrema submit`"
+    run("submit", "-s", fed.site("cleveland"))
+    out = run("status", "-s", fed.site("cleveland"), "--json").json()
+    assert out["next"] == "wait for the coordinator"
+    coord = run("status", "-s", fed.coordinator, "--json").json()
+    assert coord["missing"] == ["hungary", "switzerland", "va"]
+    assert "wait for hungary, switzerland, va" in coord["next"]
+    text = run("status", "-s", fed.coordinator)
+    assert "waiting for hungary, switzerland, va" in text.stdout
+
+
+# -- bad input: one line, non-zero exit, nothing changed -----------------------------------
+
+def _one_line_error(out, code: int, *needles: str) -> None:  # noqa: ANN001
+    assert out.exit_code == code, (out.exit_code, out.stdout, out.stderr)
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, out.stderr
+    assert lines[0].startswith("fedrema: error:")
+    assert "Traceback" not in out.stderr + out.stdout
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def _join(fed: Fed, name: str, train: Path) -> object:
+    return run("init", "-w", fed.workspace, "-s", fed.root / name, "--site", name,
+               "--train", train)
+
+
+def test_wrong_column_name_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    fed = make_federation(tmp_path, "--no-dp", sites=("cleveland", "hungary"), approve=False)
+    bad = tmp_path / "renamed.csv"
+    bad.write_text(fed.data("va").read_text().replace("thalach", "thalac", 1))
+    before = snapshot(fed.workspace)
+    out = _join(fed, "va", bad)
+    _one_line_error(out, 1, "renamed.csv", "thalach", "thalac")
+    assert snapshot(fed.workspace) == before
+    assert not (tmp_path / "va").exists() or not any((tmp_path / "va").iterdir())
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    fed = make_federation(tmp_path, "--no-dp", sites=("cleveland", "hungary"), approve=False)
+    before = snapshot(fed.workspace)
+    out = _join(fed, "va", tmp_path / "nope.csv")
+    _one_line_error(out, 1, "nope.csv")
+    assert snapshot(fed.workspace) == before
+
+
+@pytest.mark.parametrize("content", [b"\x00\x01\x02\xff\xfe garbage", b"age,sex\n1,2,3,4\n"])
+def test_corrupt_csv(tmp_path: Path, content: bytes) -> None:
+    fed = make_federation(tmp_path, "--no-dp", sites=("cleveland", "hungary"), approve=False)
+    bad = tmp_path / "corrupt.csv"
+    bad.write_bytes(content)
+    before = snapshot(fed.workspace)
+    out = _join(fed, "va", bad)
+    _one_line_error(out, 1, "corrupt.csv")
+    assert snapshot(fed.workspace) == before
+
+
+def test_aggregate_before_anyone_submitted(federation: Fed) -> None:
+    fed = federation
+    before = snapshot(fed.workspace), snapshot(fed.coordinator)
+    out = run("aggregate", "-s", fed.coordinator)
+    _one_line_error(out, 75, "nothing to aggregate yet", "cleveland")
+    assert (snapshot(fed.workspace), snapshot(fed.coordinator)) == before
+
+
+def test_train_local_twice_in_one_round(federation: Fed) -> None:
+    fed = federation
+    _keys(fed)
+    assert run("train-local", "-s", fed.site("va")).exit_code == 0
+    before = snapshot(fed.workspace), snapshot(fed.site("va"))
+    out = run("train-local", "-s", fed.site("va"))
+    _one_line_error(out, 1, "already trained for round 1")
+    assert (snapshot(fed.workspace), snapshot(fed.site("va"))) == before
+
+
+def test_submit_before_training_says_to_train(federation: Fed) -> None:
+    fed = federation
+    _keys(fed)
+    before = snapshot(fed.workspace)
+    out = run("submit", "-s", fed.site("va"))
+    _one_line_error(out, 1, "not trained", "train-local")
+    assert snapshot(fed.workspace) == before
+
+
+def test_commands_refuse_a_folder_that_is_not_a_state_folder(tmp_path: Path) -> None:
+    out = run("train-local", "-s", tmp_path)
+    _one_line_error(out, 1, "not a site state folder")
+    out = run("aggregate", "-s", tmp_path)
+    _one_line_error(out, 1, "not a coordinator state folder")
+
+
+def test_init_twice_changes_nothing(federation: Fed) -> None:
+    fed = federation
+    before = snapshot(fed.workspace)
+    out = run("init", "-w", fed.workspace, "-s", fed.root / "other", "--preset", "heart-disease")
+    _one_line_error(out, 1, "already holds a federation")
+    out = run("init", "-w", fed.workspace, "-s", fed.site("va"), "--site", "va",
+              "--train", fed.data("va"))
+    _one_line_error(out, 1, "already holds site")
+    assert snapshot(fed.workspace) == before
+
+
+def test_joining_with_the_wrong_coordinator_fingerprint_is_refused(tmp_path: Path) -> None:
+    fed = make_federation(tmp_path, "--no-dp", sites=("cleveland",), approve=False)
+    out = run("init", "-w", fed.workspace, "-s", tmp_path / "va", "--site", "va", "--train",
+              fed.data("va"), "--coordinator-fingerprint", "0000:0000:0000:0000:0000:0000:0000:0000")
+    _one_line_error(out, 3, "fingerprint")
