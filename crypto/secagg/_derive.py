@@ -1,0 +1,120 @@
+"""Key, mask and commitment derivations shared by the client and the server.
+
+One place defines how each secret is turned into a key or a mask, so the client (which adds
+masks) and the server (which removes them) cannot drift apart. References are to
+Bonawitz et al. 2017 (eprint 2017/281), §4 "Practical Secure Aggregation" / Figure 4.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+import numpy as np
+
+from crypto.errors import ParameterError
+from crypto.hazmat import aead, kdf, prg, x25519
+from crypto.hazmat.shamir import SHARE_LEN, Share
+from crypto.secagg.params import SecAggParams
+
+__all__ = [
+    "SHARE_CIPHERTEXT_LEN",
+    "SHARE_PLAINTEXT_LEN",
+    "add_pair_mask",
+    "commitment",
+    "commitment_matches",
+    "pack_shares",
+    "pair_mask",
+    "self_mask",
+    "share_aad",
+    "share_key",
+    "unpack_shares",
+]
+
+_COMMIT_LABEL = b"fedrema-secagg/1 commitment"
+_AAD_LABEL = b"fedrema-secagg/1 share-ciphertext"
+#: Plaintext of one share ciphertext: u32 sender, u32 recipient, b-share, s_sk-share.
+SHARE_PLAINTEXT_LEN = 8 + 2 * SHARE_LEN
+#: Exact length of one share ciphertext on the wire.
+SHARE_CIPHERTEXT_LEN = SHARE_PLAINTEXT_LEN + aead.OVERHEAD
+
+
+def share_key(own_c_sk: bytes, peer_c_pk: bytes, sid: bytes, sender: int, recipient: int) -> bytes:
+    """AES-GCM key for shares sent ``sender -> recipient``: HKDF(X25519(c), sid, "enc", u, v).
+
+    The ordered pair is in ``info``, so the two directions of one pair use different keys.
+    Raises :class:`ParameterError` if the peer key is invalid (small order).
+    """
+    secret = x25519.exchange(own_c_sk, peer_c_pk)
+    return kdf.derive_key(secret, purpose=b"enc", session_id=sid, parties=(sender, recipient))
+
+
+def share_aad(sid: bytes, sender: int, recipient: int) -> bytes:
+    """Associated data of a share ciphertext: binds session and direction."""
+    return kdf.encode_fields([_AAD_LABEL, sid, kdf.u32(sender), kdf.u32(recipient)])
+
+
+def pack_shares(sender: int, recipient: int, b_share: Share, sk_share: Share) -> bytes:
+    """The share plaintext (u, v, share_v(b_u), share_v(s_u^SK)) of Bonawitz Round 1."""
+    return kdf.u32(sender) + kdf.u32(recipient) + b_share.to_bytes() + sk_share.to_bytes()
+
+
+def unpack_shares(plaintext: bytes, sender: int, recipient: int) -> tuple[Share, Share]:
+    """Parse and check a share plaintext; raises :class:`ParameterError` if it does not fit."""
+    if len(plaintext) != SHARE_PLAINTEXT_LEN:
+        raise ParameterError("share plaintext has the wrong length")
+    if plaintext[:8] != kdf.u32(sender) + kdf.u32(recipient):
+        raise ParameterError("share plaintext names another sender or recipient")
+    b_share = Share.from_bytes(plaintext[8 : 8 + SHARE_LEN])
+    sk_share = Share.from_bytes(plaintext[8 + SHARE_LEN :])
+    if b_share.x != recipient or sk_share.x != recipient:
+        raise ParameterError("shares are not at the recipient's index")
+    return b_share, sk_share
+
+
+def commitment(sid: bytes, b_u: bytes) -> bytes:
+    """SHA-256 commitment to the self-mask seed, so a reconstructed b_u can be checked."""
+    return hashlib.sha256(kdf.encode_fields([_COMMIT_LABEL, sid, b_u])).digest()
+
+
+def commitment_matches(sid: bytes, b_u: bytes, expected: bytes) -> bool:
+    """Constant-time comparison of ``commitment(sid, b_u)`` with ``expected``."""
+    return hmac.compare_digest(commitment(sid, b_u), expected)
+
+
+def self_mask(
+    b_u: bytes, sid: bytes, params: SecAggParams, *, out: prg.UIntArray | None = None
+) -> prg.UIntArray:
+    """PRG(b_u): the self mask, keyed by HKDF(b_u, sid, "self")."""
+    key = kdf.derive_key(b_u, purpose=b"self", session_id=sid)
+    return prg.mask(key, params.dim, params.modulus_bits, out=out)
+
+
+def pair_mask(
+    own_s_sk: bytes,
+    peer_s_pk: bytes,
+    sid: bytes,
+    u: int,
+    v: int,
+    params: SecAggParams,
+    *,
+    out: prg.UIntArray | None = None,
+) -> prg.UIntArray:
+    """PRG(s_{u,v}): the pairwise mask, keyed by HKDF(X25519(s), sid, "pair", min, max).
+
+    Symmetric in (u, v): both ends derive the same key from the unordered pair.
+    """
+    secret = x25519.exchange(own_s_sk, peer_s_pk)
+    key = kdf.derive_key(secret, purpose=b"pair", session_id=sid, parties=(min(u, v), max(u, v)))
+    return prg.mask(key, params.dim, params.modulus_bits, out=out)
+
+
+def add_pair_mask(acc: prg.UIntArray, mask: prg.UIntArray, u: int, v: int) -> None:
+    """Add u's share of the pair mask in place: +mask if u > v, -mask if u < v (mod 2^k).
+
+    This is Bonawitz's p_{u,v} = Δ_{u,v} · PRG(s_{u,v}); the two ends of a pair cancel.
+    """
+    if u > v:
+        np.add(acc, mask, out=acc)
+    else:
+        np.subtract(acc, mask, out=acc)

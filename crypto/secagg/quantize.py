@@ -1,0 +1,68 @@
+"""Weighted fixed-point inputs for SecAgg: values times weight, plus the weight itself.
+
+For weighted FedAvg the coordinator needs sum_u w_u * x_u and sum_u w_u, and must see
+neither an individual update nor an individual weight (sample counts can be sensitive).
+So a site clips its update to [-C, C] per coordinate, multiplies it by its weight w_u
+(0 <= w_u <= W), and appends w_u as the last coordinate; both go through the same masked
+sum. :class:`~crypto.secagg.params.RoundContext` checks the headroom for this layout.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import numpy.typing as npt
+
+from crypto.errors import ParameterError
+from crypto.hazmat import fixed_point
+from crypto.hazmat.prg import UIntArray
+from crypto.secagg.params import SecAggParams
+
+__all__ = ["decode_aggregate", "encode_update"]
+
+
+def encode_update(
+    params: SecAggParams, values: npt.ArrayLike, *, weight: float, rng: np.random.Generator
+) -> UIntArray:
+    """Encode ``clip(values, C) * weight`` followed by ``weight``: a vector of ``params.dim``.
+
+    ``values`` has ``params.dim - 1`` coordinates. The rounding randomness (not secret)
+    comes from ``rng``; encoding is unbiased (stochastic rounding).
+
+    >>> p = SecAggParams(threshold=2, modulus_bits=32, dim=3, frac_bits=8, clip=1.0,
+    ...                  max_weight=10.0)
+    >>> q = encode_update(p, [0.5, -2.0], weight=4, rng=np.random.default_rng(0))
+    >>> decode_aggregate(p, q)
+    (array([ 2., -4.]), 4.0)
+    """
+    x = np.asarray(values, dtype=np.float64)
+    if x.shape != (params.dim - 1,):
+        raise ParameterError(f"expected {params.dim - 1} values, got shape {x.shape}")
+    if not (math.isfinite(weight) and 0 <= weight <= params.max_weight):
+        raise ParameterError(f"weight must be in [0, max_weight={params.max_weight}]")
+    if not np.all(np.isfinite(x)):
+        raise ParameterError("values must be finite")
+    weighted = np.clip(x, -params.clip, params.clip) * weight
+    f, k = params.frac_bits, params.modulus_bits
+    clip = params.clip * params.max_weight
+    body = fixed_point.encode(weighted, clip=clip, frac_bits=f, modulus_bits=k, rng=rng)
+    tail = fixed_point.encode(
+        [weight], clip=params.max_weight, frac_bits=f, modulus_bits=k, rng=rng
+    )
+    return np.concatenate([body, tail])
+
+
+def decode_aggregate(
+    params: SecAggParams, total: UIntArray
+) -> tuple[npt.NDArray[np.float64], float]:
+    """Split a SecAgg sum into (sum of weighted values, sum of weights), as floats.
+
+    The weighted mean is ``values / weight`` (guard against a zero total weight).
+    """
+    if total.shape != (params.dim,):
+        raise ParameterError(f"expected a sum of length {params.dim}")
+    decoded = fixed_point.decode(
+        total, frac_bits=params.frac_bits, modulus_bits=params.modulus_bits
+    )
+    return decoded[:-1], float(decoded[-1])
