@@ -11,10 +11,7 @@ import base64
 import hashlib
 from dataclasses import dataclass
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-
+import crypto
 from fedrema_cli.errors import ConfigError, IntegrityError
 
 
@@ -45,10 +42,8 @@ class PublicIdentity:
     def verify(self, signature: bytes, message: bytes, *, who: str) -> None:
         """Raise IntegrityError unless ``signature`` is this party's signature of ``message``."""
         try:
-            Ed25519PublicKey.from_public_bytes(unb64(self.sign_pk, what=f"{who}'s key")).verify(
-                signature, message
-            )
-        except (InvalidSignature, ValueError):
+            crypto.verify_signature(unb64(self.sign_pk, what=f"{who}'s key"), signature, message)
+        except crypto.SecAggError:
             raise IntegrityError(f"signature by {who} does not verify") from None
 
     def to_json(self) -> dict[str, str]:
@@ -68,25 +63,19 @@ class Identity:
 
     @classmethod
     def generate(cls) -> Identity:
-        from cryptography.hazmat.primitives import serialization as ser
-
-        raw = ser.Encoding.Raw, ser.PrivateFormat.Raw, ser.NoEncryption()
-        return cls(
-            sign_sk=Ed25519PrivateKey.generate().private_bytes(*raw),
-            seal_sk=X25519PrivateKey.generate().private_bytes(*raw),
-        )
+        return cls(sign_sk=crypto.generate_signing_key(), seal_sk=crypto.generate_encryption_key())
 
     def sign(self, message: bytes) -> bytes:
-        return Ed25519PrivateKey.from_private_bytes(self.sign_sk).sign(message)
+        return crypto.sign(self.sign_sk, message)
 
     @property
     def public(self) -> PublicIdentity:
-        sign_pk = Ed25519PrivateKey.from_private_bytes(self.sign_sk).public_key().public_bytes_raw()
-        seal_pk = X25519PrivateKey.from_private_bytes(self.seal_sk).public_key().public_bytes_raw()
-        return PublicIdentity(sign_pk=b64(sign_pk), seal_pk=b64(seal_pk))
+        return PublicIdentity(sign_pk=b64(crypto.signing_public_key(self.sign_sk)),
+                              seal_pk=b64(crypto.encryption_public_key(self.seal_sk)))
 
     def to_json(self) -> dict[str, str]:
-        return {"format": "fedrema-identity/1", "sign_sk": b64(self.sign_sk), "seal_sk": b64(self.seal_sk)}
+        return {"format": "fedrema-identity/1", "sign_sk": b64(self.sign_sk),
+                "seal_sk": b64(self.seal_sk)}
 
     @classmethod
     def from_json(cls, data: dict) -> Identity:

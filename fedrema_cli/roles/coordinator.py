@@ -160,15 +160,19 @@ class Coordinator:
     # -- moving rounds forward --------------------------------------------------------------
 
     def advance(self, *, close: bool = False) -> Progress:
-        """Do every step possible now. ``close``: stop waiting for missing sites (if >= t acted)."""
+        """Do every step possible now.
+
+        ``close``: stop waiting for the sites missing from the phase that is open *now* (if
+        at least t have acted); phases opened by this call wait for their sites as usual.
+        """
         roster = self.fed.require_roster()
         progress = Progress()
-        for _ in range(4 * self.config.rounds + 4):  # bounded: each pass moves at least one phase
+        for step in range(4 * self.config.rounds + 4):  # bounded: each pass moves one phase
             r = current_round(self.fed)
             if r > self.config.rounds:
                 break
             before = len(progress.events)
-            self._step(r, roster, close, progress)
+            self._step(r, roster, close and step == 0, progress)
             if len(progress.events) == before:
                 break
         return progress

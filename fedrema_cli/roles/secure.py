@@ -14,43 +14,35 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from crypto.errors import SecAggError
-from crypto.secagg.client import (
+from crypto.secagg import (
     AwaitingKeyRoster,
     AwaitingMaskingRoster,
     AwaitingUnmaskRequest,
     ClientState,
-    load_client_state,
-    start_round,
-)
-from crypto.secagg.messages import (
     KeyAdvert,
     KeyRoster,
     MaskedInput,
     MaskingRoster,
+    RoundContext,
+    SecAggParams,
     ShareKeysMsg,
     UnmaskRequest,
     UnmaskShares,
-)
-from crypto.secagg.params import RoundContext, SecAggParams
-from crypto.secagg.quantize import decode_aggregate, encode_update
-from crypto.secagg.server import (
+    decode_aggregate,
+    encode_update,
     finalize,
+    load_client_state,
     route_ciphertexts,
+    start_round,
 )
-from crypto.secagg.server import (
-    fix_key_roster as _fix_key_roster,
-)
-from crypto.secagg.server import (
-    fix_masking_roster as _fix_masking_roster,
-)
-from crypto.secagg.server import (
-    fix_survivors as _fix_survivors,
-)
+from crypto.secagg import fix_key_roster as _fix_key_roster
+from crypto.secagg import fix_masking_roster as _fix_masking_roster
+from crypto.secagg import fix_survivors as _fix_survivors
 from fedrema_cli.config import FederationConfig
 from fedrema_cli.errors import ConfigError, IntegrityError, ProtocolAbortedError
 from fedrema_cli.identity import b64, unb64
 from fedrema_cli.merging import METHODS
-from fedrema_cli.modelspec import part_shapes
+from fedrema_cli.modelspec import part_size
 from fedrema_cli.roles.common import phase_of
 from fedrema_cli.store.federation import Federation, Roster
 from fedrema_cli.store.state import PartyState
@@ -69,7 +61,7 @@ def _secrets(r: int) -> str:
 def _dim(config: FederationConfig) -> int:
     part = METHODS[config.method].shared_part
     assert part is not None
-    return sum(int(np.prod(s, dtype=np.int64)) for s in part_shapes(config.model, part).values()) + 1
+    return part_size(config.model, part) + 1  # + the sample weight
 
 
 def round_context(config: FederationConfig, roster: Roster, r: int) -> RoundContext:
@@ -274,6 +266,9 @@ def _submit_masked(site: Site, r: int, secrets: _Secrets, actions: Actions) -> N
     me = _index(fed, site.name)
     if me not in roster.participants:
         return
+    if fed.exists("unmask-request", r):
+        actions.waiting.append(f"round {r}: closed without this site; it rejoins a later round")
+        return
     update = site.trained_update(r)
     if update is None:
         actions.waiting.append(f"round {r}: run `fedrema train-local`, then `fedrema submit`")
@@ -317,13 +312,27 @@ def _reveal(site: Site, r: int, secrets: _Secrets, actions: Actions) -> None:
 
 
 def _rejoin(site: Site, r: int, actions: Actions) -> None:
-    """A site left out of round r advertises keys for the next round it can still join."""
+    """A site left out of every open round advertises keys for the next round it can join."""
     fed, last = site.fed, site.fed.config.rounds
-    for rr in range(r, last + 1):
-        if site.state.exists(_secrets(rr)):
-            return  # already has keys for round rr or later in play
+    if any(site.state.exists(_secrets(k)) and not _left_out(site, k) for k in range(r, last + 1)):
+        return  # still part of a round in progress
     for rr in range(r, last + 1):
         if phase_of(fed, rr).name == "waiting" and not fed.exists("key-roster", rr):
             advertise(fed, site.state, rr)
             actions.done.append(f"round {rr}: keys advertised to rejoin the federation")
             return
+
+
+def _left_out(site: Site, r: int) -> bool:
+    """Whether this site can no longer contribute to round r (so should not wait for it)."""
+    fed = site.fed
+    if fed.exists("key-roster", r) and site.name not in key_roster_parties(fed, r):
+        return True
+    if fed.exists("masking-roster", r) and site.name not in masking_roster_names(fed, r):
+        return True
+    return fed.exists("unmask-request", r) and site.name not in _names(
+        fed, unmask_request(fed, r).survivors)
+
+
+def masking_roster_names(fed: Federation, r: int) -> list[str]:
+    return list(fed.get("masking-roster", r).body["participants"])

@@ -1,0 +1,200 @@
+"""Secure aggregation as deployed: what the coordinator holds after a round, dropouts, replays.
+
+The protocol itself is tested in tests/crypto; here the question is what the *files* give
+away: everything in the shared workspace plus the coordinator's private folder.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from crypto.hazmat import shamir
+from crypto.secagg import KeyRoster, MaskedInput, MaskingRoster, UnmaskRequest, UnmaskShares
+from crypto.secagg._derive import commitment_matches, self_mask
+from fedrema_cli.identity import unb64
+from fedrema_cli.params import flatten, load_params
+from fedrema_cli.roles import secure
+from fedrema_cli.roles.site import Site
+from tests.cli.conftest import SITES, Fed, run, snapshot
+
+
+def _submit_all(fed: Fed, sites=SITES) -> None:  # noqa: ANN001
+    for s in sites:
+        out = run("submit", "-s", fed.site(s))
+        assert out.exit_code in (0, 75), out.stderr
+
+
+def _round_one(fed: Fed) -> None:
+    _submit_all(fed)
+    assert run("aggregate", "-s", fed.coordinator).exit_code == 0
+    _submit_all(fed)
+    assert run("aggregate", "-s", fed.coordinator).exit_code == 0
+    for s in SITES:
+        assert run("train-local", "-s", fed.site(s)).exit_code == 0
+    _submit_all(fed)
+    assert run("aggregate", "-s", fed.coordinator).exit_code == 0
+    _submit_all(fed)
+    assert run("aggregate", "-s", fed.coordinator).exit_code == 0
+
+
+def _true_updates(fed: Fed) -> dict[str, tuple[np.ndarray, float]]:
+    """Each site's real extractor update and weight, from its *private* folder."""
+    out = {}
+    for s in SITES:
+        site = Site(fed.site(s))
+        delta, weight, _ = site.trained_update(1)
+        out[s] = (delta, weight)
+    return out
+
+
+def _load(path: Path, name: str) -> bytes:
+    return (path.parent / f"{path.name}.{name}").read_bytes()
+
+
+def test_the_coordinator_holds_only_the_sum(federation: Fed) -> None:
+    fed = federation
+    _round_one(fed)
+    truth = _true_updates(fed)
+    ws = fed.workspace / "rounds" / "0001"
+    site = Site(fed.site("va"))
+    ctx = secure.round_context(site.config, site.fed.require_roster(), 1)
+    params = ctx.params
+    roster = site.fed.require_roster()
+    index = {s.name: s.index for s in roster.sites}
+
+    # 1. The aggregate the coordinator published is the weighted mean of the true updates.
+    before = load_params((fed.workspace / "rounds/0001/model.params.safetensors").read_bytes())
+    after = load_params((fed.workspace / "rounds/0002/model.params.safetensors").read_bytes())
+    ext = lambda p: flatten({k: v for k, v in p.items() if k.startswith("extractor.")})[0]  # noqa: E731
+    weights = np.array([w for _, w in truth.values()])
+    expected = sum(w * d for d, w in truth.values()) / weights.sum()
+    np.testing.assert_allclose(ext(after) - ext(before), expected, atol=1e-6)
+
+    # 2. Everything the coordinator has: every file of the round and its own folder.
+    key_roster = KeyRoster.from_bytes(unb64(json.loads(
+        (ws / "key-roster.json").read_text())["body"]["roster"], what="U1"))
+    masking = MaskingRoster.from_bytes(unb64(json.loads(
+        (ws / "masking-roster.json").read_text())["body"]["roster"], what="U2"))
+    request = UnmaskRequest.from_bytes(unb64(json.loads(
+        (ws / "unmask-request.json").read_text())["body"]["request"], what="U3"))
+    reveals = [UnmaskShares.from_bytes((ws / "reveals" / f"{s}.msg.bin").read_bytes())
+               for s in SITES]
+    sid = key_roster.session_id(ctx)
+
+    for s in SITES:
+        u = index[s]
+        masked = MaskedInput.from_bytes((ws / "submissions" / f"{s}.masked.bin").read_bytes())
+        delta, weight = truth[s]
+        true_encoded = np.clip(delta, -params.clip, params.clip) * weight
+        # The masked vector itself says nothing: decoding it gives noise-sized values.
+        as_seen = masked.vector[:-1].view(np.int64).astype(np.float64) / 2**params.frac_bits
+        assert np.mean(np.abs(as_seen - true_encoded) > 1.0) > 0.99
+
+        # The coordinator learns b_u (that is how the sum is unmasked) ...
+        b_shares = [r.self_seed_shares[u] for r in reveals if u in r.self_seed_shares]
+        assert len(b_shares) >= ctx.threshold
+        b_u = shamir.combine(b_shares[: ctx.threshold])
+        assert commitment_matches(sid, b_u, masking.commitments[u])
+        # ... but never a single share of s_u^SK: every site was a survivor.
+        assert not any(u in r.key_shares for r in reveals)
+        assert u in request.survivors
+        # So y_u - PRG(b_u) is still hidden behind the pairwise masks.
+        unmasked_self = (masked.vector - self_mask(b_u, sid, params)).astype(params.dtype)
+        still = unmasked_self[:-1].view(np.int64).astype(np.float64) / 2**params.frac_bits
+        assert np.mean(np.abs(still - true_encoded) > 1.0) > 0.99
+
+    # 3. No plaintext update anywhere: neither the weighted delta nor the trained extractor
+    #    appears byte for byte in any shared file or in the coordinator's folder.
+    blobs = [p.read_bytes() for p in (*fed.workspace.rglob("*"), *fed.coordinator.rglob("*"))
+             if p.is_file()]
+    for s in SITES:
+        trained = load_params(Site(fed.site(s)).state.read_bytes("rounds/0001/trained.safetensors"))
+        needle = trained["extractor.0.weight"].tobytes()[:64]
+        assert not any(needle in b for b in blobs), f"{s}'s trained weights leaked"
+
+
+def test_a_site_that_drops_after_submitting_does_not_stop_the_round(federation: Fed) -> None:
+    fed = federation
+    _submit_all(fed)
+    run("aggregate", "-s", fed.coordinator)
+    _submit_all(fed)
+    run("aggregate", "-s", fed.coordinator)
+    for s in SITES:
+        run("train-local", "-s", fed.site(s))
+    _submit_all(fed)
+    assert run("aggregate", "-s", fed.coordinator).exit_code == 0  # unmask request out
+    _submit_all(fed, SITES[:-1])  # va never reveals
+    out = run("aggregate", "-s", fed.coordinator)
+    assert out.exit_code == 75  # waits for va until the deadline ...
+    out = run("aggregate", "-s", fed.coordinator, "--close", "--json")
+    assert out.exit_code == 0  # ... or until the coordinator stops waiting
+    result = json.loads((fed.workspace / "rounds/0001/result.json").read_text())["body"]
+    assert result["survivors"] == list(SITES)  # va's update is in the sum: it did submit
+
+
+def test_a_site_that_never_submits_is_dropped_and_the_sum_excludes_it(federation: Fed) -> None:
+    fed = federation
+    _submit_all(fed)
+    run("aggregate", "-s", fed.coordinator)
+    _submit_all(fed)
+    run("aggregate", "-s", fed.coordinator)
+    for s in SITES[:-1]:
+        run("train-local", "-s", fed.site(s))
+    _submit_all(fed, SITES[:-1])
+    assert run("aggregate", "-s", fed.coordinator, "--close").exit_code == 0
+    request = json.loads((fed.workspace / "rounds/0001/unmask-request.json").read_text())["body"]
+    assert request["dropped"] == ["va"]
+    _submit_all(fed, SITES[:-1])
+    assert run("aggregate", "-s", fed.coordinator).exit_code == 0
+    result = json.loads((fed.workspace / "rounds/0001/result.json").read_text())["body"]
+    assert result["survivors"] == list(SITES[:-1]) and result["dropped"] == ["va"]
+
+
+def test_below_threshold_the_round_aborts_cleanly(federation: Fed) -> None:
+    fed = federation  # 4 sites: t = 3
+    _submit_all(fed)
+    run("aggregate", "-s", fed.coordinator)
+    _submit_all(fed)
+    run("aggregate", "-s", fed.coordinator)
+    for s in SITES[:2]:
+        run("train-local", "-s", fed.site(s))
+    _submit_all(fed, SITES[:2])
+    before = snapshot(fed.workspace)
+    out = run("aggregate", "-s", fed.coordinator, "--close")
+    assert out.exit_code == 5 and "needs at least 3" in out.stderr
+    assert snapshot(fed.workspace) == before
+
+
+def test_a_tampered_masked_update_is_rejected_and_nothing_is_lost(federation: Fed) -> None:
+    fed = federation
+    _submit_all(fed)
+    run("aggregate", "-s", fed.coordinator)
+    _submit_all(fed)
+    run("aggregate", "-s", fed.coordinator)
+    for s in SITES:
+        run("train-local", "-s", fed.site(s))
+    _submit_all(fed)
+    blob = fed.workspace / "rounds/0001/submissions/va.masked.bin"
+    data = bytearray(blob.read_bytes())
+    data[-3] ^= 0x55
+    blob.write_bytes(bytes(data))
+    before = snapshot(fed.workspace)
+    out = run("aggregate", "-s", fed.coordinator)
+    assert out.exit_code == 3 and "does not match its signed hash" in out.stderr
+    assert snapshot(fed.workspace) == before
+
+
+def test_a_file_replayed_from_another_round_is_rejected(federation: Fed) -> None:
+    fed = federation
+    _submit_all(fed)  # round-1 key adverts
+    src = fed.workspace / "rounds/0001/keys/va.json"
+    dst = fed.workspace / "rounds/0002/keys/va.json"
+    dst.parent.mkdir(parents=True)
+    dst.write_bytes(src.read_bytes())
+    site = Site(fed.site("cleveland"))
+    with pytest.raises(Exception, match="round 1 file where 2 was expected|'round' 1"):
+        site.fed.get("key-advert", 2, site="va")
