@@ -36,8 +36,9 @@ def translate(exc: BaseException) -> FedremaError | None:
 
     if isinstance(exc, ce.ProtocolAborted):
         return ProtocolAbortedError(f"secure aggregation: {exc}")
-    if isinstance(exc, ce.IntegrityError | ce.MalformedMessage | ce.InvalidShare |
-                  ce.DoubleRevealError):
+    if isinstance(
+        exc, ce.IntegrityError | ce.MalformedMessage | ce.InvalidShare | ce.DoubleRevealError
+    ):
         return IntegrityError(f"secure aggregation: {exc}")
     if isinstance(exc, ce.ParameterError | ce.HeadroomError):
         return ConfigError(f"secure aggregation: {exc}")
@@ -58,9 +59,10 @@ class FedremaGroup(TyperGroup):
     """Runs a command and turns a user-facing error into one line and an exit code."""
 
     def invoke(self, ctx: Any) -> Any:
+        quiet_libraries()
         try:
             return super().invoke(ctx)
-        except Exception as exc:  # noqa: BLE001 - translated or re-raised below
+        except Exception as exc:
             err = translate(exc)
             if err is None:
                 raise
@@ -112,7 +114,18 @@ def version() -> None:
     typer.echo(__version__)
 
 
+def quiet_libraries() -> None:
+    """Libraries' chatter is not for operators: dp-accounting logs every RDP order it skips,
+    Opacus warns about a backward-hook detail on every private step."""
+    import logging
+    import warnings
+
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message="Full backward hook is firing")
+
+
 def main() -> None:
+    quiet_libraries()
     app(prog_name="fedrema")
 
 

@@ -99,14 +99,21 @@ class FederationConfig(_Frozen):
             raise ValueError(f"model has {self.model.num_classes} classes, data has {expected}")
         if isinstance(self.data, TabularSchema):
             if self.model.kind != "mlp" or self.model.in_features != self.data.num_features:
-                raise ValueError("a table needs an 'mlp' model with in_features = number of features")
+                raise ValueError(
+                    "a table needs an 'mlp' model with in_features = number of features"
+                )
         elif self.model.kind != "cnn" or self.model.input_shape != self.data.input_shape:
             raise ValueError("images need a 'cnn' model with the data's input_shape")
         p = self.privacy
         if p is not None and (p.local_epochs, p.batch_size, p.planned_rounds) != (
-                self.training.local_epochs, self.training.batch_size, self.rounds):
-            raise ValueError("the privacy policy must plan the federation's own rounds, local "
-                             "epochs and batch size")
+            self.training.local_epochs,
+            self.training.batch_size,
+            self.rounds,
+        ):
+            raise ValueError(
+                "the privacy policy must plan the federation's own rounds, local "
+                "epochs and batch size"
+            )
         return self
 
     @property
@@ -121,7 +128,8 @@ def parse_config(data: Any, *, where: str) -> FederationConfig:
         return FederationConfig.model_validate(data)
     except ValidationError as e:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}" for err in e.errors()
+            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}"
+            for err in e.errors()
         )
         raise ConfigError(f"{where}: {problems}") from None
 
@@ -157,9 +165,15 @@ def make_config(
     training = training or TrainingConfig()
     privacy = None
     if epsilon is not None:
-        privacy = PrivacyPolicy(target_epsilon=epsilon, delta=delta, accountant=accountant,
-                                max_grad_norm=max_grad_norm, planned_rounds=rounds,
-                                local_epochs=training.local_epochs, batch_size=training.batch_size)
+        privacy = PrivacyPolicy(
+            target_epsilon=epsilon,
+            delta=delta,
+            accountant=accountant,
+            max_grad_norm=max_grad_norm,
+            planned_rounds=rounds,
+            local_epochs=training.local_epochs,
+            batch_size=training.batch_size,
+        )
     return {
         "federation_id": federation_id,
         "method": method,
@@ -168,7 +182,9 @@ def make_config(
         "model": model.model_dump(mode="json"),
         "data": data.model_dump(mode="json"),
         "training": training.model_dump(mode="json"),
-        "secagg": SecAggConfig(enabled=secure_aggregation, threshold=threshold).model_dump(mode="json"),
+        "secagg": SecAggConfig(enabled=secure_aggregation, threshold=threshold).model_dump(
+            mode="json"
+        ),
         "round": RoundConfig(timeout_seconds=timeout_seconds).model_dump(mode="json"),
         "fedrema": (fedrema or FedReMaConfig()).model_dump(mode="json"),
         "privacy": privacy.model_dump(mode="json") if privacy else None,

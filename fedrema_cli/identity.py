@@ -70,12 +70,17 @@ class Identity:
 
     @property
     def public(self) -> PublicIdentity:
-        return PublicIdentity(sign_pk=b64(crypto.signing_public_key(self.sign_sk)),
-                              seal_pk=b64(crypto.encryption_public_key(self.seal_sk)))
+        return PublicIdentity(
+            sign_pk=b64(crypto.signing_public_key(self.sign_sk)),
+            seal_pk=b64(crypto.encryption_public_key(self.seal_sk)),
+        )
 
     def to_json(self) -> dict[str, str]:
-        return {"format": "fedrema-identity/1", "sign_sk": b64(self.sign_sk),
-                "seal_sk": b64(self.seal_sk)}
+        return {
+            "format": "fedrema-identity/1",
+            "sign_sk": b64(self.sign_sk),
+            "seal_sk": b64(self.seal_sk),
+        }
 
     @classmethod
     def from_json(cls, data: dict) -> Identity:

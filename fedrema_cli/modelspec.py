@@ -149,8 +149,6 @@ class ModelSpec(BaseModel):
         return self.input_shape
 
 
-
-
 @dataclass(frozen=True)
 class Layer:
     """One entry of a part's ``nn.Sequential``; its index is its position in the plan."""
@@ -190,8 +188,11 @@ def layer_plan(spec: ModelSpec, part: Literal["extractor", "head"]) -> tuple[Lay
     c, h, w = spec.input_shape
     layers: list[Layer] = []
     for out in spec.channels:
-        layers += [Layer("conv", c, out), Layer("groupnorm", out, out, spec.norm_groups),
-                   Layer("relu")]
+        layers += [
+            Layer("conv", c, out),
+            Layer("groupnorm", out, out, spec.norm_groups),
+            Layer("relu"),
+        ]
         if h >= 2 and w >= 2:
             layers.append(Layer("maxpool"))
             h, w = h // 2, w // 2

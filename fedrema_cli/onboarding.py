@@ -33,15 +33,26 @@ def create(
     round_timeout: float,
 ) -> dict[str, Any]:
     if preset is None:
-        raise UsageError("say which data and model the federation uses: --preset heart-disease "
-                         "or --preset label-skew")
+        raise UsageError(
+            "say which data and model the federation uses: --preset heart-disease "
+            "or --preset label-skew"
+        )
     info = get_dataset(preset)
     config = make_config(
-        federation_id=federation_id or preset, model=info.model_spec, data=info.schema,
-        method=method, rounds=rounds, seed=seed,
+        federation_id=federation_id or preset,
+        model=info.model_spec,
+        data=info.schema,
+        method=method,
+        rounds=rounds,
+        seed=seed,
         training=TrainingConfig(local_epochs=epochs, batch_size=batch_size, lr=lr),
-        secure_aggregation=secure_aggregation, threshold=threshold, timeout_seconds=round_timeout,
-        epsilon=epsilon, delta=delta, max_grad_norm=max_grad_norm)
+        secure_aggregation=secure_aggregation,
+        threshold=threshold,
+        timeout_seconds=round_timeout,
+        epsilon=epsilon,
+        delta=delta,
+        max_grad_norm=max_grad_norm,
+    )
     coord = Coordinator.create(workspace=workspace, state_dir=state, config=config)
     c = coord.config
     return {
@@ -49,24 +60,44 @@ def create(
         "fingerprint": fingerprint(c.coordinator.sign_pk),
         "method": c.method,
         "rounds": c.rounds,
-        "privacy": (f"epsilon {c.privacy.target_epsilon:g}, delta {c.privacy.delta:g}"
-                    if c.privacy else "off"),
+        "privacy": (
+            f"epsilon {c.privacy.target_epsilon:g}, delta {c.privacy.delta:g}"
+            if c.privacy
+            else "off"
+        ),
         "secure_aggregation": c.secagg.enabled,
     }
 
 
-def join(*, workspace: str, state: Path, site: str, train: Path | None, test: Path | None,
-         coordinator_fingerprint: str | None) -> dict[str, Any]:
+def join(
+    *,
+    workspace: str,
+    state: Path,
+    site: str,
+    train: Path | None,
+    test: Path | None,
+    coordinator_fingerprint: str | None,
+) -> dict[str, Any]:
     if train is None:
         raise UsageError("a site needs its training data: --train PATH")
-    s = Site.create(workspace=workspace, state_dir=state, name=site, train=train, test=test,
-                    coordinator_fingerprint=coordinator_fingerprint)
-    return {"site": site, "federation": s.config.federation_id,
-            "fingerprint": fingerprint(s.fed.identity.public.sign_pk)}
+    s = Site.create(
+        workspace=workspace,
+        state_dir=state,
+        name=site,
+        train=train,
+        test=test,
+        coordinator_fingerprint=coordinator_fingerprint,
+    )
+    return {
+        "site": site,
+        "federation": s.config.federation_id,
+        "fingerprint": fingerprint(s.fed.identity.public.sign_pk),
+    }
 
 
-def approve(*, state: Path, workspace: str | None, sites: list[str] | None,
-            all_sites: bool) -> dict[str, Any]:
+def approve(
+    *, state: Path, workspace: str | None, sites: list[str] | None, all_sites: bool
+) -> dict[str, Any]:
     coord = Coordinator(state, workspace=workspace)
     approved_now: list[str] = []
     if sites or all_sites:
@@ -78,6 +109,8 @@ def approve(*, state: Path, workspace: str | None, sites: list[str] | None,
         "roster_approved": roster is not None,
         "threshold": roster.threshold if roster else None,
         "approved_now": approved_now,
-        "enrollments": [{"site": e.site, "fingerprint": e.fingerprint, "approved": e.approved}
-                        for e in coord.enrollments()],
+        "enrollments": [
+            {"site": e.site, "fingerprint": e.fingerprint, "approved": e.approved}
+            for e in coord.enrollments()
+        ],
     }

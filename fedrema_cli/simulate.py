@@ -41,8 +41,10 @@ class Drop:
     def parse(cls, text: str) -> Drop:
         m = re.fullmatch(r"([A-Za-z0-9_.-]+):(keys|submit|unmask|offline)(?:@(\d+))?", text.strip())
         if not m:
-            raise UsageError(f"bad --drop {text!r}; use SITE:STAGE[@ROUND] with STAGE one of "
-                             "keys, submit, unmask, offline (e.g. va:unmask@3)")
+            raise UsageError(
+                f"bad --drop {text!r}; use SITE:STAGE[@ROUND] with STAGE one of "
+                "keys, submit, unmask, offline (e.g. va:unmask@3)"
+            )
         return cls(m.group(1), m.group(2), int(m.group(3) or 1))
 
     def blocks(self, site: str, r: int, phase: str) -> bool:
@@ -68,15 +70,18 @@ class SimulationSpec:
     keep: bool = False
 
 
-def run(spec: SimulationSpec, *, on_round: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+def run(
+    spec: SimulationSpec, *, on_round: Callable[[int, int], None] | None = None
+) -> dict[str, Any]:
     """Run the federation and return per-site test metrics and their means."""
     if spec.method not in METHODS:
         raise UsageError(f"unknown method {spec.method!r}; choose from {', '.join(METHODS)}")
     info = get_dataset(spec.dataset)
     for d in spec.drops:
         if d.site not in info.sites:
-            raise UsageError(f"--drop names {d.site!r}, not a site of {spec.dataset} "
-                             f"({', '.join(info.sites)})")
+            raise UsageError(
+                f"--drop names {d.site!r}, not a site of {spec.dataset} ({', '.join(info.sites)})"
+            )
         if not 1 <= d.round <= spec.rounds:
             raise UsageError(f"--drop round {d.round} is outside 1..{spec.rounds}")
     tmp = None
@@ -99,20 +104,36 @@ def run(spec: SimulationSpec, *, on_round: Callable[[int, int], None] | None = N
     return result
 
 
-def _run(spec: SimulationSpec, info: Any, root: Path,
-         on_round: Callable[[int, int], None] | None) -> dict[str, Any]:
+def _run(
+    spec: SimulationSpec, info: Any, root: Path, on_round: Callable[[int, int], None] | None
+) -> dict[str, Any]:
     files = info.prepare(root / "data", spec.seed)
     workspace = str(root / "workspace")
     config = make_config(
-        federation_id=f"sim-{spec.dataset}-{spec.method}", model=info.model_spec,
-        data=info.schema, method=spec.method, rounds=spec.rounds, seed=spec.seed,
-        training=spec.training, secure_aggregation=spec.secure_aggregation,
-        epsilon=spec.epsilon, delta=spec.delta, max_grad_norm=spec.max_grad_norm,
-        fedrema=spec.fedrema)
+        federation_id=f"sim-{spec.dataset}-{spec.method}",
+        model=info.model_spec,
+        data=info.schema,
+        method=spec.method,
+        rounds=spec.rounds,
+        seed=spec.seed,
+        training=spec.training,
+        secure_aggregation=spec.secure_aggregation,
+        epsilon=spec.epsilon,
+        delta=spec.delta,
+        max_grad_norm=spec.max_grad_norm,
+        fedrema=spec.fedrema,
+    )
     coord = Coordinator.create(workspace=workspace, state_dir=root / "coordinator", config=config)
-    sites = {name: Site.create(workspace=workspace, state_dir=root / "sites" / name, name=name,
-                               train=paths["train"], test=paths["test"])
-             for name, paths in files.items()}
+    sites = {
+        name: Site.create(
+            workspace=workspace,
+            state_dir=root / "sites" / name,
+            name=name,
+            train=paths["train"],
+            test=paths["test"],
+        )
+        for name, paths in files.items()
+    }
     coord.approve(None)
     for s in sites.values():  # pin the roster
         s.fed.load_roster()
@@ -129,8 +150,11 @@ def _run(spec: SimulationSpec, info: Any, root: Path,
             for name, site in sites.items():
                 if not acts(name, r):
                     continue
-                if (phase_of(coord.fed, r).name in ("keys", "collect", "waiting")
-                        and not site.trained(r) and coord.fed.exists("model", r)):
+                if (
+                    phase_of(coord.fed, r).name in ("keys", "collect", "waiting")
+                    and not site.trained(r)
+                    and coord.fed.exists("model", r)
+                ):
                     _train_if_participant(site)
                 site.submit()
             coord.advance(close=dropping)
@@ -143,9 +167,13 @@ def _run(spec: SimulationSpec, info: Any, root: Path,
     for name, site in sites.items():
         out = site.personalize()
         m = out["metrics"] or {}
-        per_site[name] = {"accuracy": m.get("accuracy"), "balanced_accuracy": m.get("balanced_accuracy"),
-                          "auc": m.get("auc"), "n_test": m.get("n"),
-                          "epsilon": site.epsilon_spent()}
+        per_site[name] = {
+            "accuracy": m.get("accuracy"),
+            "balanced_accuracy": m.get("balanced_accuracy"),
+            "auc": m.get("auc"),
+            "n_test": m.get("n"),
+            "epsilon": site.epsilon_spent(),
+        }
     result: dict[str, Any] = {
         "dataset": spec.dataset,
         "method": spec.method,

@@ -7,6 +7,7 @@ the steps Opacus actually took are recorded in the site's accountant.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -18,7 +19,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from fedrema_cli.config import TrainingConfig
 
 if TYPE_CHECKING:
-    from privacy.engine import DPSettings
+    from privacy import RoundPlan, SiteAccountant
+    from privacy.engine import RoundRecord
 
 
 @dataclass(frozen=True)
@@ -41,13 +43,20 @@ class Metrics:
     loss: float
 
     def to_json(self) -> dict:
-        return {"n": self.n, "accuracy": self.accuracy, "balanced_accuracy": self.balanced_accuracy,
-                "auc": self.auc, "loss": self.loss}
+        return {
+            "n": self.n,
+            "accuracy": self.accuracy,
+            "balanced_accuracy": self.balanced_accuracy,
+            "auc": self.auc,
+            "loss": self.loss,
+        }
 
 
 def _tensors(x: np.ndarray, y: np.ndarray) -> TensorDataset:
-    return TensorDataset(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
-                         torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64)))
+    return TensorDataset(
+        torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
+        torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64)),
+    )
 
 
 def train_local(
@@ -57,50 +66,83 @@ def train_local(
     *,
     config: TrainingConfig,
     seed: int,
-    dp: DPSettings | None = None,
-) -> tuple[nn.Module, TrainResult]:
+    private: PrivateRun | None = None,
+) -> tuple[nn.Module, TrainResult, RoundRecord | None]:
     """Train ``model`` on (x, y) for ``config.local_epochs`` epochs; returns a plain nn.Module.
 
-    Without DP: shuffled mini-batches. With DP: Opacus with Poisson sampling (the expected
-    batch size is ``config.batch_size``), the accountant update is done by the engine.
+    Without DP: shuffled mini-batches in an order seeded by ``seed``. With DP: Opacus with
+    Poisson sampling at the plan's rate; the steps it accounted are added to the accountant.
+    Sampling and noise are drawn from generators seeded by the OS's randomness, never from
+    ``seed``: a noise stream anyone can replay would protect nothing.
     """
     dataset = _tensors(x, y)
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
     loss_fn = nn.CrossEntropyLoss()
-    if dp is None:
-        loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True,
-                            generator=generator)
-        model, steps, loss = _loop(model, optimizer, loader, loss_fn, config.local_epochs)
-        return model, TrainResult(steps=steps, examples=len(dataset), mean_loss=loss)
+    if private is None:
+        loader = DataLoader(
+            dataset,
+            batch_size=config.batch_size,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(seed),
+        )
+        steps, loss = _loop(model, optimizer, loader, loss_fn, config.local_epochs)
+        return model, TrainResult(steps=steps, examples=len(dataset), mean_loss=loss), None
 
     from privacy.engine import private_training
 
-    with private_training(model, optimizer, dataset, settings=dp, batch_size=config.batch_size,
-                          generator=generator) as run:
-        _, steps, loss = _loop(run.model, run.optimizer, run.data_loader, loss_fn,
-                               config.local_epochs)
-    return run.plain_model, TrainResult(steps=steps, examples=len(dataset), mean_loss=loss)
+    with private_training(
+        model=model,
+        optimizer=optimizer,
+        criterion=loss_fn,
+        data=dataset,
+        plan=private.plan,
+        accountant=private.accountant,
+        sampling_generator=_os_seeded(),
+        noise_generator=_os_seeded(),
+    ) as dp:
+        steps, loss = _loop(
+            dp.model, dp.optimizer, dp.data_loader, dp.criterion, private.plan.local_epochs
+        )
+    result = TrainResult(steps=steps, examples=len(dataset), mean_loss=loss)
+    return dp.standard_module(), result, dp.record
 
 
-def _loop(model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader,
-          loss_fn: nn.Module, epochs: int) -> tuple[nn.Module, int, float]:
+@dataclass(frozen=True)
+class PrivateRun:
+    """The round plan the budget gate approved, and the accountant to record into."""
+
+    plan: RoundPlan
+    accountant: SiteAccountant
+
+
+def _os_seeded() -> torch.Generator:
+    return torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "big") >> 1)
+
+
+def _loop(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: DataLoader,
+    loss_fn: nn.Module,
+    epochs: int,
+) -> tuple[int, float]:
+    """Plain SGD epochs. Empty Poisson batches go through forward/backward too: Opacus turns
+    them into a noise-only step, which the accountant counts."""
     model.train()
-    steps, total = 0, 0.0
+    steps, total, seen = 0, 0.0, 0
     for _ in range(epochs):
         for xb, yb in loader:
             optimizer.zero_grad(set_to_none=True)
-            if len(yb) == 0:  # an empty Poisson batch still counts as a (noise-only) step
-                optimizer.step()
-                steps += 1
-                continue
             loss = loss_fn(model(xb), yb)
             loss.backward()
             optimizer.step()
             steps += 1
-            total += float(loss.detach())
-    return model, steps, total / max(steps, 1)
+            if len(yb):
+                total += float(loss.detach())
+                seen += 1
+    return steps, total / max(seen, 1)
 
 
 @torch.no_grad()
@@ -126,9 +168,11 @@ def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, *, num_classes: int
         else:
             present = np.unique(y)
             if len(present) == num_classes:
-                auc = float(roc_auc_score(y, proba, multi_class="ovr", labels=list(range(num_classes))))
+                auc = float(
+                    roc_auc_score(y, proba, multi_class="ovr", labels=list(range(num_classes)))
+                )
     return Metrics(
-        n=int(len(y)),
+        n=len(y),
         accuracy=float((pred == y).mean()) if len(y) else float("nan"),
         balanced_accuracy=float(balanced_accuracy_score(y, pred)) if len(y) else float("nan"),
         auc=auc,

@@ -18,18 +18,35 @@ from fedrema_cli.errors import NotYetError
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
 
-StateOpt = Annotated[Path, typer.Option(
-    "--state", "-s", envvar="FEDREMA_STATE",
-    help="This party's private state folder (keys, secrets, local models). Never share it.")]
-WorkspaceOpt = Annotated[str | None, typer.Option(
-    "--workspace", "-w", envvar="FEDREMA_WORKSPACE",
-    help="The federation workspace shared by all parties: a folder, or an fsspec URL "
-         "(sftp://host/path, s3://bucket/path). Defaults to the one recorded at init.")]
+StateOpt = Annotated[
+    Path,
+    typer.Option(
+        "--state",
+        "-s",
+        envvar="FEDREMA_STATE",
+        help="This party's private state folder (keys, secrets, local models). Never share it.",
+    ),
+]
+WorkspaceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--workspace",
+        "-w",
+        envvar="FEDREMA_WORKSPACE",
+        help="The federation workspace shared by all parties: a folder, or an fsspec URL "
+        "(sftp://host/path, s3://bucket/path). Defaults to the one recorded at init.",
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
-WaitOpt = Annotated[bool, typer.Option(
-    "--wait", help="Keep going until this party's part of the round is done.")]
-TimeoutOpt = Annotated[float, typer.Option(
-    "--timeout", min=0, help="With --wait: give up after this many seconds (exit 75).")]
+WaitOpt = Annotated[
+    bool, typer.Option("--wait", help="Keep going until this party's part of the round is done.")
+]
+TimeoutOpt = Annotated[
+    float,
+    typer.Option(
+        "--timeout", min=0, help="With --wait: give up after this many seconds (exit 75)."
+    ),
+]
 
 
 def emit_json(obj: Any) -> None:
@@ -42,8 +59,9 @@ def say(text: str) -> None:
     console.print(text)
 
 
-def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]],
-          caption: str | None = None) -> Table:
+def table(
+    title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], caption: str | None = None
+) -> Table:
     t = Table(title=title, caption=caption, title_justify="left")
     for i, c in enumerate(columns):
         t.add_column(c, justify="left" if i == 0 else "right")
@@ -60,8 +78,9 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
-def wait_for(step: Callable[[], tuple[bool, str]], *, timeout: float, poll: float = 1.0,
-             quiet: bool = False) -> None:
+def wait_for(
+    step: Callable[[], tuple[bool, str]], *, timeout: float, poll: float = 1.0, quiet: bool = False
+) -> None:
     """Call ``step`` until it reports done; show what is awaited; raise NotYetError at the end."""
     deadline = time.monotonic() + timeout
     done, waiting = step()
@@ -70,8 +89,10 @@ def wait_for(step: Callable[[], tuple[bool, str]], *, timeout: float, poll: floa
     with err_console.status(waiting, spinner="dots") as status:
         while True:
             if time.monotonic() >= deadline:
-                raise NotYetError(f"gave up after {timeout:.0f}s; still waiting for {waiting}",
-                                  hint="run the same command again later")
+                raise NotYetError(
+                    f"gave up after {timeout:.0f}s; still waiting for {waiting}",
+                    hint="run the same command again later",
+                )
             time.sleep(poll)
             done, waiting = step()
             if done:

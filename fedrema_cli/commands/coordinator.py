@@ -15,8 +15,12 @@ def register(app: typer.Typer) -> None:
 
 def aggregate(
     state: ui.StateOpt,
-    close: Annotated[bool, typer.Option(
-        "--close", help="Stop waiting for missing sites now (needs the threshold of sites).")] = False,
+    close: Annotated[
+        bool,
+        typer.Option(
+            "--close", help="Stop waiting for missing sites now (needs the threshold of sites)."
+        ),
+    ] = False,
     workspace: ui.WorkspaceOpt = None,
     wait: ui.WaitOpt = False,
     timeout: ui.TimeoutOpt = 3600.0,
@@ -49,11 +53,19 @@ def aggregate(
 
     ui.wait_for(step, timeout=timeout)
     if json_out:
-        ui.emit_json({"events": events, "round": coord.current_round(),
-                      "complete": coord.complete(), "waiting_for": coord.waiting_for()})
+        ui.emit_json(
+            {
+                "events": events,
+                "round": coord.current_round(),
+                "complete": coord.complete(),
+                "waiting_for": coord.waiting_for(),
+            }
+        )
     elif coord.complete():
         ui.say("[bold]federation complete[/]: sites run `fedrema personalize`")
     if not events:
-        raise NotYetError(f"nothing to aggregate yet; waiting for {coord.waiting_for()}",
-                          hint="`fedrema status` shows who must act")
+        raise NotYetError(
+            f"nothing to aggregate yet; waiting for {coord.waiting_for()}",
+            hint="`fedrema status` shows who must act",
+        )
     return None

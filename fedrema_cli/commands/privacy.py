@@ -1,9 +1,103 @@
-"""`fedrema privacy report` and `fedrema audit` (wired in with the privacy ledger)."""
+"""`fedrema privacy report` and `fedrema audit`: epsilon per site and round, from signed ledgers."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from fedrema_cli import ui
 
 
 def register(app: typer.Typer) -> None:
-    del app
+    privacy_app = typer.Typer(name="privacy", no_args_is_help=True,
+                              help="Privacy budgets for compliance staff.")
+    privacy_app.command(name="report")(report)
+    app.add_typer(privacy_app)
+    app.command(name="audit")(audit)
+
+
+StateAny = Annotated[Path | None, typer.Option(
+    "--state", "-s", envvar="FEDREMA_STATE",
+    help="A site's state folder: report that site's own ledger (the source of truth).")]
+
+
+def report(
+    state: StateAny = None,
+    workspace: ui.WorkspaceOpt = None,
+    html: Annotated[Path | None, typer.Option(
+        help="Write a self-contained HTML report (with the epsilon plot) to file here.")] = None,
+    pdf: Annotated[Path | None, typer.Option(help="Write a PDF report here.")] = None,
+    json_out: ui.JsonOpt = False,
+) -> None:
+    """Epsilon spent per site and per round against the budget, verified from signed ledgers.
+
+    Every number is recomputed from the signed ledger entries, with the site's accountant and
+    independently with Google's dp-accounting (RDP and PLD); anything that does not verify is
+    shown in red and the exit code is 3. The HTML/PDF states the assumptions and what is and
+    is not covered.
+
+      fedrema privacy report -w /shared/heart --html privacy-report.html
+    """
+    from fedrema_cli.errors import IntegrityError
+    from fedrema_cli.privacy_view import build
+    from fedrema_cli.store.storage import LocalStorage
+    from privacy.report import to_dict, to_html, to_pdf, to_rich
+
+    rep, extra = build(state=state, workspace=workspace)
+    for path, data in ((html, lambda: to_html(rep).encode("utf-8")), (pdf, lambda: to_pdf(rep))):
+        if path is not None:
+            LocalStorage(path.parent).replace(path.name, data())
+    if json_out:
+        out = to_dict(rep)
+        out["workspace_problems"] = extra
+        ui.emit_json(out)
+    else:
+        ui.console.print(to_rich(rep))
+        for p in extra:
+            ui.console.print(f"[bold red]{p}[/]")
+        for path in (html, pdf):
+            if path is not None:
+                ui.say(f"written: {path}")
+    if not rep.verified or extra:
+        raise IntegrityError("the privacy ledgers do not all verify (see the report)",
+                             hint="`fedrema audit` names the site and entry")
+
+
+def audit(
+    state: StateAny = None,
+    workspace: ui.WorkspaceOpt = None,
+    json_out: ui.JsonOpt = False,
+) -> None:
+    """Verify every ledger's hash chain and signatures and recompute epsilon independently.
+
+    Shows the site's own epsilon next to dp-accounting's RDP and PLD figures; exits 3 naming
+    the site and the entry (line) when anything does not verify.
+
+      fedrema audit -w /shared/heart
+    """
+    from fedrema_cli.errors import IntegrityError
+    from fedrema_cli.privacy_view import build
+
+    rep, extra = build(state=state, workspace=workspace)
+    rows = [(s.site, s.status.value, len(s.rounds), s.epsilon, s.epsilon_rdp_independent,
+             s.epsilon_pld_independent, s.target_epsilon) for s in rep.sites]
+    problems = extra + [f"{s.site}: {p}" for s in rep.sites for p in s.failing_problems]
+    problems += [str(p) for p in rep.problems]
+    if json_out:
+        ui.emit_json({"verified": not problems, "problems": problems,
+                      "sites": [dict(zip(("site", "status", "rounds", "epsilon",
+                                          "epsilon_rdp_independent", "epsilon_pld_independent",
+                                          "target_epsilon"), row, strict=True))
+                                for row in rows]})
+    else:
+        ui.console.print(ui.table(
+            f"Audit of {rep.federation}",
+            ["site", "status", "rounds", "ε (site)", "ε RDP (dp-acc.)", "ε PLD (dp-acc.)",
+             "target"], rows))
+    if problems:
+        raise IntegrityError(f"{problems[0]}" + (f" (and {len(problems) - 1} more)"
+                                                  if len(problems) > 1 else ""))
+    if not json_out:
+        ui.say("[green]✓[/] every ledger verifies; epsilon recomputed independently")

@@ -17,54 +17,116 @@ def register(app: typer.Typer) -> None:
 
 def init(
     state: ui.StateOpt,
-    workspace: Annotated[str, typer.Option(
-        "--workspace", "-w", envvar="FEDREMA_WORKSPACE",
-        help="The federation workspace shared by all parties (folder or fsspec URL).")],
-    site: Annotated[str | None, typer.Option(
-        help="Join as this site (a hospital) instead of creating the federation.",
-        rich_help_panel="Joining as a site")] = None,
-    train: Annotated[Path | None, typer.Option(
-        help="The site's training data (CSV/Parquet table, or .npz with x, y).",
-        rich_help_panel="Joining as a site")] = None,
-    test: Annotated[Path | None, typer.Option(
-        help="The site's hold-out data, used by `personalize` to evaluate.",
-        rich_help_panel="Joining as a site")] = None,
-    coordinator_fingerprint: Annotated[str | None, typer.Option(
-        help="The coordinator key fingerprint you were given out of band; init refuses a "
-             "workspace signed by anyone else.", rich_help_panel="Joining as a site")] = None,
-    preset: Annotated[str | None, typer.Option(
-        help="Data schema and model of a bundled dataset: heart-disease or label-skew.",
-        rich_help_panel="Creating a federation")] = None,
-    federation_id: Annotated[str | None, typer.Option(
-        help="A short name for the federation (lowercase, digits, . _ -).",
-        rich_help_panel="Creating a federation")] = None,
-    method: Annotated[str, typer.Option(
-        help="fedrema, fedavg, fedper or local.", rich_help_panel="Creating a federation")] = "fedrema",
+    workspace: Annotated[
+        str,
+        typer.Option(
+            "--workspace",
+            "-w",
+            envvar="FEDREMA_WORKSPACE",
+            help="The federation workspace shared by all parties (folder or fsspec URL).",
+        ),
+    ],
+    site: Annotated[
+        str | None,
+        typer.Option(
+            help="Join as this site (a hospital) instead of creating the federation.",
+            rich_help_panel="Joining as a site",
+        ),
+    ] = None,
+    train: Annotated[
+        Path | None,
+        typer.Option(
+            help="The site's training data (CSV/Parquet table, or .npz with x, y).",
+            rich_help_panel="Joining as a site",
+        ),
+    ] = None,
+    test: Annotated[
+        Path | None,
+        typer.Option(
+            help="The site's hold-out data, used by `personalize` to evaluate.",
+            rich_help_panel="Joining as a site",
+        ),
+    ] = None,
+    coordinator_fingerprint: Annotated[
+        str | None,
+        typer.Option(
+            help="The coordinator key fingerprint you were given out of band; init refuses a "
+            "workspace signed by anyone else.",
+            rich_help_panel="Joining as a site",
+        ),
+    ] = None,
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            help="Data schema and model of a bundled dataset: heart-disease or label-skew.",
+            rich_help_panel="Creating a federation",
+        ),
+    ] = None,
+    federation_id: Annotated[
+        str | None,
+        typer.Option(
+            help="A short name for the federation (lowercase, digits, . _ -).",
+            rich_help_panel="Creating a federation",
+        ),
+    ] = None,
+    method: Annotated[
+        str,
+        typer.Option(
+            help="fedrema, fedavg, fedper or local.", rich_help_panel="Creating a federation"
+        ),
+    ] = "fedrema",
     rounds: Annotated[int, typer.Option(min=1, rich_help_panel="Creating a federation")] = 20,
-    epochs: Annotated[int, typer.Option(min=1, help="Local epochs per round.",
-                                        rich_help_panel="Creating a federation")] = 1,
+    epochs: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Local epochs per round.", rich_help_panel="Creating a federation"
+        ),
+    ] = 1,
     batch_size: Annotated[int, typer.Option(min=1, rich_help_panel="Creating a federation")] = 16,
     lr: Annotated[float, typer.Option(min=0, rich_help_panel="Creating a federation")] = 0.05,
-    seed: Annotated[int, typer.Option(help="Seeds the initial model.",
-                                      rich_help_panel="Creating a federation")] = 0,
-    epsilon: Annotated[float | None, typer.Option(
-        help="Record-level privacy budget per site (DP-SGD).",
-        rich_help_panel="Privacy")] = 3.0,
+    seed: Annotated[
+        int, typer.Option(help="Seeds the initial model.", rich_help_panel="Creating a federation")
+    ] = 0,
+    epsilon: Annotated[
+        float | None,
+        typer.Option(
+            help="Record-level privacy budget per site (DP-SGD).", rich_help_panel="Privacy"
+        ),
+    ] = 3.0,
     delta: Annotated[float, typer.Option(rich_help_panel="Privacy")] = 1e-5,
-    max_grad_norm: Annotated[float, typer.Option(
-        help="DP-SGD per-sample clipping norm.", rich_help_panel="Privacy")] = 1.0,
-    no_dp: Annotated[bool, typer.Option(
-        "--no-dp", help="Train without differential privacy (not for real patient data).",
-        rich_help_panel="Privacy")] = False,
-    threshold: Annotated[int | None, typer.Option(
-        help="Secure aggregation: sites that must survive a round (default 2n/3+1).",
-        rich_help_panel="Secure aggregation")] = None,
-    no_secure_aggregation: Annotated[bool, typer.Option(
-        "--no-secure-aggregation", help="Send plaintext updates (for comparison only).",
-        rich_help_panel="Secure aggregation")] = False,
-    round_timeout: Annotated[float, typer.Option(
-        help="Seconds the coordinator waits for missing sites before going on without them.",
-        rich_help_panel="Secure aggregation")] = 24 * 3600.0,
+    max_grad_norm: Annotated[
+        float, typer.Option(help="DP-SGD per-sample clipping norm.", rich_help_panel="Privacy")
+    ] = 1.0,
+    no_dp: Annotated[
+        bool,
+        typer.Option(
+            "--no-dp",
+            help="Train without differential privacy (not for real patient data).",
+            rich_help_panel="Privacy",
+        ),
+    ] = False,
+    threshold: Annotated[
+        int | None,
+        typer.Option(
+            help="Secure aggregation: sites that must survive a round (default 2n/3+1).",
+            rich_help_panel="Secure aggregation",
+        ),
+    ] = None,
+    no_secure_aggregation: Annotated[
+        bool,
+        typer.Option(
+            "--no-secure-aggregation",
+            help="Send plaintext updates (for comparison only).",
+            rich_help_panel="Secure aggregation",
+        ),
+    ] = False,
+    round_timeout: Annotated[
+        float,
+        typer.Option(
+            help="Seconds the coordinator waits for missing sites before going on without them.",
+            rich_help_panel="Secure aggregation",
+        ),
+    ] = 24 * 3600.0,
     json_out: ui.JsonOpt = False,
 ) -> None:
     """Create a federation (coordinator), or join one (a site, with --site).
@@ -79,26 +141,48 @@ def init(
     from fedrema_cli import onboarding as actions
 
     if site is not None:
-        out = actions.join(workspace=workspace, state=state, site=site, train=train, test=test,
-                           coordinator_fingerprint=coordinator_fingerprint)
+        out = actions.join(
+            workspace=workspace,
+            state=state,
+            site=site,
+            train=train,
+            test=test,
+            coordinator_fingerprint=coordinator_fingerprint,
+        )
         if json_out:
             return ui.emit_json(out)
         ui.say(f"[green]✓[/] {site} asked to join [bold]{out['federation']}[/]")
-        ui.say(f"  site key fingerprint: [bold]{out['fingerprint']}[/] (read it to the coordinator)")
+        ui.say(
+            f"  site key fingerprint: [bold]{out['fingerprint']}[/] (read it to the coordinator)"
+        )
         ui.say("  next: the coordinator runs `fedrema approve`; then `fedrema submit`")
         return None
     out = actions.create(
-        workspace=workspace, state=state, preset=preset, federation_id=federation_id,
-        method=method, rounds=rounds, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-        epsilon=None if no_dp else epsilon, delta=delta, max_grad_norm=max_grad_norm,
-        threshold=threshold, secure_aggregation=not no_secure_aggregation,
-        round_timeout=round_timeout)
+        workspace=workspace,
+        state=state,
+        preset=preset,
+        federation_id=federation_id,
+        method=method,
+        rounds=rounds,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        epsilon=None if no_dp else epsilon,
+        delta=delta,
+        max_grad_norm=max_grad_norm,
+        threshold=threshold,
+        secure_aggregation=not no_secure_aggregation,
+        round_timeout=round_timeout,
+    )
     if json_out:
         return ui.emit_json(out)
     ui.say(f"[green]✓[/] federation [bold]{out['federation']}[/] created in {workspace}")
     ui.say(f"  coordinator key fingerprint: [bold]{out['fingerprint']}[/] (give it to every site)")
-    ui.say(f"  method {out['method']}, {out['rounds']} rounds, privacy: {out['privacy']}, "
-           f"secure aggregation: {'on' if out['secure_aggregation'] else 'OFF'}")
+    ui.say(
+        f"  method {out['method']}, {out['rounds']} rounds, privacy: {out['privacy']}, "
+        f"secure aggregation: {'on' if out['secure_aggregation'] else 'OFF'}"
+    )
     ui.say("  next: each site runs `fedrema init --site NAME ...`, then you run `fedrema approve`")
     return None
 
@@ -121,12 +205,21 @@ def approve(
     out = actions.approve(state=state, workspace=workspace, sites=sites, all_sites=all_sites)
     if json_out:
         return ui.emit_json(out)
-    ui.console.print(ui.table("Enrolled sites", ["site", "key fingerprint", "approved"],
-                              [(e["site"], e["fingerprint"], "yes" if e["approved"] else "no")
-                               for e in out["enrollments"]]))
+    ui.console.print(
+        ui.table(
+            "Enrolled sites",
+            ["site", "key fingerprint", "approved"],
+            [
+                (e["site"], e["fingerprint"], "yes" if e["approved"] else "no")
+                for e in out["enrollments"]
+            ],
+        )
+    )
     if out.get("approved_now"):
-        ui.say(f"[green]✓[/] roster signed: {', '.join(out['approved_now'])} "
-               f"(secure-aggregation threshold {out['threshold']})")
+        ui.say(
+            f"[green]✓[/] roster signed: {', '.join(out['approved_now'])} "
+            f"(secure-aggregation threshold {out['threshold']})"
+        )
         ui.say("  next: each site runs `fedrema submit` (key exchange), then `fedrema train-local`")
     elif not out["roster_approved"]:
         ui.say("  approve with `fedrema approve --all` or `fedrema approve SITE ...`")

@@ -17,27 +17,54 @@ def register(app: typer.Typer) -> None:
 
 def simulate(
     dataset: Annotated[str, typer.Argument(help="heart-disease (4 real hospitals) or label-skew.")],
-    method: Annotated[str, typer.Option(
-        help="fedrema, fedavg, fedper, local; several separated by commas give one table.")] = "fedrema",
+    method: Annotated[
+        str,
+        typer.Option(
+            help="fedrema, fedavg, fedper, local; several separated by commas give one table."
+        ),
+    ] = "fedrema",
     rounds: Annotated[int, typer.Option(min=1)] = 20,
     seed: Annotated[int, typer.Option()] = 1,
     epochs: Annotated[int, typer.Option(min=1, help="Local epochs per round.")] = 1,
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
     lr: Annotated[float, typer.Option(min=0)] = 0.05,
-    epsilon: Annotated[float | None, typer.Option(
-        help="Record-level privacy budget per site (DP-SGD); default: no DP in simulations "
-             "unless given.", rich_help_panel="Privacy")] = None,
+    epsilon: Annotated[
+        float | None,
+        typer.Option(
+            help="Record-level privacy budget per site (DP-SGD); default: no DP in simulations "
+            "unless given.",
+            rich_help_panel="Privacy",
+        ),
+    ] = None,
     delta: Annotated[float, typer.Option(rich_help_panel="Privacy")] = 1e-5,
-    no_dp: Annotated[bool, typer.Option("--no-dp", help="Train without differential privacy.",
-                                        rich_help_panel="Privacy")] = False,
-    no_secure_aggregation: Annotated[bool, typer.Option(
-        "--no-secure-aggregation", help="Plaintext updates, for comparison.",
-        rich_help_panel="Secure aggregation")] = False,
-    drop: Annotated[list[str] | None, typer.Option(
-        help="SITE:STAGE[@ROUND]: the site does nothing in that stage (keys, submit, unmask, "
-             "offline) of that round; repeatable.", rich_help_panel="Secure aggregation")] = None,
-    workdir: Annotated[Path | None, typer.Option(
-        help="Keep every party's folders here (default: a temporary folder, removed).")] = None,
+    no_dp: Annotated[
+        bool,
+        typer.Option(
+            "--no-dp", help="Train without differential privacy.", rich_help_panel="Privacy"
+        ),
+    ] = False,
+    no_secure_aggregation: Annotated[
+        bool,
+        typer.Option(
+            "--no-secure-aggregation",
+            help="Plaintext updates, for comparison.",
+            rich_help_panel="Secure aggregation",
+        ),
+    ] = False,
+    drop: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="SITE:STAGE[@ROUND]: the site does nothing in that stage (keys, submit, unmask, "
+            "offline) of that round; repeatable.",
+            rich_help_panel="Secure aggregation",
+        ),
+    ] = None,
+    workdir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Keep every party's folders here (default: a temporary folder, removed)."
+        ),
+    ] = None,
     json_out: ui.JsonOpt = False,
 ) -> None:
     """Run a whole federation on this machine and print each site's test accuracy.
@@ -60,11 +87,19 @@ def simulate(
     results = []
     for m in methods:
         spec = sim.SimulationSpec(
-            dataset=dataset, method=m, rounds=rounds, seed=seed,
-            secure_aggregation=not no_secure_aggregation, epsilon=epsilon, delta=delta,
+            dataset=dataset,
+            method=m,
+            rounds=rounds,
+            seed=seed,
+            secure_aggregation=not no_secure_aggregation,
+            epsilon=epsilon,
+            delta=delta,
             training=TrainingConfig(local_epochs=epochs, batch_size=batch_size, lr=lr),
-            drops=drops, workdir=(workdir / m) if workdir and len(methods) > 1 else workdir)
+            drops=drops,
+            workdir=(workdir / m) if workdir and len(methods) > 1 else workdir,
+        )
         with ui.err_console.status(f"{m}: starting…", spinner="dots") as status:
+
             def progress(r: int, total: int, m: str = m) -> None:
                 status.update(f"{m}: round {r}/{total} done")
 
@@ -82,18 +117,28 @@ def results_table(results: list[dict]) -> object:
         columns.append("max ε")
     rows = []
     for r in results:
-        row = [r["method"], *[r["sites"][s]["accuracy"] for s in sites], r["mean_accuracy"],
-               r["mean_balanced_accuracy"], r["mean_auc"]]
+        row = [
+            r["method"],
+            *[r["sites"][s]["accuracy"] for s in sites],
+            r["mean_accuracy"],
+            r["mean_balanced_accuracy"],
+            r["mean_auc"],
+        ]
         if "max ε" in columns:
             eps = [v["epsilon"] for v in r["sites"].values() if v["epsilon"] is not None]
             row.append(max(eps) if eps else None)
         rows.append(row)
     first = results[0]
-    privacy = (f"DP ε={first['privacy']['epsilon']:g}, δ={first['privacy']['delta']:g}"
-               if first["privacy"] else "no DP")
-    caption = (f"{first['dataset']}: test accuracy per site after {first['rounds']} rounds, "
-               f"seed {first['seed']}, {privacy}, secure aggregation "
-               f"{'on' if any(r['secure_aggregation'] for r in results) else 'off'}")
+    privacy = (
+        f"DP ε={first['privacy']['epsilon']:g}, δ={first['privacy']['delta']:g}"
+        if first["privacy"]
+        else "no DP"
+    )
+    caption = (
+        f"{first['dataset']}: test accuracy per site after {first['rounds']} rounds, "
+        f"seed {first['seed']}, {privacy}, secure aggregation "
+        f"{'on' if any(r['secure_aggregation'] for r in results) else 'off'}"
+    )
     return ui.table("Per-site test accuracy", columns, rows, caption=caption)
 
 
@@ -105,7 +150,7 @@ def prepare_data(
 ) -> None:
     """Write each site's train and test file of a bundled dataset (for trying the real CLI).
 
-      fedrema prepare-data heart-disease --out hospitals/
+    fedrema prepare-data heart-disease --out hospitals/
     """
     from fedrema_cli.datasets import get_dataset
 

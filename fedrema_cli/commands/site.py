@@ -16,8 +16,9 @@ def register(app: typer.Typer) -> None:
     app.command(name="personalize")(personalize)
 
 
-def train_local(state: ui.StateOpt, workspace: ui.WorkspaceOpt = None,
-                json_out: ui.JsonOpt = False) -> None:
+def train_local(
+    state: ui.StateOpt, workspace: ui.WorkspaceOpt = None, json_out: ui.JsonOpt = False
+) -> None:
     """Train this round's update on this site's data (once per round; DP-SGD if the policy says).
 
     The privacy budget is checked before any training: a round that would cross it is refused
@@ -33,17 +34,26 @@ def train_local(state: ui.StateOpt, workspace: ui.WorkspaceOpt = None,
     if json_out:
         return ui.emit_json(record)
     eps = record.get("privacy")
-    ui.say(f"[green]✓[/] {site.name}: round {record['round']} trained "
-           f"({record['steps']} steps on {record['examples']} records)")
+    ui.say(
+        f"[green]✓[/] {site.name}: round {record['round']} trained "
+        f"({record['steps']} steps on {record['examples']} records)"
+    )
     if eps:
-        ui.say(f"  privacy: epsilon {eps['epsilon_after']:.3f} of {eps['target_epsilon']:g} "
-               f"spent after this round (delta {eps['delta']:g}); recorded in the ledger")
+        ui.say(
+            f"  privacy: epsilon {eps['epsilon_after']:.3f} of {eps['target_epsilon']:g} "
+            f"spent after this round (delta {eps['delta']:g}); recorded in the ledger"
+        )
     ui.say("  next: `fedrema submit`")
     return None
 
 
-def submit(state: ui.StateOpt, workspace: ui.WorkspaceOpt = None, wait: ui.WaitOpt = False,
-           timeout: ui.TimeoutOpt = 3600.0, json_out: ui.JsonOpt = False) -> None:
+def submit(
+    state: ui.StateOpt,
+    workspace: ui.WorkspaceOpt = None,
+    wait: ui.WaitOpt = False,
+    timeout: ui.TimeoutOpt = 3600.0,
+    json_out: ui.JsonOpt = False,
+) -> None:
     """Send what the round needs from this site now (key shares, masked update, unmasking shares).
 
     Safe to re-run. With --wait it stays, showing what it waits for, until this site's part
@@ -66,8 +76,10 @@ def submit(state: ui.StateOpt, workspace: ui.WorkspaceOpt = None, wait: ui.WaitO
                 ui.say(f"[green]✓[/] {site.name}: {line}")
         waiting[:] = actions.waiting
         if any("train-local" in w for w in waiting):
-            raise UsageError(f"{site.name}: nothing to submit yet: the update for this round is "
-                             "not trained", hint="`fedrema train-local`, then `fedrema submit`")
+            raise UsageError(
+                f"{site.name}: nothing to submit yet: the update for this round is not trained",
+                hint="`fedrema train-local`, then `fedrema submit`",
+            )
         finished = not wait or site.round_part_done()
         return finished, "; ".join(waiting) or "the coordinator"
 
@@ -78,16 +90,20 @@ def submit(state: ui.StateOpt, workspace: ui.WorkspaceOpt = None, wait: ui.WaitO
         for line in waiting:
             ui.say(f"  waiting for {line}")
     if not done:
-        raise NotYetError(f"{site.name}: nothing to send yet; waiting for "
-                          f"{'; '.join(waiting) or 'the coordinator'}",
-                          hint="`fedrema status` shows who must act")
+        raise NotYetError(
+            f"{site.name}: nothing to send yet; waiting for "
+            f"{'; '.join(waiting) or 'the coordinator'}",
+            hint="`fedrema status` shows who must act",
+        )
     return None
 
 
 def personalize(
     state: ui.StateOpt,
-    export: Annotated[Path | None, typer.Option(
-        help="Write the deployable model here (safetensors + model card JSON).")] = None,
+    export: Annotated[
+        Path | None,
+        typer.Option(help="Write the deployable model here (safetensors + model card JSON)."),
+    ] = None,
     workspace: ui.WorkspaceOpt = None,
     json_out: ui.JsonOpt = False,
 ) -> None:
@@ -108,8 +124,10 @@ def personalize(
     status = "final" if out["complete"] else f"after round {out['after_round']} (not finished)"
     ui.say(f"[green]✓[/] {site.name}: personalized model, {status}, method {out['method']}")
     if m:
-        ui.say(f"  hold-out ({m['n']} records): accuracy {m['accuracy']:.3f}, balanced accuracy "
-               f"{m['balanced_accuracy']:.3f}, AUC {ui.fmt(m['auc'])}")
+        ui.say(
+            f"  hold-out ({m['n']} records): accuracy {m['accuracy']:.3f}, balanced accuracy "
+            f"{m['balanced_accuracy']:.3f}, AUC {ui.fmt(m['auc'])}"
+        )
     if out.get("exported"):
         ui.say(f"  exported to {out['exported']}")
     return None

@@ -15,15 +15,21 @@ def register(app: typer.Typer) -> None:
 
 
 def status(
-    state: Annotated[Path | None, typer.Option(
-        "--state", "-s", envvar="FEDREMA_STATE",
-        help="A site's or the coordinator's state folder: the answer says what *it* does next.")] = None,
+    state: Annotated[
+        Path | None,
+        typer.Option(
+            "--state",
+            "-s",
+            envvar="FEDREMA_STATE",
+            help="A site's or the coordinator's state folder: the answer says what *it* does next.",
+        ),
+    ] = None,
     workspace: ui.WorkspaceOpt = None,
     json_out: ui.JsonOpt = False,
 ) -> None:
     """Show the current round, who has acted, who is missing, and what to do next.
 
-      fedrema status -s cleveland
+    fedrema status -s cleveland
     """
     from fedrema_cli.status_view import federation_status
 
@@ -31,15 +37,24 @@ def status(
     if json_out:
         return ui.emit_json(out)
     if out["phase"] == "enrolling":
-        ui.say(f"[bold]{out['federation']}[/]: sites enrolling ({', '.join(out['acted']) or 'none yet'})")
+        ui.say(
+            f"[bold]{out['federation']}[/]: sites enrolling "
+            f"({', '.join(out['acted']) or 'none yet'})"
+        )
     elif out["complete"]:
-        ui.say(f"[bold]{out['federation']}[/]: complete after {out['rounds']} rounds ({out['method']})")
+        ui.say(
+            f"[bold]{out['federation']}[/]: complete after {out['rounds']} rounds ({out['method']})"
+        )
     else:
-        ui.say(f"[bold]{out['federation']}[/]: round {out['round']} of {out['rounds']} — "
-               f"{out['phase_label']} ({out['method']}, secure aggregation "
-               f"{'on' if out['secure_aggregation'] else 'off'})")
-        ui.say(f"  to {out['action']}: done {len(out['acted'])}/{len(out['expected'])}"
-               + (f"; waiting for {', '.join(out['missing'])}" if out["missing"] else ""))
+        ui.say(
+            f"[bold]{out['federation']}[/]: round {out['round']} of {out['rounds']} — "
+            f"{out['phase_label']} ({out['method']}, secure aggregation "
+            f"{'on' if out['secure_aggregation'] else 'off'})"
+        )
+        ui.say(
+            f"  to {out['action']}: done {len(out['acted'])}/{len(out['expected'])}"
+            + (f"; waiting for {', '.join(out['missing'])}" if out["missing"] else "")
+        )
     if out.get("you"):
         ui.say(f"  you are [bold]{out['you']}[/]: next → {out['next']}")
     else:

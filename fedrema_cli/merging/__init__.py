@@ -29,12 +29,23 @@ class Method:
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
-        Method("fedrema", "shared extractor; each head merged with its most relevant peers "
-               "(FedReMa)", "extractor", True, "merged"),
-        Method("fedavg", "one shared model, sample-weighted average (FedAvg)", "all", False,
-               "global"),
-        Method("fedper", "shared extractor; every head stays at its site (FedPer)", "extractor",
-               False, "own"),
+        Method(
+            "fedrema",
+            "shared extractor; each head merged with its most relevant peers (FedReMa)",
+            "extractor",
+            True,
+            "merged",
+        ),
+        Method(
+            "fedavg", "one shared model, sample-weighted average (FedAvg)", "all", False, "global"
+        ),
+        Method(
+            "fedper",
+            "shared extractor; every head stays at its site (FedPer)",
+            "extractor",
+            False,
+            "own",
+        ),
         Method("local", "every site trains alone; nothing is shared", None, False, "own"),
     )
 }

@@ -108,7 +108,9 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def similarity_matrix(logits: np.ndarray, *, t_self: float = 0.5, t_peer: float = 1.0) -> np.ndarray:
+def similarity_matrix(
+    logits: np.ndarray, *, t_self: float = 0.5, t_peer: float = 1.0
+) -> np.ndarray:
     """S[i, j] = mean over probe samples of cos(softmax(l_ii / t_self), softmax(l_ij / t_peer)).
 
     ``logits[i, j]`` is head j evaluated on row i's probe, shape (n, n, samples, classes).
@@ -123,7 +125,9 @@ def similarity_matrix(logits: np.ndarray, *, t_self: float = 0.5, t_peer: float 
         p_i = softmax(logits[i, i], t_self)
         for j in range(n):
             p_j = softmax(logits[i, j], t_peer)
-            cos = (p_i * p_j).sum(-1) / (np.linalg.norm(p_i, axis=-1) * np.linalg.norm(p_j, axis=-1))
+            cos = (p_i * p_j).sum(-1) / (
+                np.linalg.norm(p_i, axis=-1) * np.linalg.norm(p_j, axis=-1)
+            )
             s[i, j] = float(cos.mean())
         s[i, i] = 1.0
     return s
@@ -246,6 +250,8 @@ def participants(heads: Mapping[str, np.ndarray], state: FedReMaState) -> list[s
     return [s for s in state.sites if s in heads]
 
 
-def uniform_probe(rng: np.random.Generator, *, feature_dim: int, samples: int, scale: float) -> np.ndarray:
+def uniform_probe(
+    rng: np.random.Generator, *, feature_dim: int, samples: int, scale: float
+) -> np.ndarray:
     """The official code's default probe: uniform noise in [0, scale) in feature space."""
     return rng.random((samples, feature_dim)) * scale

@@ -74,38 +74,59 @@ class Coordinator:
     def __init__(self, state_dir: str | Path, *, workspace: str | None = None) -> None:
         self.state = PartyState(state_dir)
         if not self.state.exists(META):
-            raise ConfigError(f"{state_dir} is not a coordinator state folder",
-                              hint="create one with `fedrema init --workspace WS --state DIR`")
+            raise ConfigError(
+                f"{state_dir} is not a coordinator state folder",
+                hint="create one with `fedrema init --workspace WS --state DIR`",
+            )
         meta = self.state.read_json(META)
         ws = Workspace.open(workspace or meta["workspace"])
         config, digest = read_federation(ws)
         if digest != meta["federation_sha256"]:
-            raise ConfigError("federation.json in the workspace is not the one this coordinator wrote")
+            raise ConfigError(
+                "federation.json in the workspace is not the one this coordinator wrote"
+            )
         self.fed = Federation(ws, config, me=COORDINATOR, identity=self.state.identity())
         self.fed.load_roster()
 
     # -- creation and approval ------------------------------------------------------------
 
     @classmethod
-    def create(cls, *, workspace: str, state_dir: str | Path, config: dict[str, Any]) -> Coordinator:
+    def create(
+        cls, *, workspace: str, state_dir: str | Path, config: dict[str, Any]
+    ) -> Coordinator:
         """Write a new federation: signed config and private coordinator state."""
         state = PartyState(state_dir)
         ws = Workspace.open(workspace)
         if state.exists(META):
             raise UsageError(f"{state_dir} already holds a coordinator; nothing was changed")
         if ws.exists(FEDERATION):
-            raise UsageError(f"{ws.describe()} already holds a federation; nothing was changed",
-                             hint="use an empty folder for a new federation")
+            raise UsageError(
+                f"{ws.describe()} already holds a federation; nothing was changed",
+                hint="use an empty folder for a new federation",
+            )
         identity = state.create_identity()
         pub = identity.public
         full = {**config, "coordinator": {"sign_pk": pub.sign_pk, "seal_pk": pub.seal_pk}}
         parsed = parse_config(full, where="the new federation's config")
         body = parsed.model_dump(mode="json")
-        ws.put(FEDERATION, kind="federation", federation=parsed.federation_id, round=0,
-               author=COORDINATOR, identity=identity, body=body)
-        state.write_json(META, {"format": "fedrema-coordinator/1", "workspace": workspace,
-                                "federation_id": parsed.federation_id,
-                                "federation_sha256": ws.raw_sha256(FEDERATION)})
+        ws.put(
+            FEDERATION,
+            kind="federation",
+            federation=parsed.federation_id,
+            round=0,
+            author=COORDINATOR,
+            identity=identity,
+            body=body,
+        )
+        state.write_json(
+            META,
+            {
+                "format": "fedrema-coordinator/1",
+                "workspace": workspace,
+                "federation_id": parsed.federation_id,
+                "federation_sha256": ws.raw_sha256(FEDERATION),
+            },
+        )
         return cls(state_dir)
 
     @property
@@ -124,17 +145,22 @@ class Coordinator:
     def approve(self, sites: list[str] | None = None) -> Roster:
         """Sign the roster (all enrolled sites, or the named ones) and open round 1."""
         if self.fed.roster is not None:
-            raise UsageError("the roster is already approved; sites cannot be added to a running "
-                             "federation yet")
+            raise UsageError(
+                "the roster is already approved; sites cannot be added to a running federation yet"
+            )
         enrolled = {e.site: e for e in self.enrollments()}
         chosen = sorted(enrolled) if not sites else sorted(set(sites))
         unknown = [s for s in chosen if s not in enrolled]
         if unknown:
-            raise UsageError(f"no enrollment for {', '.join(unknown)} "
-                             f"(enrolled: {', '.join(sorted(enrolled)) or 'none'})")
+            raise UsageError(
+                f"no enrollment for {', '.join(unknown)} "
+                f"(enrolled: {', '.join(sorted(enrolled)) or 'none'})"
+            )
         if len(chosen) < 2:
-            raise UsageError(f"a federation needs at least 2 sites, {len(chosen)} enrolled",
-                             hint="each hospital runs `fedrema init --site NAME ...` first")
+            raise UsageError(
+                f"a federation needs at least 2 sites, {len(chosen)} enrolled",
+                hint="each hospital runs `fedrema init --site NAME ...` first",
+            )
         n = len(chosen)
         threshold = self.config.secagg.threshold or default_threshold(n)
         if threshold > n:
@@ -143,16 +169,33 @@ class Coordinator:
             federation_id=self.fed.id,
             threshold=threshold,
             approved_at=timestamp(),
-            sites=tuple(RosterSite(name=s, index=i + 1, sign_pk=enrolled[s].public.sign_pk,
-                                   seal_pk=enrolled[s].public.seal_pk)
-                        for i, s in enumerate(chosen)),
+            sites=tuple(
+                RosterSite(
+                    name=s,
+                    index=i + 1,
+                    sign_pk=enrolled[s].public.sign_pk,
+                    seal_pk=enrolled[s].public.seal_pk,
+                )
+                for i, s in enumerate(chosen)
+            ),
         )
         if self.config.secure:
             secure.check_parameters(self.config, roster)  # headroom etc. before anything is signed
-        self.fed.put("model", 1, {"round": 1, "created": timestamp()},
-                     attachments=model_attachment(initial_params(self.config)))
-        self.fed.ws.put(ROSTER, kind="roster", federation=self.fed.id, round=0, author=COORDINATOR,
-                        identity=self.fed.identity, body=roster.model_dump(mode="json"))
+        self.fed.put(
+            "model",
+            1,
+            {"round": 1, "created": timestamp()},
+            attachments=model_attachment(initial_params(self.config)),
+        )
+        self.fed.ws.put(
+            ROSTER,
+            kind="roster",
+            federation=self.fed.id,
+            round=0,
+            author=COORDINATOR,
+            identity=self.fed.identity,
+            body=roster.model_dump(mode="json"),
+        )
         self.fed.roster = roster
         self._open_round(1, Progress())
         return roster
@@ -183,8 +226,9 @@ class Coordinator:
             return self.fed.require_roster().approved_at
         return str(self.fed.get(kind, r).body["opened_at"])
 
-    def _ready(self, acted: list[str], expected: list[str], opened_at: str, r: int, close: bool,
-               what: str) -> bool:
+    def _ready(
+        self, acted: list[str], expected: list[str], opened_at: str, r: int, close: bool, what: str
+    ) -> bool:
         """All expected sites acted, or the deadline passed with at least t of them."""
         if set(expected) <= set(acted):
             return True
@@ -205,20 +249,24 @@ class Coordinator:
         phase = phase_of(self.fed, r).name
         if phase == "waiting":
             advertised = self.fed.sites_with("key-advert", r)
-            opened = (self._opened_at("roster", 0) if r == 1
-                      else self._opened_at("unmask-request", r - 1))
+            opened = (
+                self._opened_at("roster", 0) if r == 1 else self._opened_at("unmask-request", r - 1)
+            )
             if self._ready(advertised, list(roster.names), opened, r, close, "advertised keys"):
                 self._open_round(r, progress)
         elif phase == "keys":
             expected = secure.key_roster_parties(self.fed, r)
             acted = self.fed.sites_with("shares", r)
-            if self._ready(acted, expected, self._opened_at("key-roster", r), r, close, "shared their keys"):
+            if self._ready(
+                acted, expected, self._opened_at("key-roster", r), r, close, "shared their keys"
+            ):
                 self._fix_masking_roster(r, acted, progress)
         elif phase == "collect":
             expected = list(self.fed.get("masking-roster", r).body["participants"])
             acted = [s for s in self.fed.sites_with("submission", r) if s in expected]
-            if self._ready(acted, expected, self._opened_at("masking-roster", r), r, close,
-                           "submitted"):
+            if self._ready(
+                acted, expected, self._opened_at("masking-roster", r), r, close, "submitted"
+            ):
                 if self.config.secure:
                     self._request_unmasking(r, acted, expected, progress)
                 else:
@@ -236,8 +284,11 @@ class Coordinator:
             return
         roster = self.fed.require_roster()
         if not self.config.secure:
-            self.fed.put("masking-roster", r, {"round": r, "participants": list(roster.names),
-                                               "opened_at": timestamp()})
+            self.fed.put(
+                "masking-roster",
+                r,
+                {"round": r, "participants": list(roster.names), "opened_at": timestamp()},
+            )
             progress.events.append(f"round {r}: open for updates from {len(roster.names)} sites")
             return
         if self.fed.exists("key-roster", r):
@@ -254,8 +305,9 @@ class Coordinator:
         self.fed.put("masking-roster", r, {**body, "opened_at": timestamp()})
         progress.events.append(f"round {r}: open for masked updates from {len(shared)} sites (U2)")
 
-    def _request_unmasking(self, r: int, submitted: list[str], expected: list[str],
-                           progress: Progress) -> None:
+    def _request_unmasking(
+        self, r: int, submitted: list[str], expected: list[str], progress: Progress
+    ) -> None:
         body = secure.fix_survivors(self.fed, r, submitted)
         self.fed.put("unmask-request", r, {**body, "opened_at": timestamp()})
         dropped = sorted(set(expected) - set(submitted))
@@ -276,8 +328,12 @@ class Coordinator:
         merge_info: dict[str, Any] = {}
         if method.sends_head:
             merge_info = self._merge_heads(r, survivors, progress)
-        self.fed.put("model", r + 1, {"round": r + 1, "created": timestamp()},
-                     attachments=model_attachment(params))
+        self.fed.put(
+            "model",
+            r + 1,
+            {"round": r + 1, "created": timestamp()},
+            attachments=model_attachment(params),
+        )
         expected = self._expected(r)
         result = {
             "round": r,
@@ -290,8 +346,10 @@ class Coordinator:
             **merge_info,
         }
         self.fed.put("result", r, result)
-        progress.events.append(f"round {r}: finished with {len(survivors)} sites"
-                               + (f" (total weight {total_weight:.0f})" if total_weight else ""))
+        progress.events.append(
+            f"round {r}: finished with {len(survivors)} sites"
+            + (f" (total weight {total_weight:.0f})" if total_weight else "")
+        )
         progress.finished.append(r)
         if self.config.secure:
             if r < self.config.rounds and self.fed.exists("key-roster", r + 1):
@@ -307,16 +365,23 @@ class Coordinator:
     def _merge_heads(self, r: int, survivors: list[str], progress: Progress) -> dict[str, Any]:
         """FedReMa: open the survivors' sealed heads, merge, seal each merged head to its site."""
         config = self.config
-        heads = {s: exchange.open_head_for_coordinator(self.fed, r, s) for s in survivors
-                 if self.fed.get("submission", r, site=s).body.get("sealed_head")}
+        heads = {
+            s: exchange.open_head_for_coordinator(self.fed, r, s)
+            for s in survivors
+            if self.fed.get("submission", r, site=s).body.get("sealed_head")
+        }
         if not heads:
             return {}
         layout_names = sorted(next(iter(heads.values())))
-        vectors = {s: np.concatenate([h[k].astype(np.float64).ravel() for k in layout_names])
-                   for s, h in heads.items()}
-        state = (fr.FedReMaState.from_json(self.state.read_json(FEDREMA_STATE))
-                 if self.state.exists(FEDREMA_STATE)
-                 else fr.FedReMaState(sites=self.fed.require_roster().names))
+        vectors = {
+            s: np.concatenate([h[k].astype(np.float64).ravel() for k in layout_names])
+            for s, h in heads.items()
+        }
+        state = (
+            fr.FedReMaState.from_json(self.state.read_json(FEDREMA_STATE))
+            if self.state.exists(FEDREMA_STATE)
+            else fr.FedReMaState(sites=self.fed.require_roster().names)
+        )
         params = exchange.fedrema_params(config)
         present = fr.participants(vectors, state)
         logits = None
@@ -330,9 +395,15 @@ class Coordinator:
             head = exchange.unflatten_like(vec, template)
             exchange.seal_head_to_site(self.fed, r + 1, site, save_params(head))
         log = self.state.read_json(MERGE_LOG) if self.state.exists(MERGE_LOG) else []
-        log.append({"round": r, "in_ccp": report.in_ccp, "mean_gap": report.mean_gap,
-                    "ccp_ended": report.ccp_ended,
-                    "selected": {k: list(v) for k, v in report.selected.items()}})
+        log.append(
+            {
+                "round": r,
+                "in_ccp": report.in_ccp,
+                "mean_gap": report.mean_gap,
+                "ccp_ended": report.ccp_ended,
+                "selected": {k: list(v) for k, v in report.selected.items()},
+            }
+        )
         self.state.write_json(MERGE_LOG, log)
         if report.ccp_ended:
             progress.events.append(f"round {r}: FedReMa's critical co-learning period ended")
@@ -361,14 +432,21 @@ class Coordinator:
         return self.state.read_json(MERGE_LOG) if self.state.exists(MERGE_LOG) else []
 
 
-def _probe_logits(heads: dict[str, dict[str, np.ndarray]], present: list[str],
-                  config: FederationConfig, params: fr.FedReMaParams,
-                  rng: np.random.Generator) -> np.ndarray:
+def _probe_logits(
+    heads: dict[str, dict[str, np.ndarray]],
+    present: list[str],
+    config: FederationConfig,
+    params: fr.FedReMaParams,
+    rng: np.random.Generator,
+) -> np.ndarray:
     """logits[i, j] = head_j on row i's own probe (FedReMa draws one probe per row)."""
     rows = []
     for _ in present:
-        probe = fr.uniform_probe(rng, feature_dim=config.model.feature_dim,
-                                 samples=params.probe_samples, scale=params.probe_scale)
+        probe = fr.uniform_probe(
+            rng,
+            feature_dim=config.model.feature_dim,
+            samples=params.probe_samples,
+            scale=params.probe_scale,
+        )
         rows.append(np.stack([head_logits(heads[j], config.model, probe) for j in present]))
     return np.stack(rows)
-

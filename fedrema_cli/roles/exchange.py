@@ -28,22 +28,31 @@ UPDATE = "update.safetensors"
 
 # -- enrollment ------------------------------------------------------------------------------
 
+
 def write_enrollment(ws: Workspace, *, federation_id: str, site: str, identity: Identity) -> bool:
     pub = identity.public
-    return ws.put(f"enrollments/{site}", kind="enrollment", federation=federation_id, round=0,
-                  author=site_author(site), identity=identity,
-                  body={"site": site, "keys": pub.to_json()})
+    return ws.put(
+        f"enrollments/{site}",
+        kind="enrollment",
+        federation=federation_id,
+        round=0,
+        author=site_author(site),
+        identity=identity,
+        body={"site": site, "keys": pub.to_json()},
+    )
 
 
 def read_enrollment(fed: Federation, site: str) -> Artifact:
-    art = fed.ws.read_self_signed(f"enrollments/{site}", kind="enrollment",
-                                  author=site_author(site), key_field="keys")
+    art = fed.ws.read_self_signed(
+        f"enrollments/{site}", kind="enrollment", author=site_author(site), key_field="keys"
+    )
     if art.body.get("site") != site or art.envelope.header.get("federation") != fed.id:
         raise IntegrityError(f"enrollments/{site}.json is for another site or federation")
     return art
 
 
 # -- shared part as one vector ----------------------------------------------------------------
+
 
 def shared_vector(params: Mapping[str, np.ndarray], part: str) -> np.ndarray:
     """The shared part of a model as one float64 vector (sorted names: identical everywhere)."""
@@ -70,9 +79,16 @@ def unflatten_like(vector: np.ndarray, template: Mapping[str, np.ndarray]) -> Pa
 
 # -- plaintext updates (secure aggregation off) ------------------------------------------------
 
+
 def plain_update(weighted_delta: np.ndarray, weight: float) -> dict[str, bytes]:
-    return {UPDATE: st_save({"weighted_delta": np.ascontiguousarray(weighted_delta, np.float64),
-                             "weight": np.array([weight], dtype=np.float64)})}
+    return {
+        UPDATE: st_save(
+            {
+                "weighted_delta": np.ascontiguousarray(weighted_delta, np.float64),
+                "weight": np.array([weight], dtype=np.float64),
+            }
+        )
+    }
 
 
 def plain_sum(fed: Federation, r: int, sites: list[str]) -> tuple[np.ndarray, float]:
@@ -92,9 +108,11 @@ def plain_sum(fed: Federation, r: int, sites: list[str]) -> tuple[np.ndarray, fl
 
 # -- sealed heads ------------------------------------------------------------------------------
 
+
 def _context(fed: Federation, r: int, sender: str, recipient: str) -> SealContext:
-    return SealContext(federation_id=fed.id, round=r, sender=sender, recipient=recipient,
-                       purpose="classifier-head")
+    return SealContext(
+        federation_id=fed.id, round=r, sender=sender, recipient=recipient, purpose="classifier-head"
+    )
 
 
 def seal_head_for_coordinator(fed: Federation, r: int, head: bytes) -> str:
@@ -105,7 +123,9 @@ def seal_head_for_coordinator(fed: Federation, r: int, head: bytes) -> str:
 def open_head_for_coordinator(fed: Federation, r: int, site: str) -> Params:
     body = fed.get("submission", r, site=site).body
     sealed = unb64(str(body["sealed_head"]), what=f"head from {site}")
-    plain = open_sealed(sealed, fed.identity.seal_sk, _context(fed, r, site_author(site), COORDINATOR))
+    plain = open_sealed(
+        sealed, fed.identity.seal_sk, _context(fed, r, site_author(site), COORDINATOR)
+    )
     return load_params(plain)
 
 
@@ -126,8 +146,14 @@ def open_head_for_site(fed: Federation, r: int) -> Params | None:
     return load_params(open_sealed(sealed, fed.identity.seal_sk, ctx))
 
 
-def fedrema_params(config) -> fr.FedReMaParams:  # noqa: ANN001 - FederationConfig, avoids a cycle
+def fedrema_params(config) -> fr.FedReMaParams:
     c = config.fedrema
-    return fr.FedReMaParams(delta=c.delta, t_self=c.t_self, t_peer=c.t_peer, probe=c.probe,
-                            probe_scale=c.probe_scale, probe_samples=c.probe_samples,
-                            self_weight=c.self_weight)
+    return fr.FedReMaParams(
+        delta=c.delta,
+        t_self=c.t_self,
+        t_peer=c.t_peer,
+        probe=c.probe,
+        probe_scale=c.probe_scale,
+        probe_samples=c.probe_samples,
+        self_weight=c.self_weight,
+    )

@@ -67,11 +67,17 @@ def _dim(config: FederationConfig) -> int:
 def round_context(config: FederationConfig, roster: Roster, r: int) -> RoundContext:
     """Everything round r's SecAgg session is bound to, built from signed, public data."""
     c = config.secagg
-    params = SecAggParams(threshold=roster.threshold, modulus_bits=c.modulus_bits,
-                          dim=_dim(config), frac_bits=c.frac_bits, clip=c.clip,
-                          max_weight=c.max_weight)
-    return RoundContext(config.federation_id, r, roster.digest, params,
-                        tuple(s.index for s in roster.sites))
+    params = SecAggParams(
+        threshold=roster.threshold,
+        modulus_bits=c.modulus_bits,
+        dim=_dim(config),
+        frac_bits=c.frac_bits,
+        clip=c.clip,
+        max_weight=c.max_weight,
+    )
+    return RoundContext(
+        config.federation_id, r, roster.digest, params, tuple(s.index for s in roster.sites)
+    )
 
 
 def check_parameters(config: FederationConfig, roster: Roster) -> None:
@@ -79,8 +85,9 @@ def check_parameters(config: FederationConfig, roster: Roster) -> None:
     try:
         round_context(config, roster, 1)
     except SecAggError as e:
-        raise ConfigError(f"secure-aggregation parameters do not work for {len(roster.sites)} "
-                          f"sites: {e}") from None
+        raise ConfigError(
+            f"secure-aggregation parameters do not work for {len(roster.sites)} sites: {e}"
+        ) from None
 
 
 def _ctx(fed: Federation, r: int) -> RoundContext:
@@ -97,6 +104,7 @@ def _names(fed: Federation, parties: tuple[int, ...]) -> list[str]:
 
 
 # -- coordinator side ------------------------------------------------------------------------
+
 
 def _advert(fed: Federation, r: int, site: str) -> KeyAdvert:
     body = fed.get("key-advert", r, site=site).body
@@ -145,8 +153,11 @@ def fix_masking_roster(fed: Federation, r: int, shared: list[str]) -> dict[str, 
     u1 = set(key_roster_parties(fed, r))
     shared = [s for s in shared if s in u1]
     roster = _fix_masking_roster(_ctx(fed, r), key_roster(fed, r), _shares(fed, r, shared))
-    return {"round": r, "participants": _names(fed, roster.participants),
-            "roster": b64(roster.to_bytes())}
+    return {
+        "round": r,
+        "participants": _names(fed, roster.participants),
+        "roster": b64(roster.to_bytes()),
+    }
 
 
 def _masked(fed: Federation, r: int, sites: list[str]) -> list[MaskedInput]:
@@ -155,8 +166,12 @@ def _masked(fed: Federation, r: int, sites: list[str]) -> list[MaskedInput]:
 
 def fix_survivors(fed: Federation, r: int, submitted: list[str]) -> dict[str, Any]:
     request = _fix_survivors(_ctx(fed, r), masking_roster(fed, r), _masked(fed, r, submitted))
-    return {"round": r, "survivors": _names(fed, request.survivors),
-            "dropped": _names(fed, request.dropped), "request": b64(request.to_bytes())}
+    return {
+        "round": r,
+        "survivors": _names(fed, request.survivors),
+        "dropped": _names(fed, request.dropped),
+        "request": b64(request.to_bytes()),
+    }
 
 
 def unmask_sum(fed: Federation, r: int) -> tuple[np.ndarray, float]:
@@ -165,13 +180,19 @@ def unmask_sum(fed: Federation, r: int) -> tuple[np.ndarray, float]:
     request = unmask_request(fed, r)
     survivors = _names(fed, request.survivors)
     revealed = [s for s in fed.sites_with("reveal", r) if s in survivors]
-    total = finalize(ctx, key_roster(fed, r), masking_roster(fed, r), request,
-                     _masked(fed, r, survivors),
-                     [_message(fed, "reveal", r, s, MSG, UnmaskShares) for s in revealed])
+    total = finalize(
+        ctx,
+        key_roster(fed, r),
+        masking_roster(fed, r),
+        request,
+        _masked(fed, r, survivors),
+        [_message(fed, "reveal", r, s, MSG, UnmaskShares) for s in revealed],
+    )
     return decode_aggregate(ctx.params, total)
 
 
 # -- site side -------------------------------------------------------------------------------
+
 
 class _Secrets:
     """One round's private protocol state and the artifacts it produced (the outbox)."""
@@ -180,15 +201,23 @@ class _Secrets:
         self.state, self.r, self.path = state, r, _secrets(r)
         data = state.read_json(self.path) if state.exists(self.path) else None
         self.client: ClientState | None = (
-            load_client_state(unb64(data["client"], what="protocol state")) if data else None)
+            load_client_state(unb64(data["client"], what="protocol state")) if data else None
+        )
         self.outbox: dict[str, dict[str, Any]] = dict(data["outbox"]) if data else {}
 
-    def save(self, client: ClientState, kind: str | None = None, body: dict | None = None,
-             attachments: dict[str, bytes] | None = None) -> None:
+    def save(
+        self,
+        client: ClientState,
+        kind: str | None = None,
+        body: dict | None = None,
+        attachments: dict[str, bytes] | None = None,
+    ) -> None:
         self.client = client
         if kind is not None:
-            self.outbox[kind] = {"body": body or {},
-                                 "attachments": {k: b64(v) for k, v in (attachments or {}).items()}}
+            self.outbox[kind] = {
+                "body": body or {},
+                "attachments": {k: b64(v) for k, v in (attachments or {}).items()},
+            }
         self.state.write_json(self.path, {"client": b64(client.to_bytes()), "outbox": self.outbox})
 
     def flush(self, fed: Federation) -> None:
@@ -200,8 +229,9 @@ class _Secrets:
 
 def _raise_if_aborted(client: ClientState, r: int) -> None:
     if client.is_aborted:
-        raise ProtocolAbortedError(f"round {r}: secure aggregation aborted at this site: "
-                                   f"{client.reason}")  # type: ignore[union-attr]
+        raise ProtocolAbortedError(
+            f"round {r}: secure aggregation aborted at this site: {client.reason}"
+        )  # type: ignore[union-attr]
 
 
 def advertise(fed: Federation, state: PartyState, r: int) -> None:
@@ -275,8 +305,12 @@ def _submit_masked(site: Site, r: int, secrets: _Secrets, actions: Actions) -> N
         return
     delta, weight, trained = update
     ctx = _ctx(fed, r)
-    x = encode_update(ctx.params, delta, weight=weight,
-                      rng=np.random.default_rng(int.from_bytes(os.urandom(16), "big")))
+    x = encode_update(
+        ctx.params,
+        delta,
+        weight=weight,
+        rng=np.random.default_rng(int.from_bytes(os.urandom(16), "big")),
+    )
     senders = [s for s in _names(fed, roster.participants) if s != site.name]
     inbox = route_ciphertexts(roster, _shares(fed, r, senders), me)
     client, msg = secrets.client.handle(roster, inbox=inbox, x=x)
@@ -331,7 +365,8 @@ def _left_out(site: Site, r: int) -> bool:
     if fed.exists("masking-roster", r) and site.name not in masking_roster_names(fed, r):
         return True
     return fed.exists("unmask-request", r) and site.name not in _names(
-        fed, unmask_request(fed, r).survivors)
+        fed, unmask_request(fed, r).survivors
+    )
 
 
 def masking_roster_names(fed: Federation, r: int) -> list[str]:

@@ -23,6 +23,7 @@ from fedrema_cli.data import (
     load_table,
 )
 from fedrema_cli.errors import ConfigError, UsageError
+from fedrema_cli.identity import unb64
 from fedrema_cli.merging import METHODS
 from fedrema_cli.params import Params, load_params, params_hash, save_params
 from fedrema_cli.roles import exchange, secure
@@ -39,6 +40,8 @@ from fedrema_cli.store.state import PartyState
 from fedrema_cli.store.workspace import Workspace
 
 META = "site.json"
+LEDGER = "ledger.jsonl"
+ACCOUNTANT = "accountant.json"
 
 
 def _trained(r: int) -> str:
@@ -73,14 +76,18 @@ class Site:
     def __init__(self, state_dir: str | Path, *, workspace: str | None = None) -> None:
         self.state = PartyState(state_dir)
         if not self.state.exists(META):
-            raise ConfigError(f"{state_dir} is not a site state folder",
-                              hint="create one with `fedrema init --site NAME ...`")
+            raise ConfigError(
+                f"{state_dir} is not a site state folder",
+                hint="create one with `fedrema init --site NAME ...`",
+            )
         self.meta = self.state.read_json(META)
         ws = Workspace.open(workspace or self.meta["workspace"])
         config, digest = read_federation(ws)
         if digest != self.meta["federation_sha256"]:
-            raise ConfigError("the workspace's federation.json differs from the one this site "
-                              "pinned when it joined; refusing to continue")
+            raise ConfigError(
+                "the workspace's federation.json differs from the one this site "
+                "pinned when it joined; refusing to continue"
+            )
         self.name: str = self.meta["site"]
         self.fed = Federation(ws, config, me=self.name, identity=self.state.identity())
         roster = self.fed.load_roster(pinned_sha256=self.meta.get("roster_sha256"))
@@ -106,22 +113,37 @@ class Site:
         """Check the data against the federation's schema, make keys, and ask to join."""
         state = PartyState(state_dir)
         if state.exists(META):
-            raise UsageError(f"{state_dir} already holds site {state.read_json(META)['site']!r}; "
-                             "nothing was changed")
+            raise UsageError(
+                f"{state_dir} already holds site {state.read_json(META)['site']!r}; "
+                "nothing was changed"
+            )
         ws = Workspace.open(workspace)
         config, digest = read_federation(ws, expect_fingerprint=coordinator_fingerprint)
         if ws.exists(f"enrollments/{name}"):
-            raise UsageError(f"a site named {name!r} has already enrolled in {config.federation_id}",
-                             hint="pick another --site name")
-        paths = {"train": str(Path(train).resolve()),
-                 "test": str(Path(test).resolve()) if test else None}
+            raise UsageError(
+                f"a site named {name!r} has already enrolled in {config.federation_id}",
+                hint="pick another --site name",
+            )
+        paths = {
+            "train": str(Path(train).resolve()),
+            "test": str(Path(test).resolve()) if test else None,
+        }
         _load_data(config, paths)  # fails with file/line/column before anything is written
         identity = state.create_identity()
-        state.write_json(META, {"format": "fedrema-site/1", "site": name, "workspace": workspace,
-                                "federation_id": config.federation_id, "federation_sha256": digest,
-                                "data": paths})
-        exchange.write_enrollment(ws, federation_id=config.federation_id, site=name,
-                                  identity=identity)
+        state.write_json(
+            META,
+            {
+                "format": "fedrema-site/1",
+                "site": name,
+                "workspace": workspace,
+                "federation_id": config.federation_id,
+                "federation_sha256": digest,
+                "data": paths,
+            },
+        )
+        exchange.write_enrollment(
+            ws, federation_id=config.federation_id, site=name, identity=identity
+        )
         return cls(state_dir)
 
     @property
@@ -134,36 +156,162 @@ class Site:
     # -- training ---------------------------------------------------------------------------
 
     def train_local(self) -> dict[str, Any]:
-        """Train this round's local update (once per round) and keep it here until `submit`."""
+        """Train this round's update (once per round) and keep it here until `submit`.
+
+        With a privacy policy the order is what makes a crash harmless: the budget gate runs
+        before any training; the trained update and the ledger body are saved privately, then
+        the ledger entry is appended (a re-run appends a missing one), and only then can
+        `submit` release anything.
+        """
         self.fed.require_roster()
+        ledger = self._sync_ledger()
         r = current_round(self.fed)
         if r > self.config.rounds:
-            raise UsageError(f"the federation finished its {self.config.rounds} rounds",
-                             hint="run `fedrema personalize` to get your model")
+            raise UsageError(
+                f"the federation finished its {self.config.rounds} rounds",
+                hint="run `fedrema personalize` to get your model",
+            )
         if self.state.exists(_record(r)):
-            raise UsageError(f"already trained for round {r}; a round trains once",
-                             hint="next: `fedrema submit`")
+            raise UsageError(
+                f"already trained for round {r}; a round trains once", hint="next: `fedrema submit`"
+            )
         if not self.fed.exists("model", r):
             raise UsageError(f"round {r} has not started yet", hint="wait for the coordinator")
         self._check_participant(r)
         from fedrema_cli.models import build_model, get_part, set_part
-        from fedrema_cli.training import train_local
+        from fedrema_cli.training import PrivateRun, train_local
 
         data = self.data()
+        private = self._privacy_gate(ledger, r, len(data.y_train)) if self.config.privacy else None
         start = self._start_params(r)
         model = build_model(self.config.model, seed=self.config.seed)
         set_part(model, "all", start)
         seed = derive_seed(self.config.federation_id, self.config.seed, self.name, r)
-        model, result = train_local(model, data.x_train, data.y_train,
-                                    config=self.config.training, seed=seed, dp=None)
+        model, result, dp_record = train_local(
+            model,
+            data.x_train,
+            data.y_train,
+            config=self.config.training,
+            seed=seed,
+            private=private,
+        )
         trained = get_part(model, "all")
-        record = {"round": r, "steps": result.steps, "examples": result.examples,
-                  "mean_loss": result.mean_loss, "start_hash": params_hash(start),
-                  "trained_hash": params_hash(trained), "data_fingerprint": data.train_fingerprint,
-                  "trained_at": timestamp()}
+        record: dict[str, Any] = {
+            "round": r,
+            "steps": result.steps,
+            "examples": result.examples,
+            "mean_loss": result.mean_loss,
+            "start_hash": params_hash(start),
+            "trained_hash": params_hash(trained),
+            "data_fingerprint": data.train_fingerprint,
+            "trained_at": timestamp(),
+        }
+        if private is not None:
+            assert dp_record is not None and isinstance(private, PrivateRun)
+            body = self._ledger_body(dp_record, private, r, record)
+            record["ledger_body"] = body.model_dump(mode="json")
+            record["privacy"] = {
+                "epsilon_after": body.epsilon_after,
+                "delta": body.delta,
+                "target_epsilon": body.target_epsilon,
+                "noise_multiplier": body.noise_multiplier,
+                "sample_rate": body.sample_rate,
+            }
         self.state.write_once(_trained(r), save_params(trained))
         self.state.write_once(_record(r), _json_bytes(record))
+        if private is not None:
+            self._sync_ledger()
+            self.state.write_json(ACCOUNTANT, private.accountant.state_dict())
         return record
+
+    # -- privacy ----------------------------------------------------------------------------
+
+    def _verify_own(self, signature: bytes, message: bytes) -> None:
+        import crypto
+
+        crypto.verify_signature(
+            unb64(self.fed.identity.public.sign_pk, what="own key"), signature, message
+        )
+
+    def _ledger(self) -> Any:
+        """This site's verified privacy ledger; a line torn by a crash is cut off."""
+        from privacy import load_verified
+
+        text = self.state.read_bytes(LEDGER).decode("utf-8") if self.state.exists(LEDGER) else ""
+        parsed = load_verified(
+            text, verify=self._verify_own, site=self.name, federation=self.config.federation_id
+        )
+        if parsed.torn_tail is not None:
+            self.state.write_bytes(LEDGER, parsed.committed_text.encode("utf-8"))
+        return parsed
+
+    def _sync_ledger(self) -> Any:
+        """Append any trained round missing from the ledger, publish entries not yet shared."""
+        if self.config.privacy is None:
+            return None
+        from privacy import LedgerBody, encode_line, make_entry
+
+        parsed = self._ledger()
+        entries = list(parsed.entries)
+        recorded = {e.round for e in entries}
+        for name in self.state.list("rounds"):
+            r = int(name)
+            if r in recorded or not self.state.exists(_record(r)):
+                continue
+            body = LedgerBody.model_validate(
+                self.state.read_json(_record(r))["ledger_body"], strict=False
+            )
+            entry = make_entry(entries[-1] if entries else None, body, self.fed.identity.sign)
+            text = (parsed.committed_text if entries else "") + encode_line(entry)
+            self.state.write_bytes(LEDGER, text.encode("utf-8"))
+            parsed = self._ledger()
+            entries = list(parsed.entries)
+        if self.fed.roster is not None:
+            for entry in entries:
+                if not self.fed.exists("ledger-entry", entry.round, site=self.name):
+                    self.fed.put("ledger-entry", entry.round, entry.model_dump(mode="json"))
+        return parsed
+
+    def _privacy_gate(self, ledger: Any, r: int, n: int) -> Any:
+        """Plan the round for this site's data size and refuse it if it would cross the budget."""
+        from fedrema_cli.training import PrivateRun
+        from privacy import check_round, ensure_round_not_recorded, plan_round, restore_accountant
+
+        policy = self.config.privacy
+        assert policy is not None
+        cached = self.state.read_json(ACCOUNTANT) if self.state.exists(ACCOUNTANT) else None
+        accountant = restore_accountant(
+            entries=list(ledger.entries), mechanism=policy.accountant, cached_state=cached
+        )
+        ensure_round_not_recorded(ledger, round=r)
+        plan = plan_round(policy, dataset_size=n)
+        check_round(accountant, plan, policy, round=r)
+        return PrivateRun(plan=plan, accountant=accountant)
+
+    def _ledger_body(self, dp_record: Any, private: Any, r: int, record: dict[str, Any]) -> Any:
+        from privacy import body_from_record
+
+        policy = self.config.privacy
+        assert policy is not None
+        return body_from_record(
+            dp_record,
+            accountant=private.accountant,
+            delta=policy.delta,
+            target_epsilon=policy.target_epsilon,
+            federation=self.config.federation_id,
+            site=self.name,
+            round=r,
+            dataset_fingerprint=record["data_fingerprint"],
+            model_hashes={"start": record["start_hash"], "trained": record["trained_hash"]},
+            timestamp=record["trained_at"],
+        )
+
+    def epsilon_spent(self) -> float | None:
+        """Record-level epsilon this site has spent so far, from its ledger (None without DP)."""
+        if self.config.privacy is None:
+            return None
+        entries = list(self._ledger().entries)
+        return float(entries[-1].epsilon_after) if entries else 0.0
 
     def _check_participant(self, r: int) -> None:
         if not self.config.secure:
@@ -175,7 +323,8 @@ class Site:
                     raise UsageError(
                         f"{self.name} is not part of round {r}'s secure aggregation (it missed "
                         "the previous round's key exchange)",
-                        hint="run `fedrema submit` to advertise keys; you rejoin in a later round")
+                        hint="run `fedrema submit` to advertise keys; you rejoin in a later round",
+                    )
                 return
 
     def _latest_own(self, before: int) -> Params | None:
@@ -205,6 +354,7 @@ class Site:
     def submit(self) -> Actions:
         """Do every protocol step this site can do now (idempotent; safe to re-run)."""
         self.fed.require_roster()
+        self._sync_ledger()  # an update leaves only once its privacy spend is on record
         actions = Actions()
         r = current_round(self.fed)
         if r > self.config.rounds:
@@ -227,15 +377,17 @@ class Site:
         if method.shared_part is None:
             return np.zeros(0), weight, trained
         start = read_model(self.fed, r)
-        delta = (exchange.shared_vector(trained, method.shared_part)
-                 - exchange.shared_vector(start, method.shared_part))
+        delta = exchange.shared_vector(trained, method.shared_part) - exchange.shared_vector(
+            start, method.shared_part
+        )
         return delta, weight, trained
 
     def submission_body(self, r: int, trained: Params) -> dict[str, Any]:
         body: dict[str, Any] = {"round": r, "method": self.config.method}
         if METHODS[self.config.method].sends_head:
             body["sealed_head"] = exchange.seal_head_for_coordinator(
-                self.fed, r, save_params(part_of(trained, "head")))
+                self.fed, r, save_params(part_of(trained, "head"))
+            )
         return body
 
     def _submit_plain(self, r: int, actions: Actions) -> None:
@@ -250,8 +402,11 @@ class Site:
             actions.waiting.append(f"round {r}: run `fedrema train-local` first")
             return
         delta, weight, trained = update
-        attachments = (exchange.plain_update(weight * delta, weight)
-                       if METHODS[self.config.method].shared_part else {})
+        attachments = (
+            exchange.plain_update(weight * delta, weight)
+            if METHODS[self.config.method].shared_part
+            else {}
+        )
         self.fed.put("submission", r, self.submission_body(r, trained), attachments=attachments)
         actions.done.append(f"round {r}: update submitted (plaintext; secure aggregation is off)")
         actions.waiting.append(f"round {r}: the coordinator to aggregate")
@@ -276,8 +431,9 @@ class Site:
         set_part(model, "all", params)
         metrics = None
         if data.x_test is not None:
-            metrics = evaluate(model, data.x_test, data.y_test,
-                               num_classes=self.config.model.num_classes)
+            metrics = evaluate(
+                model, data.x_test, data.y_test, num_classes=self.config.model.num_classes
+            )
         out: dict[str, Any] = {
             "site": self.name,
             "federation": self.config.federation_id,
@@ -290,17 +446,16 @@ class Site:
         if export is not None:
             from fedrema_cli.roles.export import export_model
 
-            out["exported"] = export_model(Path(export), params=params, config=self.config,
-                                           standardizer=data.standardizer, card=out)
+            out["exported"] = export_model(
+                Path(export),
+                params=params,
+                config=self.config,
+                standardizer=data.standardizer,
+                card=out,
+            )
         return out
 
     # -- status -----------------------------------------------------------------------------
-
-    def epsilon_spent(self) -> float | None:
-        """Record-level epsilon this site has spent so far (None without DP)."""
-        if self.config.privacy is None:
-            return None
-        raise NotImplementedError("privacy ledger not wired yet")
 
     def trained(self, r: int) -> bool:
         return self.state.exists(_record(r))
@@ -313,8 +468,11 @@ class Site:
         phase = phase_of(self.fed, r).name
         if phase == "unmask" or (phase == "collect" and not self.config.secure):
             kind = "reveal" if self.config.secure else "submission"
-            survivors = (self.fed.get("unmask-request", r).body["survivors"]
-                         if self.config.secure else [self.name])
+            survivors = (
+                self.fed.get("unmask-request", r).body["survivors"]
+                if self.config.secure
+                else [self.name]
+            )
             return self.name not in survivors or self.fed.exists(kind, r, site=self.name)
         return False
 
@@ -324,8 +482,11 @@ class Site:
             return status["next_for"].get("each site", "wait for the coordinator to approve")
         r = status["round"]
         if status["phase"] == "collect" and self.name in status["missing"]:
-            return ("`fedrema submit`" if self.trained(r)
-                    else "`fedrema train-local`, then `fedrema submit`")
+            return (
+                "`fedrema submit`"
+                if self.trained(r)
+                else "`fedrema train-local`, then `fedrema submit`"
+            )
         return status["next_for"].get(self.name, "wait for the coordinator")
 
 

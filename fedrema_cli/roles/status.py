@@ -54,39 +54,71 @@ def _expected(fed: Federation, r: int, phase: str) -> list[str]:
 
 def round_status(fed: Federation) -> RoundStatus:
     c = fed.config
-    base = dict(federation=c.federation_id, method=c.method, rounds=c.rounds,
-                coordinator_fingerprint=fingerprint(c.coordinator.sign_pk),
-                secure_aggregation=c.secure, roster_approved=fed.roster is not None)
+    base = dict(
+        federation=c.federation_id,
+        method=c.method,
+        rounds=c.rounds,
+        coordinator_fingerprint=fingerprint(c.coordinator.sign_pk),
+        secure_aggregation=c.secure,
+        roster_approved=fed.roster is not None,
+    )
     if fed.roster is None:
         enrolled = fed.ws.names("enrollments")
-        return RoundStatus(round=0, phase="enrolling", phase_label="sites enrolling",
-                           complete=False, acted=enrolled, action="enroll", **base,
-                           next_for={"coordinator": "compare fingerprints, then `fedrema approve "
-                                                    "--all`",
-                                     "new site": "`fedrema init --site NAME ...`"})
+        return RoundStatus(
+            round=0,
+            phase="enrolling",
+            phase_label="sites enrolling",
+            complete=False,
+            acted=enrolled,
+            action="enroll",
+            **base,
+            next_for={
+                "coordinator": "compare fingerprints, then `fedrema approve --all`",
+                "new site": "`fedrema init --site NAME ...`",
+            },
+        )
     r = current_round(fed)
     if r > c.rounds:
-        return RoundStatus(round=c.rounds, phase="done", phase_label="federation complete",
-                           complete=True, **base,
-                           next_for={"coordinator": "nothing; the federation is complete",
-                                     "each site": "`fedrema personalize`"})
+        return RoundStatus(
+            round=c.rounds,
+            phase="done",
+            phase_label="federation complete",
+            complete=True,
+            **base,
+            next_for={
+                "coordinator": "nothing; the federation is complete",
+                "each site": "`fedrema personalize`",
+            },
+        )
     phase = phase_of(fed, r)
     kind, action = _ACTS[phase.name]
     expected = _expected(fed, r, phase.name)
     acted = [s for s in fed.sites_with(kind, r) if s in expected]
     missing = [s for s in expected if s not in acted]
-    status = RoundStatus(round=r, phase=phase.name, phase_label=phase.label, complete=False,
-                         expected=expected, acted=acted, missing=missing, action=action, **base)
+    status = RoundStatus(
+        round=r,
+        phase=phase.name,
+        phase_label=phase.label,
+        complete=False,
+        expected=expected,
+        acted=acted,
+        missing=missing,
+        action=action,
+        **base,
+    )
     status.next_for["coordinator"] = (
-        "`fedrema aggregate`" if not missing
-        else f"wait for {', '.join(missing)} (or `fedrema aggregate --close` after enough)")
+        "`fedrema aggregate`"
+        if not missing
+        else f"wait for {', '.join(missing)} (or `fedrema aggregate --close` after enough)"
+    )
     for site in fed.require_roster().names:
         status.next_for[site] = _site_next(fed, site, r, phase.name, expected, acted)
     return status
 
 
-def _site_next(fed: Federation, site: str, r: int, phase: str, expected: list[str],
-               acted: list[str]) -> str:
+def _site_next(
+    fed: Federation, site: str, r: int, phase: str, expected: list[str], acted: list[str]
+) -> str:
     if site not in expected:
         return "not part of this round; `fedrema submit` to rejoin a later round"
     if site in acted:

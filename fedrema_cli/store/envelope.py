@@ -24,8 +24,9 @@ FORMAT = "fedrema/1"
 
 def canonical(obj: Any) -> bytes:
     """Deterministic JSON bytes: sorted keys, no whitespace, UTF-8, no NaN."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False).encode("utf-8")
+    return json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
 
 
 def sha256(data: bytes) -> str:
@@ -62,8 +63,12 @@ def seal(
     }
     signed = {"header": header, "body": dict(body)}
     signature = identity.sign(canonical(signed))
-    return json.dumps({**signed, "signature": b64(signature)}, sort_keys=True, indent=1,
-                      allow_nan=False).encode("utf-8") + b"\n"
+    return (
+        json.dumps(
+            {**signed, "signature": b64(signature)}, sort_keys=True, indent=1, allow_nan=False
+        ).encode("utf-8")
+        + b"\n"
+    )
 
 
 def open_envelope(
@@ -86,8 +91,11 @@ def open_envelope(
         raise IntegrityError(f"{where} is not a fedrema signed file") from None
     if header.get("format") != FORMAT:
         raise IntegrityError(f"{where} has format {header.get('format')!r}, expected {FORMAT!r}")
-    key.verify(unb64(str(signature), what=f"signature in {where}"),
-               canonical({"header": header, "body": body}), who=f"{author} on {where}")
+    key.verify(
+        unb64(str(signature), what=f"signature in {where}"),
+        canonical({"header": header, "body": body}),
+        who=f"{author} on {where}",
+    )
     expected = {"kind": kind, "author": author, "federation": federation, "round": round}
     for field, want in expected.items():
         if want is not None and header.get(field) != want:

@@ -91,14 +91,17 @@ class Roster(BaseModel):
         return bytes.fromhex(sha256(canonical(self.model_dump(mode="json"))))
 
 
-def read_federation(ws: Workspace, *, expect_fingerprint: str | None = None) -> tuple[FederationConfig, str]:
+def read_federation(
+    ws: Workspace, *, expect_fingerprint: str | None = None
+) -> tuple[FederationConfig, str]:
     """Read the federation config, check it is self-consistently signed, return it and its hash.
 
     The key that signed it is inside it: trust comes from the fingerprint a person compared
     (``expect_fingerprint``) or, later, from the hash the party pinned at init.
     """
-    art = ws.read_self_signed(FEDERATION, kind="federation", author=COORDINATOR,
-                              key_field="coordinator")
+    art = ws.read_self_signed(
+        FEDERATION, kind="federation", author=COORDINATOR, key_field="coordinator"
+    )
     config = parse_config(art.body, where=f"{ws.describe()}/federation.json")
     if art.envelope.header.get("federation") != config.federation_id:
         raise IntegrityError("federation.json header and body name different federations")
@@ -129,8 +132,9 @@ class Federation:
         self.me = me  # "coordinator" or a site name
         self.identity = identity
         self.roster = roster
-        self.coordinator_key = PublicIdentity(sign_pk=config.coordinator.sign_pk,
-                                              seal_pk=config.coordinator.seal_pk)
+        self.coordinator_key = PublicIdentity(
+            sign_pk=config.coordinator.sign_pk, seal_pk=config.coordinator.seal_pk
+        )
 
     @property
     def id(self) -> str:
@@ -148,8 +152,14 @@ class Federation:
             return None
         if pinned_sha256 is not None and self.ws.raw_sha256(ROSTER) != pinned_sha256:
             raise IntegrityError("roster.json changed since this party pinned it")
-        art = self.ws.get(ROSTER, kind="roster", federation=self.id, round=0, author=COORDINATOR,
-                          key=self.coordinator_key)
+        art = self.ws.get(
+            ROSTER,
+            kind="roster",
+            federation=self.id,
+            round=0,
+            author=COORDINATOR,
+            key=self.coordinator_key,
+        )
         try:
             self.roster = Roster.model_validate(art.body)
         except ValidationError:
@@ -160,8 +170,10 @@ class Federation:
 
     def require_roster(self) -> Roster:
         if self.roster is None:
-            raise ConfigError("the coordinator has not approved the roster yet",
-                              hint="the coordinator runs `fedrema approve`")
+            raise ConfigError(
+                "the coordinator has not approved the roster yet",
+                hint="the coordinator runs `fedrema approve`",
+            )
         return self.roster
 
     def key_for(self, author: str) -> PublicIdentity:
@@ -197,15 +209,30 @@ class Federation:
         base, author = self._base(kind, r, site)
         if author != self.author:
             raise ValueError(f"{self.me} cannot write {kind} artifacts")
-        return self.ws.put(base, kind=kind, federation=self.id, round=r, author=author,
-                           identity=self.identity, body=body, attachments=attachments)
+        return self.ws.put(
+            base,
+            kind=kind,
+            federation=self.id,
+            round=r,
+            author=author,
+            identity=self.identity,
+            body=body,
+            attachments=attachments,
+        )
 
     def get(
         self, kind: str, r: int, *, site: str | None = None, attachments: tuple[str, ...] = ()
     ) -> Artifact:
         base, author = self._base(kind, r, site)
-        return self.ws.get(base, kind=kind, federation=self.id, round=r, author=author,
-                           key=self.key_for(author), attachments=attachments)
+        return self.ws.get(
+            base,
+            kind=kind,
+            federation=self.id,
+            round=r,
+            author=author,
+            key=self.key_for(author),
+            attachments=attachments,
+        )
 
     def exists(self, kind: str, r: int, *, site: str | None = None) -> bool:
         return self.ws.exists(self._base(kind, r, site)[0])

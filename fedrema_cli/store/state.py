@@ -44,7 +44,9 @@ class PartyState:
             raise StoreError(f"{self.root / name} is not valid JSON (edited by hand?)") from None
 
     def write_json(self, name: str, obj: Any) -> None:
-        self.storage.replace(name, json.dumps(obj, indent=1, sort_keys=True).encode("utf-8") + b"\n")
+        self.storage.replace(
+            name, json.dumps(obj, indent=1, sort_keys=True).encode("utf-8") + b"\n"
+        )
 
     def delete(self, name: str) -> None:
         self.storage.delete(name)
@@ -54,8 +56,10 @@ class PartyState:
 
     def identity(self) -> Identity:
         if not self.exists(IDENTITY):
-            raise ConfigError(f"{self.root} holds no identity; is this a fedrema state folder?",
-                              hint="run `fedrema init` first, or pass the right --state")
+            raise ConfigError(
+                f"{self.root} holds no identity; is this a fedrema state folder?",
+                hint="run `fedrema init` first, or pass the right --state",
+            )
         return Identity.from_json(self.read_json(IDENTITY))
 
     def create_identity(self) -> Identity:

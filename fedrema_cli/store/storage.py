@@ -79,7 +79,9 @@ class LocalStorage:
             if self.private:
                 p.parent.chmod(0o700)
             tmp = p.parent / f".{p.name}.{secrets.token_hex(6)}.tmp"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if self.private else 0o644)
+            fd = os.open(
+                tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if self.private else 0o644
+            )
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()

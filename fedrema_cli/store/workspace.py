@@ -87,8 +87,15 @@ class Workspace:
         attachments = dict(attachments or {})
         for name, data in attachments.items():
             self.storage.write_once(f"{base}.{name}", data)
-        raw = env.seal(kind=kind, federation=federation, round=round, author=author,
-                       body=body, identity=identity, attachments=attachments)
+        raw = env.seal(
+            kind=kind,
+            federation=federation,
+            round=round,
+            author=author,
+            body=body,
+            identity=identity,
+            attachments=attachments,
+        )
         return self.storage.write_once(f"{base}.json", raw)
 
     def exists(self, base: str) -> bool:
@@ -107,10 +114,13 @@ class Workspace:
     ) -> Artifact:
         where = f"{self.describe()}/{base}.json"
         raw = self.storage.read_bytes(f"{base}.json")
-        envelope = env.open_envelope(raw, where=where, kind=kind, federation=federation,
-                                     round=round, author=author, key=key)
+        envelope = env.open_envelope(
+            raw, where=where, kind=kind, federation=federation, round=round, author=author, key=key
+        )
         blobs = {
-            name: env.check_attachment(envelope, name, self._read_attachment(base, name), where=where)
+            name: env.check_attachment(
+                envelope, name, self._read_attachment(base, name), where=where
+            )
             for name in attachments
         }
         return Artifact(envelope=envelope, attachments=blobs)
@@ -119,7 +129,9 @@ class Workspace:
         try:
             return self.storage.read_bytes(f"{base}.{name}")
         except StoreError:
-            raise IntegrityError(f"{base}.json lists attachment {name!r} but it is missing") from None
+            raise IntegrityError(
+                f"{base}.json lists attachment {name!r} but it is missing"
+            ) from None
 
     def names(self, folder: str, suffix: str = ".json") -> list[str]:
         """Artifact names (without suffix) directly under a folder."""
@@ -140,8 +152,9 @@ class Workspace:
             key = PublicIdentity.from_json(body[key_field])
         except (ValueError, KeyError, TypeError, UnicodeDecodeError):
             raise IntegrityError(f"{where} is not a fedrema signed file") from None
-        envelope = env.open_envelope(raw, where=where, kind=kind, federation=None, round=None,
-                                     author=author, key=key)
+        envelope = env.open_envelope(
+            raw, where=where, kind=kind, federation=None, round=None, author=author, key=key
+        )
         return Artifact(envelope=envelope, attachments={})
 
     def raw_sha256(self, base: str) -> str:

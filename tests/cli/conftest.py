@@ -33,8 +33,11 @@ def run(*args: str | Path) -> Result:
 
 def snapshot(folder: Path) -> dict[str, str]:
     """Every file under a folder and the hash of its bytes: to prove nothing changed."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @dataclass
@@ -51,16 +54,38 @@ class Fed:
         return self.hospitals / f"{name}_{split}.csv"
 
 
-def make_federation(tmp: Path, *extra: str, sites: tuple[str, ...] = SITES,
-                    approve: bool = True) -> Fed:
+def make_federation(
+    tmp: Path, *extra: str, sites: tuple[str, ...] = SITES, approve: bool = True
+) -> Fed:
     fed = Fed(tmp, tmp / "hospitals", tmp / "ws", tmp / "coord")
     assert run("prepare-data", "heart-disease", "--out", fed.hospitals).exit_code == 0
-    out = run("init", "-w", fed.workspace, "-s", fed.coordinator, "--preset", "heart-disease",
-              "--rounds", "2", *extra)
+    out = run(
+        "init",
+        "-w",
+        fed.workspace,
+        "-s",
+        fed.coordinator,
+        "--preset",
+        "heart-disease",
+        "--rounds",
+        "2",
+        *extra,
+    )
     assert out.exit_code == 0, out.stderr
     for s in sites:
-        out = run("init", "-w", fed.workspace, "-s", fed.site(s), "--site", s,
-                  "--train", fed.data(s), "--test", fed.data(s, "test"))
+        out = run(
+            "init",
+            "-w",
+            fed.workspace,
+            "-s",
+            fed.site(s),
+            "--site",
+            s,
+            "--train",
+            fed.data(s),
+            "--test",
+            fed.data(s, "test"),
+        )
         assert out.exit_code == 0, out.stderr
     if approve:
         assert run("approve", "-s", fed.coordinator, "--all").exit_code == 0

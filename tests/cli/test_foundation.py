@@ -69,7 +69,8 @@ def test_status_tells_each_party_what_to_do_next(federation: Fed) -> None:
 
 # -- bad input: one line, non-zero exit, nothing changed -----------------------------------
 
-def _one_line_error(out, code: int, *needles: str) -> None:  # noqa: ANN001
+
+def _one_line_error(out, code: int, *needles: str) -> None:
     assert out.exit_code == code, (out.exit_code, out.stdout, out.stderr)
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, out.stderr
@@ -80,8 +81,7 @@ def _one_line_error(out, code: int, *needles: str) -> None:  # noqa: ANN001
 
 
 def _join(fed: Fed, name: str, train: Path) -> object:
-    return run("init", "-w", fed.workspace, "-s", fed.root / name, "--site", name,
-               "--train", train)
+    return run("init", "-w", fed.workspace, "-s", fed.root / name, "--site", name, "--train", train)
 
 
 def test_wrong_column_name_is_refused_before_anything_is_written(tmp_path: Path) -> None:
@@ -153,14 +153,26 @@ def test_init_twice_changes_nothing(federation: Fed) -> None:
     before = snapshot(fed.workspace)
     out = run("init", "-w", fed.workspace, "-s", fed.root / "other", "--preset", "heart-disease")
     _one_line_error(out, 1, "already holds a federation")
-    out = run("init", "-w", fed.workspace, "-s", fed.site("va"), "--site", "va",
-              "--train", fed.data("va"))
+    out = run(
+        "init", "-w", fed.workspace, "-s", fed.site("va"), "--site", "va", "--train", fed.data("va")
+    )
     _one_line_error(out, 1, "already holds site")
     assert snapshot(fed.workspace) == before
 
 
 def test_joining_with_the_wrong_coordinator_fingerprint_is_refused(tmp_path: Path) -> None:
     fed = make_federation(tmp_path, "--no-dp", sites=("cleveland",), approve=False)
-    out = run("init", "-w", fed.workspace, "-s", tmp_path / "va", "--site", "va", "--train",
-              fed.data("va"), "--coordinator-fingerprint", "0000:0000:0000:0000:0000:0000:0000:0000")
+    out = run(
+        "init",
+        "-w",
+        fed.workspace,
+        "-s",
+        tmp_path / "va",
+        "--site",
+        "va",
+        "--train",
+        fed.data("va"),
+        "--coordinator-fingerprint",
+        "0000:0000:0000:0000:0000:0000:0000:0000",
+    )
     _one_line_error(out, 3, "fingerprint")
