@@ -120,7 +120,9 @@ def test_partial_participation_is_indexed_by_site_not_upload_order():
     freq = np.array([[1, 0, 1], [0, 1, 0], [1, 0, 1]])
     state = fr.FedReMaState(sites=sites, in_ccp=False, frequency=freq)
     # "b" is absent; dict order deliberately reversed.
-    merged, _, _ = fr.merge({"c": np.array([6.0]), "a": np.array([2.0])}, None, state, fr.FedReMaParams())
+    merged, _, _ = fr.merge(
+        {"c": np.array([6.0]), "a": np.array([2.0])}, None, state, fr.FedReMaParams()
+    )
     assert set(merged) == {"a", "c"}
     np.testing.assert_allclose(merged["a"], [4.0])
     np.testing.assert_allclose(merged["c"], [4.0])
@@ -150,8 +152,13 @@ def test_self_weight_keeps_part_of_the_own_head():
 
 
 def test_state_round_trips_through_json():
-    state = fr.FedReMaState(sites=("a", "b"), in_ccp=False, frequency=np.array([[2, 1], [0, 3]]),
-                            gap_history=(0.3, 0.1), ccp_rounds=2)
+    state = fr.FedReMaState(
+        sites=("a", "b"),
+        in_ccp=False,
+        frequency=np.array([[2, 1], [0, 3]]),
+        gap_history=(0.3, 0.1),
+        ccp_rounds=2,
+    )
     again = fr.FedReMaState.from_json(state.to_json())
     assert again.sites == state.sites and again.in_ccp == state.in_ccp
     np.testing.assert_array_equal(again.frequency, state.frequency)
