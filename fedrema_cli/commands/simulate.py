@@ -106,40 +106,37 @@ def simulate(
             results.append(sim.run(spec, on_round=progress))
     if json_out:
         return ui.emit_json(results[0] if len(results) == 1 else {"results": results})
-    ui.console.print(results_table(results))
+    for t in results_tables(results):
+        ui.console.print(t)
     return None
 
 
-def results_table(results: list[dict]) -> object:
-    sites = list(results[0]["sites"])
-    columns = ["method", *sites, "mean acc", "mean bal. acc", "mean AUC"]
-    if any(r["privacy"] for r in results):
-        columns.append("max ε")
+def results_tables(results: list[dict]) -> list[object]:
+    """Per-site accuracy (sites down, methods across), then the means per method."""
+    first = results[0]
+    sites = list(first["sites"])
+    methods = [r["method"] for r in results]
+    per_site = ui.table(
+        "Test accuracy per hospital", ["site", "test n", *methods],
+        [(s, first["sites"][s]["n_test"], *[r["sites"][s]["accuracy"] for r in results])
+         for s in sites])
+    private = any(r["privacy"] for r in results)
+    columns = ["method", "mean accuracy", "mean balanced acc.", "mean AUC"]
+    if private:
+        columns.append("max ε spent")
     rows = []
     for r in results:
-        row = [
-            r["method"],
-            *[r["sites"][s]["accuracy"] for s in sites],
-            r["mean_accuracy"],
-            r["mean_balanced_accuracy"],
-            r["mean_auc"],
-        ]
-        if "max ε" in columns:
+        row = [r["method"], r["mean_accuracy"], r["mean_balanced_accuracy"], r["mean_auc"]]
+        if private:
             eps = [v["epsilon"] for v in r["sites"].values() if v["epsilon"] is not None]
             row.append(max(eps) if eps else None)
         rows.append(row)
-    first = results[0]
-    privacy = (
-        f"DP ε={first['privacy']['epsilon']:g}, δ={first['privacy']['delta']:g}"
-        if first["privacy"]
-        else "no DP"
-    )
-    caption = (
-        f"{first['dataset']}: test accuracy per site after {first['rounds']} rounds, "
-        f"seed {first['seed']}, {privacy}, secure aggregation "
-        f"{'on' if any(r['secure_aggregation'] for r in results) else 'off'}"
-    )
-    return ui.table("Per-site test accuracy", columns, rows, caption=caption)
+    privacy = (f"DP ε={first['privacy']['epsilon']:g}, δ={first['privacy']['delta']:g}"
+               if first["privacy"] else "no DP")
+    secure = "on" if any(r["secure_aggregation"] for r in results) else "off"
+    caption = (f"{first['dataset']}, {first['rounds']} rounds, seed {first['seed']}, "
+               f"{privacy}, secure aggregation {secure}")
+    return [per_site, ui.table("Mean over hospitals", columns, rows, caption=caption)]
 
 
 def prepare_data(
