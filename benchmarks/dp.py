@@ -15,8 +15,7 @@ active clipping bound, one step must equal a hand-computed per-sample clip-and-a
 Poisson sampling produces) are reported with the reason. The fastest correct mode that also
 survives empty batches is recommended as the default.
 
-The models come from ``fedrema_cli.models`` when it is importable, otherwise from the local
-fall-back definitions below (same architecture).
+The models are the project's own (``fedrema_cli.models.build_model``).
 """
 
 from __future__ import annotations
@@ -44,35 +43,17 @@ MODES = ("hooks", "functorch", "ew", "ghost")
 
 
 def _models() -> tuple[str, Callable[[], nn.Module], Callable[[], nn.Module]]:
-    """Return (source, mlp factory, cnn factory)."""
-    try:
-        from fedrema_cli.models import ModelSpec, build_model
+    """Return (source, mlp factory, cnn factory): the project's own models."""
+    from fedrema_cli.models import build_model
+    from fedrema_cli.modelspec import ModelSpec
 
-        mlp_spec = ModelSpec.mlp(in_features=13, hidden=(32, 16), num_classes=2)
-        cnn_spec = ModelSpec.cnn(input_shape=(1, 28, 28), channels=(8, 16), num_classes=10)
-        return (
-            "fedrema_cli.models.build_model",
-            lambda: build_model(mlp_spec, seed=0),
-            lambda: build_model(cnn_spec, seed=0),
-        )
-    except ImportError:  # defined locally until fedrema_cli.models exists
-
-        def mlp() -> nn.Module:
-            torch.manual_seed(0)
-            return nn.Sequential(
-                nn.Sequential(nn.Linear(13, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU()),
-                nn.Sequential(nn.Linear(16, 2)),
-            )
-
-        def cnn() -> nn.Module:
-            torch.manual_seed(0)
-            return nn.Sequential(
-                nn.Conv2d(1, 8, 3, padding=1), nn.GroupNorm(4, 8), nn.ReLU(), nn.MaxPool2d(2),
-                nn.Conv2d(8, 16, 3, padding=1), nn.GroupNorm(4, 16), nn.ReLU(), nn.MaxPool2d(2),
-                nn.Flatten(), nn.Linear(16 * 7 * 7, 10),
-            )  # fmt: skip
-
-        return "local fall-back (fedrema_cli.models not importable)", mlp, cnn
+    mlp_spec = ModelSpec.mlp(in_features=13, hidden=(32, 16), num_classes=2)
+    cnn_spec = ModelSpec.cnn(input_shape=(1, 28, 28), channels=(8, 16), num_classes=10)
+    return (
+        "fedrema_cli.models.build_model",
+        lambda: build_model(mlp_spec, seed=0),
+        lambda: build_model(cnn_spec, seed=0),
+    )
 
 
 @dataclass

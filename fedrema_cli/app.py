@@ -59,7 +59,7 @@ class FedremaGroup(TyperGroup):
     """Runs a command and turns a user-facing error into one line and an exit code."""
 
     def invoke(self, ctx: Any) -> Any:
-        quiet_libraries()
+        configure_runtime()
         try:
             return super().invoke(ctx)
         except Exception as exc:
@@ -114,18 +114,26 @@ def version() -> None:
     typer.echo(__version__)
 
 
-def quiet_libraries() -> None:
-    """Libraries' chatter is not for operators: dp-accounting logs every RDP order it skips,
-    Opacus warns about a backward-hook detail on every private step."""
+def configure_runtime() -> None:
+    """Process settings for every command.
+
+    Libraries' chatter is not for operators: dp-accounting logs every RDP order it skips,
+    Opacus warns about a backward-hook detail on every private step. And the models here are
+    small: one torch thread is several times faster than many fighting over two cores.
+    """
     import logging
+    import os
     import warnings
 
     logging.getLogger("absl").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message="Full backward hook is firing")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
 
 
 def main() -> None:
-    quiet_libraries()
+    configure_runtime()
     app(prog_name="fedrema")
 
 
