@@ -29,6 +29,8 @@ def report(
     html: Annotated[Path | None, typer.Option(
         help="Write a self-contained HTML report (with the epsilon plot) to file here.")] = None,
     pdf: Annotated[Path | None, typer.Option(help="Write a PDF report here.")] = None,
+    detail: Annotated[bool, typer.Option(
+        "--detail", help="Also show every round's steps, sampling rate, noise and clip.")] = False,
     json_out: ui.JsonOpt = False,
 ) -> None:
     """Epsilon spent per site and per round against the budget, verified from signed ledgers.
@@ -54,7 +56,7 @@ def report(
         out["workspace_problems"] = extra
         ui.emit_json(out)
     else:
-        ui.console.print(to_rich(rep))
+        ui.console.print(to_rich(rep, detail=detail))
         for p in extra:
             ui.console.print(f"[bold red]{p}[/]")
         for path in (html, pdf):

@@ -118,8 +118,11 @@ def _all_problems(report: PrivacyReport) -> list[str]:
     return out
 
 
-def to_rich(report: PrivacyReport) -> Any:
-    """Return a rich renderable (banner + summary table + per-site round tables)."""
+def to_rich(report: PrivacyReport, *, detail: bool = False) -> Any:
+    """Return a rich renderable: banner, budget per site, epsilon per site and round.
+
+    ``detail`` adds one table per site with every round's steps, q, sigma and clip.
+    """
     from rich.console import Group
     from rich.panel import Panel
     from rich.table import Table
@@ -131,67 +134,53 @@ def to_rich(report: PrivacyReport) -> Any:
     else:
         body = "\n".join(_all_problems(report)) or "no ledgers"
         parts.append(
-            Panel(
-                Text(body, style="bold"),
-                title="NOT VERIFIED",
-                border_style="bold red",
-                style="red",
-            )
+            Panel(Text(body, style="bold"), title="NOT VERIFIED", border_style="bold red",
+                  style="red")
         )
-    summary = Table(title=f"Privacy budget, federation {report.federation}")
-    for col in (
-        "site",
-        "status",
-        "rounds",
-        "epsilon",
-        "indep. RDP",
-        "indep. PLD",
-        "target",
-        "remaining",
-    ):
+    summary = Table(
+        title=f"Privacy budget per site, federation {report.federation}",
+        caption="ε: the site's accountant; RDP*, PLD*: recomputed from the ledger with "
+        "dp-accounting",
+        title_justify="left",
+    )
+    for col in ("site", "status", "rounds", "ε spent", "RDP*", "PLD*", "budget", "left"):
         summary.add_column(col, justify="left" if col in ("site", "status") else "right")
     for s in report.sites:
-        style = None if s.verified else "red"
         summary.add_row(
-            s.site,
-            s.status.value,
-            str(len(s.rounds)),
-            _fmt(s.epsilon),
-            _fmt(s.epsilon_rdp_independent),
-            _fmt(s.epsilon_pld_independent),
-            f"{s.target_epsilon:g}",
-            _fmt(s.remaining),
-            style=style,
+            s.site, s.status.value, str(len(s.rounds)), _fmt(s.epsilon),
+            _fmt(s.epsilon_rdp_independent), _fmt(s.epsilon_pld_independent),
+            f"{s.target_epsilon:g}", _fmt(s.remaining), style=None if s.verified else "red",
         )
     parts.append(summary)
-    for s in report.sites:
-        t = Table(title=f"{s.site} ({s.accountant}, delta={s.delta:g})")
-        for col in (
-            "round",
-            "steps",
-            "q",
-            "sigma",
-            "C",
-            "epsilon",
-            "indep. RDP",
-            "indep. PLD",
-            "ok",
-        ):
-            t.add_column(col, justify="right")
-        for r in s.rounds:
-            t.add_row(
-                str(r.round),
-                str(r.steps),
-                f"{r.sample_rate:.5g}",
-                f"{r.noise_multiplier:.5g}",
-                f"{r.max_grad_norm:g}",
-                _fmt(r.epsilon),
-                _fmt(r.epsilon_rdp_independent),
-                _fmt(r.epsilon_pld_independent),
-                "yes" if r.verified else "NO",
-                style=None if r.verified else "red",
-            )
-        parts.append(t)
+    rounds = sorted({r.round for s in report.sites for r in s.rounds})
+    if rounds:
+        matrix = Table(title="ε spent after each round (composed over all rounds so far)",
+                       title_justify="left")
+        matrix.add_column("round", justify="right")
+        by_site = {s.site: {r.round: r for r in s.rounds} for s in report.sites}
+        for s in report.sites:
+            matrix.add_column(s.site, justify="right")
+        for rnd in rounds:
+            cells = []
+            for s in report.sites:
+                row = by_site[s.site].get(rnd)
+                cells.append("–" if row is None else
+                             (_fmt(row.epsilon) if row.verified else f"[red]{_fmt(row.epsilon)}!"))
+            matrix.add_row(str(rnd), *cells)
+        parts.append(matrix)
+    if detail:
+        for s in report.sites:
+            t = Table(title=f"{s.site} ({s.accountant}, delta={s.delta:g})", title_justify="left")
+            for col in ("round", "steps", "q", "sigma", "C", "ε", "RDP*", "PLD*", "ok"):
+                t.add_column(col, justify="right")
+            for r in s.rounds:
+                t.add_row(
+                    str(r.round), str(r.steps), f"{r.sample_rate:.5g}",
+                    f"{r.noise_multiplier:.5g}", f"{r.max_grad_norm:g}", _fmt(r.epsilon),
+                    _fmt(r.epsilon_rdp_independent), _fmt(r.epsilon_pld_independent),
+                    "yes" if r.verified else "NO", style=None if r.verified else "red",
+                )
+            parts.append(t)
     return Group(*parts)
 
 
