@@ -112,23 +112,15 @@ def round_status(fed: Federation) -> RoundStatus:
         else f"wait for {', '.join(missing)} (or `fedrema aggregate --close` after enough)"
     )
     for site in fed.require_roster().names:
-        status.next_for[site] = _site_next(fed, site, r, phase.name, expected, acted)
+        status.next_for[site] = _site_next(site, phase.name, expected, acted)
     return status
 
 
-def _site_next(
-    fed: Federation, site: str, r: int, phase: str, expected: list[str], acted: list[str]
-) -> str:
+def _site_next(site: str, phase: str, expected: list[str], acted: list[str]) -> str:
     if site not in expected:
         return "not part of this round; `fedrema submit` to rejoin a later round"
     if site in acted:
         return "wait for the coordinator"
-    if phase == "collect" and not _trained(fed, site, r):
-        return "`fedrema train-local`, then `fedrema submit`"
+    if phase == "collect":  # training is private: a site's own status knows if it is done
+        return "`fedrema train-local` (if not done yet), then `fedrema submit`"
     return "`fedrema submit`"
-
-
-def _trained(fed: Federation, site: str, r: int) -> bool:
-    """From the workspace we cannot see private training; the site's own view refines this."""
-    del fed, site, r
-    return False
