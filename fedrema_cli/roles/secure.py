@@ -220,6 +220,19 @@ class _Secrets:
             }
         self.state.write_json(self.path, {"client": b64(client.to_bytes()), "outbox": self.outbox})
 
+    def advance(self, fed: Federation, step: tuple[ClientState, Any], kind: str,
+                body: dict[str, Any], name: str) -> None:
+        """Persist the state a protocol step produced with its message, then publish it.
+
+        A step that aborted (no message) is persisted too, and raised.
+        """
+        client, msg = step
+        if msg is None:
+            self.save(client)
+            _raise_if_aborted(client, self.r)
+        self.save(client, kind, body, {name: msg.to_bytes()})
+        self.flush(fed)
+
     def flush(self, fed: Federation) -> None:
         """Publish every artifact this round produced (identical bytes: a no-op if present)."""
         for kind, item in self.outbox.items():
@@ -276,12 +289,8 @@ def _share_keys(site: Site, r: int, secrets: _Secrets, actions: Actions) -> None
         return
     if site.name not in key_roster_parties(fed, r):
         return
-    client, msg = secrets.client.handle(key_roster(fed, r), rng=os.urandom)
-    if msg is None:
-        secrets.save(client)
-        _raise_if_aborted(client, r)
-    secrets.save(client, "shares", {"round": r}, {MSG: msg.to_bytes()})
-    secrets.flush(fed)
+    step = secrets.client.handle(key_roster(fed, r), rng=os.urandom)
+    secrets.advance(fed, step, "shares", {"round": r}, MSG)
     actions.done.append(f"round {r}: key shares sent to peers (encrypted)")
 
 
@@ -313,14 +322,10 @@ def _submit_masked(site: Site, r: int, secrets: _Secrets, actions: Actions) -> N
     )
     senders = [s for s in _names(fed, roster.participants) if s != site.name]
     inbox = route_ciphertexts(roster, _shares(fed, r, senders), me)
-    client, msg = secrets.client.handle(roster, inbox=inbox, x=x)
-    if msg is None:
-        secrets.save(client)
-        _raise_if_aborted(client, r)
-    if r < fed.config.rounds:
+    step = secrets.client.handle(roster, inbox=inbox, x=x)
+    if r < fed.config.rounds and step[1] is not None:
         advertise(fed, site.state, r + 1)  # keys for the next round travel with this update
-    secrets.save(client, "submission", site.submission_body(r, trained), {MASKED: msg.to_bytes()})
-    secrets.flush(fed)
+    secrets.advance(fed, step, "submission", site.submission_body(r, trained), MASKED)
     actions.done.append(f"round {r}: masked update submitted")
     actions.waiting.append(f"round {r}: the coordinator to close the round")
 
@@ -335,12 +340,7 @@ def _reveal(site: Site, r: int, secrets: _Secrets, actions: Actions) -> None:
     if _index(fed, site.name) not in request.survivors:
         actions.waiting.append(f"round {r}: closed without this site's update (too late)")
         return
-    client, msg = secrets.client.handle(request)
-    if msg is None:
-        secrets.save(client)
-        _raise_if_aborted(client, r)
-    secrets.save(client, "reveal", {"round": r}, {MSG: msg.to_bytes()})
-    secrets.flush(fed)
+    secrets.advance(fed, secrets.client.handle(request), "reveal", {"round": r}, MSG)
     actions.done.append(f"round {r}: unmasking shares revealed")
     actions.waiting.append(f"round {r}: the coordinator to finish the round")
 

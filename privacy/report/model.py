@@ -27,7 +27,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from importlib import metadata
 from typing import Any
 
 from privacy import analysis, independent
@@ -41,6 +40,7 @@ from privacy.ledger import (
     VerifyFn,
     history_from_entries,
     ledger_head,
+    library_versions,
     parse_lines,
     verify_chain,
 )
@@ -215,16 +215,6 @@ class PrivacyReport:
     def verified(self) -> bool:
         """True only if there is at least one site and every site verified."""
         return bool(self.sites) and not self.problems and all(s.verified for s in self.sites)
-
-
-def _tool_versions() -> dict[str, str]:
-    out = {}
-    for dist in ("opacus", "dp-accounting", "torch"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = "not installed"
-    return out
 
 
 def _cross_check(
@@ -431,7 +421,7 @@ def build_report(
         policy=policy.model_dump(mode="json"),
         sites=sites,
         assumptions=default_assumptions(policy),
-        tool_versions=_tool_versions(),
+        tool_versions=library_versions(),
         pld_discretization=pld_discretization,
         problems=problems,
     )

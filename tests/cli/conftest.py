@@ -101,3 +101,32 @@ def federation(tmp_path: Path) -> Fed:
 @pytest.fixture
 def cli() -> Callable[..., Result]:
     return run
+
+
+def submit_all(fed: Fed, sites: tuple[str, ...] = SITES) -> None:
+    """Every site sends what it can; 75 (nothing to send yet) is fine."""
+    for s in sites:
+        out = run("submit", "-s", fed.site(s))
+        assert out.exit_code in (0, 75), out.stderr
+
+
+def key_exchange(fed: Fed) -> None:
+    """Round 1's key exchange: advertise, fix U1, share keys, fix U2."""
+    for _ in range(2):
+        submit_all(fed)
+        assert run("aggregate", "-s", fed.coordinator).exit_code == 0
+
+
+def train_and_submit(fed: Fed, sites: tuple[str, ...] = SITES) -> None:
+    for s in sites:
+        out = run("train-local", "-s", fed.site(s))
+        assert out.exit_code == 0, out.stderr
+    submit_all(fed, sites)
+
+
+def full_round(fed: Fed) -> None:
+    """Train, submit, close, reveal, finish: one round with every site."""
+    train_and_submit(fed)
+    assert run("aggregate", "-s", fed.coordinator).exit_code == 0
+    submit_all(fed)
+    assert run("aggregate", "-s", fed.coordinator).exit_code == 0

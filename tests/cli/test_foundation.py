@@ -6,28 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.conftest import SITES, Fed, make_federation, run, snapshot
-
-
-def _keys(fed: Fed) -> None:
-    """Round 1's key exchange: advertise, fix U1, share, fix U2."""
-    for s in SITES:
-        assert run("submit", "-s", fed.site(s)).exit_code == 0
-    assert run("aggregate", "-s", fed.coordinator).exit_code == 0
-    for s in SITES:
-        assert run("submit", "-s", fed.site(s)).exit_code == 0
-    assert run("aggregate", "-s", fed.coordinator).exit_code == 0
-
-
-def _round(fed: Fed) -> None:
-    for s in SITES:
-        out = run("train-local", "-s", fed.site(s))
-        assert out.exit_code == 0, out.stderr
-        assert run("submit", "-s", fed.site(s)).exit_code == 0
-    assert run("aggregate", "-s", fed.coordinator).exit_code == 0
-    for s in SITES:
-        assert run("submit", "-s", fed.site(s)).exit_code == 0
-    assert run("aggregate", "-s", fed.coordinator).exit_code == 0
+from tests.cli.conftest import Fed, full_round, key_exchange, make_federation, run, snapshot
 
 
 def test_a_whole_federation_through_the_cli(federation: Fed) -> None:
@@ -35,14 +14,14 @@ def test_a_whole_federation_through_the_cli(federation: Fed) -> None:
     status = run("status", "-s", fed.coordinator, "--json").json()
     assert status["round"] == 1 and status["phase"] == "waiting"
     assert status["next_for"]["cleveland"] == "`fedrema submit`"
-    _keys(fed)
+    key_exchange(fed)
     status = run("status", "-s", fed.site("va"), "--json").json()
     assert status["phase"] == "collect" and status["you"] == "va"
     assert status["next"] == "`fedrema train-local`, then `fedrema submit`"
-    _round(fed)
+    full_round(fed)
     status = run("status", "-s", fed.coordinator, "--json").json()
     assert status["round"] == 2 and status["phase"] == "collect"
-    _round(fed)
+    full_round(fed)
     assert run("status", "-s", fed.coordinator, "--json").json()["complete"]
     export = fed.root / "model-va"
     out = run("personalize", "-s", fed.site("va"), "--export", export, "--json").json()
@@ -53,7 +32,7 @@ def test_a_whole_federation_through_the_cli(federation: Fed) -> None:
 
 def test_status_tells_each_party_what_to_do_next(federation: Fed) -> None:
     fed = federation
-    _keys(fed)
+    key_exchange(fed)
     run("train-local", "-s", fed.site("cleveland"))
     out = run("status", "-s", fed.site("cleveland"), "--json").json()
     assert out["next"] == "`fedrema submit`"
@@ -124,7 +103,7 @@ def test_aggregate_before_anyone_submitted(federation: Fed) -> None:
 
 def test_train_local_twice_in_one_round(federation: Fed) -> None:
     fed = federation
-    _keys(fed)
+    key_exchange(fed)
     assert run("train-local", "-s", fed.site("va")).exit_code == 0
     before = snapshot(fed.workspace), snapshot(fed.site("va"))
     out = run("train-local", "-s", fed.site("va"))
@@ -134,7 +113,7 @@ def test_train_local_twice_in_one_round(federation: Fed) -> None:
 
 def test_submit_before_training_says_to_train(federation: Fed) -> None:
     fed = federation
-    _keys(fed)
+    key_exchange(fed)
     before = snapshot(fed.workspace)
     out = run("submit", "-s", fed.site("va"))
     _one_line_error(out, 1, "not trained", "train-local")

@@ -9,7 +9,7 @@ import pytest
 
 from privacy import PrivacyPolicy, plan_round
 from privacy.analysis import epsilon as opacus_epsilon
-from tests.cli.conftest import SITES, Fed, make_federation, run, snapshot
+from tests.cli.conftest import SITES, Fed, full_round, key_exchange, make_federation, run, snapshot
 
 
 @pytest.fixture
@@ -18,34 +18,16 @@ def private_fed(tmp_path: Path) -> Fed:
     return make_federation(tmp_path, "--epsilon", "3")
 
 
-def _keys(fed: Fed) -> None:
-    for _ in range(2):
-        for s in SITES:
-            run("submit", "-s", fed.site(s))
-        assert run("aggregate", "-s", fed.coordinator).exit_code == 0
-
-
-def _round(fed: Fed) -> None:
-    for s in SITES:
-        out = run("train-local", "-s", fed.site(s))
-        assert out.exit_code == 0, out.stderr
-        assert run("submit", "-s", fed.site(s)).exit_code == 0
-    assert run("aggregate", "-s", fed.coordinator).exit_code == 0
-    for s in SITES:
-        assert run("submit", "-s", fed.site(s)).exit_code == 0
-    assert run("aggregate", "-s", fed.coordinator).exit_code == 0
-
-
 def _ledger_lines(fed: Fed, site: str) -> list[str]:
     return (fed.site(site) / "ledger.jsonl").read_text().splitlines(keepends=True)
 
 
 def test_two_private_rounds_compose_and_stay_within_budget(private_fed: Fed) -> None:
     fed = private_fed
-    _keys(fed)
-    _round(fed)
+    key_exchange(fed)
+    full_round(fed)
     first = json.loads(_ledger_lines(fed, "va")[0])
-    _round(fed)
+    full_round(fed)
     lines = _ledger_lines(fed, "va")
     assert len(lines) == 2
     second = json.loads(lines[1])
@@ -54,19 +36,29 @@ def test_two_private_rounds_compose_and_stay_within_budget(private_fed: Fed) -> 
     # ... equals the accountant over both rounds ...
     history = [(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in (first, second)]
     assert second["epsilon_after"] == pytest.approx(
-        opacus_epsilon(history, delta=1e-5, mechanism="rdp"), abs=1e-9)
+        opacus_epsilon(history, delta=1e-5, mechanism="rdp"), abs=1e-9
+    )
     # ... and lands at (not over) the target the planner aimed for.
     assert 2.9 < second["epsilon_after"] <= 3.0 + 1e-9
     # The site's own record: what ran is what Opacus counted for this dataset size.
-    plan = plan_round(PrivacyPolicy(target_epsilon=3, delta=1e-5, max_grad_norm=1.0,
-                                    planned_rounds=2, local_epochs=1, batch_size=16),
-                      dataset_size=85)
+    plan = plan_round(
+        PrivacyPolicy(
+            target_epsilon=3,
+            delta=1e-5,
+            max_grad_norm=1.0,
+            planned_rounds=2,
+            local_epochs=1,
+            batch_size=16,
+        ),
+        dataset_size=85,
+    )
     assert (second["steps"], second["sample_rate"]) == (plan.steps_per_round, plan.sample_rate)
     # Every entry is published for auditors, and the report agrees with the ledgers.
     published = sorted(p.name for p in (fed.workspace / "ledger" / "va").iterdir())
     assert published == ["0001.json", "0002.json"]
-    report = run("privacy", "report", "-w", fed.workspace, "--json",
-                 "--html", fed.root / "report.html")
+    report = run(
+        "privacy", "report", "-w", fed.workspace, "--json", "--html", fed.root / "report.html"
+    )
     assert report.exit_code == 0, report.stderr
     data = report.json()
     assert data["verified"] and [s["site"] for s in data["sites"]] == sorted(SITES)
@@ -78,8 +70,8 @@ def test_two_private_rounds_compose_and_stay_within_budget(private_fed: Fed) -> 
 
 def test_the_budget_gate_refuses_a_round_that_would_cross_it(private_fed: Fed) -> None:
     fed = private_fed
-    _keys(fed)
-    _round(fed)
+    key_exchange(fed)
+    full_round(fed)
     # The hospital's table shrinks to 30 records: a larger sampling rate per round, so the
     # second round would spend more than the budget has left.
     data = fed.data("va")
@@ -94,17 +86,17 @@ def test_the_budget_gate_refuses_a_round_that_would_cross_it(private_fed: Fed) -
 
 def test_a_site_restarted_without_its_cache_continues_its_spend(private_fed: Fed) -> None:
     fed = private_fed
-    _keys(fed)
-    _round(fed)
+    key_exchange(fed)
+    full_round(fed)
     (fed.site("va") / "accountant.json").unlink()  # only a cache: the ledger is the truth
-    _round(fed)
+    full_round(fed)
     first, second = (json.loads(line) for line in _ledger_lines(fed, "va"))
     assert second["epsilon_after"] > first["epsilon_after"] > 0
 
 
 def test_a_crash_before_the_ledger_append_is_repaired_not_lost(private_fed: Fed) -> None:
     fed = private_fed
-    _keys(fed)
+    key_exchange(fed)
     assert run("train-local", "-s", fed.site("va")).exit_code == 0
     # Simulate a crash right after the update was saved but before the ledger append.
     (fed.site("va") / "ledger.jsonl").write_text("")
@@ -118,9 +110,9 @@ def test_a_crash_before_the_ledger_append_is_repaired_not_lost(private_fed: Fed)
 @pytest.mark.parametrize("edit", ["edit", "delete", "reorder"])
 def test_audit_names_the_line_of_a_tampered_ledger(private_fed: Fed, edit: str) -> None:
     fed = private_fed
-    _keys(fed)
-    _round(fed)
-    _round(fed)
+    key_exchange(fed)
+    full_round(fed)
+    full_round(fed)
     assert run("audit", "-s", fed.site("va")).exit_code == 0
     path = fed.site("va") / "ledger.jsonl"
     lines = _ledger_lines(fed, "va")
@@ -140,8 +132,8 @@ def test_audit_names_the_line_of_a_tampered_ledger(private_fed: Fed, edit: str) 
 
 def test_audit_of_the_workspace_names_the_site_and_entry(private_fed: Fed) -> None:
     fed = private_fed
-    _keys(fed)
-    _round(fed)
+    key_exchange(fed)
+    full_round(fed)
     assert run("audit", "-w", fed.workspace).exit_code == 0
     path = fed.workspace / "ledger" / "hungary" / "0001.json"
     doc = json.loads(path.read_text())
@@ -153,8 +145,17 @@ def test_audit_of_the_workspace_names_the_site_and_entry(private_fed: Fed) -> No
 
 
 def test_simulate_reports_each_sites_epsilon() -> None:
-    out = run("simulate", "heart-disease", "--method", "fedavg", "--rounds", "2",
-              "--epsilon", "3", "--json")
+    out = run(
+        "simulate",
+        "heart-disease",
+        "--method",
+        "fedavg",
+        "--rounds",
+        "2",
+        "--epsilon",
+        "3",
+        "--json",
+    )
     assert out.exit_code == 0, out.stderr
     result = out.json()
     for site in SITES:

@@ -7,7 +7,6 @@ away: everything in the shared workspace plus the coordinator's private folder.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,26 +19,16 @@ from fedrema_cli.identity import unb64
 from fedrema_cli.params import flatten, load_params
 from fedrema_cli.roles import secure
 from fedrema_cli.roles.site import Site
-from tests.cli.conftest import SITES, Fed, run, snapshot
-
-
-def _submit_all(fed: Fed, sites=SITES) -> None:
-    for s in sites:
-        out = run("submit", "-s", fed.site(s))
-        assert out.exit_code in (0, 75), out.stderr
-
-
-def _round_one(fed: Fed) -> None:
-    _submit_all(fed)
-    assert run("aggregate", "-s", fed.coordinator).exit_code == 0
-    _submit_all(fed)
-    assert run("aggregate", "-s", fed.coordinator).exit_code == 0
-    for s in SITES:
-        assert run("train-local", "-s", fed.site(s)).exit_code == 0
-    _submit_all(fed)
-    assert run("aggregate", "-s", fed.coordinator).exit_code == 0
-    _submit_all(fed)
-    assert run("aggregate", "-s", fed.coordinator).exit_code == 0
+from tests.cli.conftest import (
+    SITES,
+    Fed,
+    full_round,
+    key_exchange,
+    run,
+    snapshot,
+    submit_all,
+    train_and_submit,
+)
 
 
 def _true_updates(fed: Fed) -> dict[str, tuple[np.ndarray, float]]:
@@ -52,13 +41,10 @@ def _true_updates(fed: Fed) -> dict[str, tuple[np.ndarray, float]]:
     return out
 
 
-def _load(path: Path, name: str) -> bytes:
-    return (path.parent / f"{path.name}.{name}").read_bytes()
-
-
 def test_the_coordinator_holds_only_the_sum(federation: Fed) -> None:
     fed = federation
-    _round_one(fed)
+    key_exchange(fed)
+    full_round(fed)
     truth = _true_updates(fed)
     ws = fed.workspace / "rounds" / "0001"
     site = Site(fed.site("va"))
@@ -127,15 +113,10 @@ def test_the_coordinator_holds_only_the_sum(federation: Fed) -> None:
 
 def test_a_site_that_drops_after_submitting_does_not_stop_the_round(federation: Fed) -> None:
     fed = federation
-    _submit_all(fed)
-    run("aggregate", "-s", fed.coordinator)
-    _submit_all(fed)
-    run("aggregate", "-s", fed.coordinator)
-    for s in SITES:
-        run("train-local", "-s", fed.site(s))
-    _submit_all(fed)
+    key_exchange(fed)
+    train_and_submit(fed)
     assert run("aggregate", "-s", fed.coordinator).exit_code == 0  # unmask request out
-    _submit_all(fed, SITES[:-1])  # va never reveals
+    submit_all(fed, SITES[:-1])  # va never reveals
     out = run("aggregate", "-s", fed.coordinator)
     assert out.exit_code == 75  # waits for va until the deadline ...
     out = run("aggregate", "-s", fed.coordinator, "--close", "--json")
@@ -146,17 +127,12 @@ def test_a_site_that_drops_after_submitting_does_not_stop_the_round(federation: 
 
 def test_a_site_that_never_submits_is_dropped_and_the_sum_excludes_it(federation: Fed) -> None:
     fed = federation
-    _submit_all(fed)
-    run("aggregate", "-s", fed.coordinator)
-    _submit_all(fed)
-    run("aggregate", "-s", fed.coordinator)
-    for s in SITES[:-1]:
-        run("train-local", "-s", fed.site(s))
-    _submit_all(fed, SITES[:-1])
+    key_exchange(fed)
+    train_and_submit(fed, SITES[:-1])
     assert run("aggregate", "-s", fed.coordinator, "--close").exit_code == 0
     request = json.loads((fed.workspace / "rounds/0001/unmask-request.json").read_text())["body"]
     assert request["dropped"] == ["va"]
-    _submit_all(fed, SITES[:-1])
+    submit_all(fed, SITES[:-1])
     assert run("aggregate", "-s", fed.coordinator).exit_code == 0
     result = json.loads((fed.workspace / "rounds/0001/result.json").read_text())["body"]
     assert result["survivors"] == list(SITES[:-1]) and result["dropped"] == ["va"]
@@ -164,13 +140,8 @@ def test_a_site_that_never_submits_is_dropped_and_the_sum_excludes_it(federation
 
 def test_below_threshold_the_round_aborts_cleanly(federation: Fed) -> None:
     fed = federation  # 4 sites: t = 3
-    _submit_all(fed)
-    run("aggregate", "-s", fed.coordinator)
-    _submit_all(fed)
-    run("aggregate", "-s", fed.coordinator)
-    for s in SITES[:2]:
-        run("train-local", "-s", fed.site(s))
-    _submit_all(fed, SITES[:2])
+    key_exchange(fed)
+    train_and_submit(fed, SITES[:2])
     before = snapshot(fed.workspace)
     out = run("aggregate", "-s", fed.coordinator, "--close")
     assert out.exit_code == 5 and "needs at least 3" in out.stderr
@@ -179,13 +150,8 @@ def test_below_threshold_the_round_aborts_cleanly(federation: Fed) -> None:
 
 def test_a_tampered_masked_update_is_rejected_and_nothing_is_lost(federation: Fed) -> None:
     fed = federation
-    _submit_all(fed)
-    run("aggregate", "-s", fed.coordinator)
-    _submit_all(fed)
-    run("aggregate", "-s", fed.coordinator)
-    for s in SITES:
-        run("train-local", "-s", fed.site(s))
-    _submit_all(fed)
+    key_exchange(fed)
+    train_and_submit(fed)
     blob = fed.workspace / "rounds/0001/submissions/va.masked.bin"
     data = bytearray(blob.read_bytes())
     data[-3] ^= 0x55
@@ -198,7 +164,7 @@ def test_a_tampered_masked_update_is_rejected_and_nothing_is_lost(federation: Fe
 
 def test_a_file_replayed_from_another_round_is_rejected(federation: Fed) -> None:
     fed = federation
-    _submit_all(fed)  # round-1 key adverts
+    submit_all(fed)  # round-1 key adverts
     src = fed.workspace / "rounds/0001/keys/va.json"
     dst = fed.workspace / "rounds/0002/keys/va.json"
     dst.parent.mkdir(parents=True)
