@@ -167,7 +167,7 @@ def _check_empty_batch(factory: Callable[[], nn.Module], kind: str, mode: str) -
         po.step()
         if not all(torch.isfinite(p).all() for p in model.parameters()):
             why = "non-finite parameters after an empty batch"
-    except Exception as exc:  # the reason is the result
+    except Exception as exc:  # noqa: BLE001 - the reason is the result
         why = f"{type(exc).__name__}: {str(exc)[:100]}"
     if hasattr(pm, "to_standard_module"):
         pm.to_standard_module()
@@ -211,7 +211,7 @@ def bench_model(
             r.empty_batch_ok = why is None
             if why:
                 r.error = f"empty Poisson batch fails: {why}"
-        except Exception as exc:  # a mode that cannot even wrap this model
+        except Exception as exc:  # noqa: BLE001 - a mode that cannot even wrap this model
             r.correct, r.error = False, f"{type(exc).__name__}: {str(exc)[:160]}"
     base_times: list[float] = []
     mode_times: dict[str, list[float]] = {m: [] for m in MODES}
@@ -230,7 +230,7 @@ def bench_model(
                     factory(), data, mode=mode, batch=batch, sigma=1.0, clip=1.0
                 )
                 mode_times[mode].append(_time_loop(pm, po, crit, pdl, steps))
-            except Exception as exc:  # e.g. an empty batch during timing
+            except Exception as exc:  # noqa: BLE001 - e.g. an empty batch during timing
                 results[mode].error = f"{type(exc).__name__}: {str(exc)[:160]}"
     base = statistics.median(base_times)
     out = ModelResult(

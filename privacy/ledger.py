@@ -419,7 +419,7 @@ def verify_chain(
             add(ProblemKind.EDITED, "the entry's content does not match its hash (edited)")
         try:
             verify(bytes.fromhex(e.signature), payload)
-        except Exception:  # any verifier failure means "not signed by this site"
+        except Exception:  # noqa: BLE001 - any verifier failure means "not signed by this site"
             add(ProblemKind.BAD_SIGNATURE, "the signature does not verify with the site's key")
 
         positional = False

@@ -8,6 +8,7 @@ write-once: writing the same bytes again is a no-op, different bytes are refused
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import posixpath
 import secrets
@@ -151,7 +152,14 @@ class FsspecStorage:
         import fsspec
 
         self.url = url
-        self.fs, root = fsspec.core.url_to_fs(url, **options)
+        try:
+            self.fs, root = fsspec.core.url_to_fs(url, **options)
+        except StoreError:
+            raise
+        except ImportError as e:
+            raise StoreError(f"no storage backend for {url}: {e}") from None
+        except Exception as e:  # noqa: BLE001 - network/auth errors of any backend
+            raise StoreError(f"cannot open the workspace at {url}: {e}") from None
         self.root = root.rstrip("/")
 
     def describe(self) -> str:
@@ -214,10 +222,57 @@ class FsspecStorage:
             self.fs.rm(self._path(path))
 
 
+STORAGE_OPTIONS_ENV = "FEDREMA_STORAGE_OPTIONS"
+
+
+def storage_options(location: str) -> dict[str, object]:
+    """Connection options for a workspace URL, from ``FEDREMA_STORAGE_OPTIONS`` (JSON).
+
+    For ``sftp://`` these are paramiko's connect options (``key_filename``, ``port``, ...)
+    plus ``host_key``: the server's public key (``ssh-ed25519 AAAA...``), which is then
+    pinned: a server presenting any other key is refused. Without it fsspec's default trusts
+    the key seen first; fedrema's files are signed end to end either way, so a stranger
+    answering at that address can withhold files but not forge or alter them.
+    """
+    raw = os.environ.get(STORAGE_OPTIONS_ENV)
+    if not raw:
+        return {}
+    try:
+        options = json.loads(raw)
+        if not isinstance(options, dict):
+            raise ValueError
+    except ValueError:
+        raise StoreError(f"{STORAGE_OPTIONS_ENV} must be a JSON object") from None
+    if location.startswith("sftp://") and "host_key" in options:
+        options["host_key_policy"] = _pinned_host_key(str(options.pop("host_key")))
+    return options
+
+
+def _pinned_host_key(openssh_public_key: str) -> object:
+    """A paramiko host-key policy that accepts exactly one key and refuses every other one."""
+    import base64
+
+    import paramiko
+
+    parts = openssh_public_key.split()
+    if len(parts) < 2:
+        raise StoreError("host_key must look like 'ssh-ed25519 AAAA...'")
+    kind, blob = parts[0], parts[1]
+
+    class PinnedHostKey(paramiko.MissingHostKeyPolicy):
+        def missing_host_key(self, client: object, hostname: str, key: paramiko.PKey) -> None:
+            seen = base64.b64encode(key.asbytes()).decode()
+            if key.get_name() != kind or seen != blob:
+                raise StoreError(f"the SFTP server at {hostname} presented a host key that is "
+                                 "not the pinned one; refusing to connect")
+
+    return PinnedHostKey()
+
+
 def open_storage(location: str, *, private: bool = False) -> Storage:
     """A local folder for plain paths, fsspec for URLs such as ``sftp://`` or ``s3://``."""
     if "://" in location and not location.startswith("file://"):
         if private:
             raise StoreError("private state must live in a local folder, not at a URL")
-        return FsspecStorage(location)
+        return FsspecStorage(location, **storage_options(location))
     return LocalStorage(location.removeprefix("file://"), private=private)
