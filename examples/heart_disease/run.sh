@@ -68,3 +68,8 @@ step "Each hospital: its personalized model, evaluated on its own hold-out data"
 for s in "${SITES[@]}"; do
   $FEDREMA personalize -s "$WORK/$s" --export "$WORK/models/$s"
 done
+
+step "Compliance: the privacy budget per hospital, verified from the signed ledgers"
+$FEDREMA privacy report -w "$WS" --html "$WORK/privacy-report.html"
+$FEDREMA audit -w "$WS"
+echo "HTML report for the data-protection officer: $WORK/privacy-report.html"
