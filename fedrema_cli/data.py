@@ -18,13 +18,15 @@ import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fedrema_cli.errors import DataError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "DataError",
@@ -241,9 +243,9 @@ def _is_missing(value: object) -> bool:
     if isinstance(value, str):
         return value.strip().lower() in _MISSING_TOKENS
     try:
-        return bool(pd.isna(value))
+        return bool(value != value)  # NaN (float, numpy, NaT) is the only value unequal to itself
     except (TypeError, ValueError):
-        return False
+        return True  # pandas.NA refuses to be compared: it is a missing-value marker
 
 
 def _to_float(value: object) -> float | None:

@@ -20,7 +20,6 @@ from privacy.errors import (
     StateError,
     UnsupportedTrainingSetup,
 )
-from privacy.independent import IndependentEpsilon, independent_epsilon
 from privacy.ledger import (
     GENESIS_HASH,
     LedgerBody,
@@ -43,6 +42,10 @@ from privacy.ledger import (
 )
 from privacy.policy import PrivacyPolicy, RoundPlan, plan_noise, plan_round
 
+_LAZY = {  # heavy imports (torch, Opacus, dp-accounting/scipy) load on first use only
+    "IndependentEpsilon": "privacy.independent",
+    "independent_epsilon": "privacy.independent",
+}
 _ENGINE_NAMES = (
     "PrivateTraining",
     "RoundRecord",
@@ -59,11 +62,16 @@ _ENGINE_NAMES = (
 
 
 def __getattr__(name: str) -> Any:
-    # The engine imports torch and Opacus (seconds); load it only when asked for.
+    # The engine imports torch and Opacus, the independent check dp-accounting and scipy
+    # (seconds); load them only when asked for.
     if name in _ENGINE_NAMES:
         from privacy import engine
 
         return getattr(engine, name)
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'privacy' has no attribute {name!r}")
 
 
