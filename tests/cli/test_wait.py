@@ -1,0 +1,54 @@
+"""Every party in its own process, at the same time: `submit --wait` and `aggregate --wait`.
+
+This is how hospitals run it for real: each site trains, then `submit --wait` does its whole
+part of the round (keys, masked update, unmasking shares) as the coordinator's
+`aggregate --wait` moves the round along.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.cli.conftest import SITES, make_federation
+
+FEDREMA = shutil.which("fedrema", path=os.path.dirname(sys.executable)) or "fedrema"
+
+
+def test_one_round_with_every_party_waiting_in_parallel(tmp_path: Path) -> None:
+    fed = make_federation(tmp_path, "--no-dp", "--rounds", "1")
+    env = {**os.environ, "COLUMNS": "120"}
+    procs = {
+        s: subprocess.Popen(
+            [
+                "bash",
+                "-c",
+                f"{FEDREMA} train-local -s {fed.site(s)} && "
+                f"{FEDREMA} submit -s {fed.site(s)} --wait --timeout 120",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for s in SITES
+    }
+    procs["coordinator"] = subprocess.Popen(
+        [FEDREMA, "aggregate", "-s", str(fed.coordinator), "--wait", "--timeout", "120"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    outputs = {name: p.communicate(timeout=180) for name, p in procs.items()}
+    for name, p in procs.items():
+        assert p.returncode == 0, (name, outputs[name])
+    result = json.loads((fed.workspace / "rounds/0001/result.json").read_text())["body"]
+    assert result["survivors"] == list(SITES)
+    assert "finished with 4 sites" in outputs["coordinator"][0]
+    for s in SITES:
+        assert "unmasking shares revealed" in outputs[s][0]
