@@ -6,9 +6,11 @@ from pathlib import Path
 from typing import Any
 
 from fedrema_cli.config import TrainingConfig, make_config
+from fedrema_cli.data import ImageSchema, TabularSchema
 from fedrema_cli.datasets import get_dataset
 from fedrema_cli.errors import UsageError
 from fedrema_cli.identity import fingerprint
+from fedrema_cli.modelspec import ModelSpec
 from fedrema_cli.roles.coordinator import Coordinator
 from fedrema_cli.roles.site import Site
 
@@ -18,6 +20,10 @@ def create(
     workspace: str,
     state: Path,
     preset: str | None,
+    features: str | None,
+    label: str | None,
+    classes: str | None,
+    hidden: str | None,
     federation_id: str | None,
     method: str,
     rounds: int,
@@ -32,16 +38,11 @@ def create(
     secure_aggregation: bool,
     round_timeout: float,
 ) -> dict[str, Any]:
-    if preset is None:
-        raise UsageError(
-            "say which data and model the federation uses: --preset heart-disease "
-            "or --preset label-skew"
-        )
-    info = get_dataset(preset)
+    schema, model = _task(preset, features, label, classes, hidden)
     config = make_config(
-        federation_id=federation_id or preset,
-        model=info.model_spec,
-        data=info.schema,
+        federation_id=federation_id or preset or "federation",
+        model=model,
+        data=schema,
         method=method,
         rounds=rounds,
         seed=seed,
@@ -67,6 +68,54 @@ def create(
         ),
         "secure_aggregation": c.secagg.enabled,
     }
+
+
+def _ints(text: str, what: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise UsageError(f"{what} must be comma-separated whole numbers, got {text!r}") from None
+
+
+def _task(
+    preset: str | None,
+    features: str | None,
+    label: str | None,
+    classes: str | None,
+    hidden: str | None,
+) -> tuple[TabularSchema | ImageSchema, ModelSpec]:
+    """The data schema and model: a bundled preset, or a table described on the command line."""
+    if preset is not None:
+        if features or label or classes:
+            raise UsageError("give either --preset or --features/--label/--classes, not both")
+        info = get_dataset(preset)
+        model = info.model_spec
+        if hidden is not None:
+            model = model.model_copy(update={"hidden": _ints(hidden, "--hidden")})
+        return info.schema, model
+    if not (features and label and classes):
+        raise UsageError(
+            "say what the federation learns: --preset heart-disease, or a table "
+            "with --features a,b,c --label y --classes 0,1"
+        )
+    parsed: list[int | str] = []
+    for c in classes.split(","):
+        c = c.strip()
+        parsed.append(int(c) if c.lstrip("-").isdigit() else c)
+    try:
+        schema = TabularSchema(
+            features=tuple(f.strip() for f in features.split(",") if f.strip()),
+            label=label,
+            classes=tuple(parsed),
+        )
+        model = ModelSpec.mlp(
+            in_features=schema.num_features,
+            hidden=_ints(hidden, "--hidden") if hidden else (32, 16),
+            num_classes=schema.num_classes,
+        )
+    except ValueError as e:
+        raise UsageError(f"the table description does not work: {e}".splitlines()[0]) from None
+    return schema, model
 
 
 def join(

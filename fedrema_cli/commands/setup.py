@@ -23,7 +23,8 @@ def init(
             "--workspace",
             "-w",
             envvar="FEDREMA_WORKSPACE",
-            help="The federation workspace shared by all parties (folder or fsspec URL).",
+            help="The federation workspace shared by all parties (a folder, or "
+            "sftp://user@host/path).",
         ),
     ],
     site: Annotated[
@@ -59,6 +60,34 @@ def init(
         str | None,
         typer.Option(
             help="Data schema and model of a bundled dataset: heart-disease or label-skew.",
+            rich_help_panel="Creating a federation",
+        ),
+    ] = None,
+    features: Annotated[
+        str | None,
+        typer.Option(
+            help="Your own table instead of a preset: the feature columns, comma-separated, "
+            "in model input order.",
+            rich_help_panel="Creating a federation",
+        ),
+    ] = None,
+    label: Annotated[
+        str | None,
+        typer.Option(
+            help="The label column of your table.", rich_help_panel="Creating a federation"
+        ),
+    ] = None,
+    classes: Annotated[
+        str | None,
+        typer.Option(
+            help="The label's values, comma-separated (e.g. 0,1).",
+            rich_help_panel="Creating a federation",
+        ),
+    ] = None,
+    hidden: Annotated[
+        str | None,
+        typer.Option(
+            help="Hidden layer sizes of the MLP feature extractor (default 32,16).",
             rich_help_panel="Creating a federation",
         ),
     ] = None,
@@ -136,6 +165,8 @@ def init(
 
       fedrema init -w /shared/heart -s coord --preset heart-disease --rounds 20
 
+      fedrema init -w /shared/sepsis -s coord --features age,lactate,hr --label sepsis --classes 0,1
+
       fedrema init -w /shared/heart -s cleveland --site cleveland --train c.csv --test c_test.csv
     """
     from fedrema_cli import onboarding as actions
@@ -161,6 +192,10 @@ def init(
         workspace=workspace,
         state=state,
         preset=preset,
+        features=features,
+        label=label,
+        classes=classes,
+        hidden=hidden,
         federation_id=federation_id,
         method=method,
         rounds=rounds,

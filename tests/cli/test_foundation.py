@@ -155,3 +155,52 @@ def test_joining_with_the_wrong_coordinator_fingerprint_is_refused(tmp_path: Pat
         "0000:0000:0000:0000:0000:0000:0000:0000",
     )
     _one_line_error(out, 3, "fingerprint")
+
+
+@pytest.mark.parametrize("name", ["../escape", "Cleveland Clinic", "a/b", ""])
+def test_a_site_name_that_could_escape_the_workspace_is_refused(tmp_path: Path, name: str) -> None:
+    fed = make_federation(tmp_path, "--no-dp", sites=("cleveland",), approve=False)
+    before = snapshot(fed.workspace)
+    out = run(
+        "init", "-w", fed.workspace, "-s", tmp_path / "x", "--site", name, "--train", fed.data("va")
+    )
+    _one_line_error(out, 1, "not allowed")
+    assert snapshot(fed.workspace) == before
+
+
+def test_a_federation_over_your_own_table(tmp_path: Path) -> None:
+    """No preset: the coordinator describes the table; a hospital's CSV is checked against it."""
+    ws, coord = tmp_path / "ws", tmp_path / "coord"
+    out = run(
+        "init",
+        "-w",
+        ws,
+        "-s",
+        coord,
+        "--features",
+        "age,chol,thalach",
+        "--label",
+        "target",
+        "--classes",
+        "0,1",
+        "--hidden",
+        "8",
+        "--rounds",
+        "1",
+        "--no-dp",
+        "--json",
+    )
+    assert out.exit_code == 0, out.stderr
+    rows = ["age,chol,thalach,target,extra"] + [
+        f"{40 + i},{200 + i},{150 - i},{i % 2},x" for i in range(30)
+    ]
+    (tmp_path / "a.csv").write_text("\n".join(rows) + "\n")
+    out = run("init", "-w", ws, "-s", tmp_path / "a", "--site", "a", "--train", tmp_path / "a.csv")
+    assert out.exit_code == 0, out.stderr
+    (tmp_path / "b.csv").write_text("age,chol,target\n50,210,1\n")
+    out = run("init", "-w", ws, "-s", tmp_path / "b", "--site", "b", "--train", tmp_path / "b.csv")
+    _one_line_error(out, 1, "b.csv", "thalach")
+    out = run(
+        "init", "-w", tmp_path / "ws2", "-s", tmp_path / "c2", "--features", "age", "--label", "y"
+    )
+    _one_line_error(out, 1, "--classes")
