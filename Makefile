@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench-secagg bench-dp clean
+.PHONY: demo test lint bench-secagg bench-dp bench-accuracy clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ bench-secagg: $(STAMP)
 
 bench-dp: $(STAMP)
 	$(BIN)/python benchmarks/dp.py
+
+# FedReMa vs the baselines, 2 datasets x 4 privacy levels x 5 seeds (about 15 min on 2 cores);
+# tables and plots in benchmarks/results/accuracy/. ARGS=--quick: 2 seeds.
+bench-accuracy: $(STAMP)
+	$(BIN)/python benchmarks/accuracy.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs

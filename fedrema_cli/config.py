@@ -31,6 +31,9 @@ class TrainingConfig(_Frozen):
     lr: float = Field(default=0.05, gt=0)
     momentum: float = Field(default=0.0, ge=0, lt=1)
     weight_decay: float = Field(default=0.0, ge=0)
+    # Head-only rounds of local training after the last round, for methods that fine-tune;
+    # None: the method's own default (METHODS[...].finetune_rounds).
+    finetune_rounds: int | None = Field(default=None, ge=0, le=1000)
 
 
 class SecAggConfig(_Frozen):
@@ -57,15 +60,25 @@ class RoundConfig(_Frozen):
 
 
 class FedReMaConfig(_Frozen):
-    """FedReMa merging knobs (see fedrema_cli.merging.fedrema.FedReMaParams)."""
+    """FedReMa merging knobs (see fedrema_cli.merging.fedrema.FedReMaParams).
+
+    The defaults are the rules of the default ``fedrema`` method, tuned on validation splits
+    for heads trained with DP noise (docs/fedrema.md); ``fedrema-paper`` ignores this section
+    and runs the paper's rules.
+    """
 
     delta: float = Field(default=0.5, gt=0, le=1)
     t_self: float = Field(default=0.5, gt=0)
     t_peer: float = Field(default=1.0, gt=0)
     probe: Literal["uniform"] = "uniform"
     probe_scale: float = Field(default=0.5, gt=0)
-    probe_samples: int = Field(default=1, ge=1)
-    self_weight: float | None = Field(default=None, ge=0, le=1)
+    probe_samples: int = Field(default=64, ge=1)
+    similarity: Literal["softmax", "centered"] = "centered"
+    smoothing: float = Field(default=0.5, ge=0, lt=1)
+    min_similarity: float | None = Field(default=0.0, ge=-1, le=1)
+    self_weight: float | None = Field(default=0.5, ge=0, le=1)
+    global_weight: float = Field(default=0.0, ge=0, le=1)
+    min_ccp_rounds: int = Field(default=5, ge=0)
 
 
 class CoordinatorKeys(_Frozen):
@@ -108,11 +121,11 @@ class FederationConfig(_Frozen):
         if p is not None and (p.local_epochs, p.batch_size, p.planned_rounds) != (
             self.training.local_epochs,
             self.training.batch_size,
-            self.rounds,
+            self.rounds + finetune_rounds(self),
         ):
             raise ValueError(
-                "the privacy policy must plan the federation's own rounds, local "
-                "epochs and batch size"
+                "the privacy policy must plan the federation's own rounds (plus its "
+                "fine-tuning rounds), local epochs and batch size"
             )
         return self
 
@@ -134,9 +147,30 @@ def parse_config(data: Any, *, where: str) -> FederationConfig:
         raise ConfigError(f"{where}: {problems}") from None
 
 
+def finetune_rounds(config: FederationConfig) -> int:
+    """Head-only rounds each site trains after the last round (0 unless the method fine-tunes)."""
+    return method_finetune_rounds(config.method, config.training)
+
+
+def method_finetune_rounds(method: str, training: TrainingConfig) -> int:
+    chosen = METHODS.get(method)
+    if chosen is None or chosen.deploy != "finetune":
+        return 0
+    if training.finetune_rounds is None:
+        return chosen.finetune_rounds
+    return training.finetune_rounds
+
+
 def default_threshold(n_sites: int) -> int:
     """Bonawitz-style default t = max(2, floor(2n/3) + 1), capped at n."""
     return min(n_sites, max(2, (2 * n_sites) // 3 + 1))
+
+
+def linear_model(model: ModelSpec) -> ModelSpec:
+    """The spec's logistic-regression counterpart: no hidden layers (tabular data only)."""
+    if model.kind != "mlp" or model.in_features is None:
+        raise ConfigError("a logistic-regression method needs tabular data (an 'mlp' model)")
+    return ModelSpec.mlp(in_features=model.in_features, hidden=(), num_classes=model.num_classes)
 
 
 def make_config(
@@ -163,6 +197,9 @@ def make_config(
     federation's own rounds, local epochs and batch size.
     """
     training = training or TrainingConfig()
+    chosen = METHODS.get(method)  # an unknown method is reported by the config's validation
+    if chosen is not None and chosen.model == "linear":
+        model = linear_model(model)
     privacy = None
     if epsilon is not None:
         privacy = PrivacyPolicy(
@@ -170,7 +207,7 @@ def make_config(
             delta=delta,
             accountant=accountant,
             max_grad_norm=max_grad_norm,
-            planned_rounds=rounds,
+            planned_rounds=rounds + method_finetune_rounds(method, training),
             local_epochs=training.local_epochs,
             batch_size=training.batch_size,
         )

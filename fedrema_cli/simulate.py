@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from fedrema_cli.config import FedReMaConfig, TrainingConfig, make_config
-from fedrema_cli.datasets import get_dataset
+from fedrema_cli.datasets import carve_validation, get_dataset
 from fedrema_cli.errors import UsageError
 from fedrema_cli.merging import METHODS
 from fedrema_cli.roles.common import current_round, phase_of
@@ -68,6 +68,9 @@ class SimulationSpec:
     drops: tuple[Drop, ...] = ()
     workdir: Path | None = None
     keep: bool = False
+    validation: bool = False  # train on part of each training set, score on the rest
+    track: bool = False  # score every site's deployable model after every round
+    predictions: bool = False  # per test example: was the deployed model right ("0"/"1")
 
 
 def run(
@@ -108,6 +111,8 @@ def _run(
     spec: SimulationSpec, info: Any, root: Path, on_round: Callable[[int, int], None] | None
 ) -> dict[str, Any]:
     files = info.prepare(root / "data", spec.seed)
+    if spec.validation:  # model selection: the test files are never read
+        files = carve_validation(info, files, root / "validation", seed=spec.seed)
     workspace = str(root / "workspace")
     config = make_config(
         federation_id=f"sim-{spec.dataset}-{spec.method}",
@@ -142,6 +147,7 @@ def _run(
         phase = phase_of(coord.fed, r).name
         return not any(d.blocks(name, r, phase) for d in spec.drops)
 
+    curve: list[dict[str, float | None]] = []
     for r in range(1, spec.rounds + 1):
         dropping = any(d.round == r for d in spec.drops)
         for _ in range(8):  # each pass moves every party one protocol step at most
@@ -160,6 +166,8 @@ def _run(
             coord.advance(close=dropping)
         if current_round(coord.fed) <= r:
             raise UsageError(f"round {r} did not finish: {coord.waiting_for()}")
+        if spec.track:
+            curve.append(_mean_metrics({n: s.personalize()["metrics"] for n, s in sites.items()}))
         if on_round is not None:
             on_round(r, spec.rounds)
 
@@ -174,6 +182,8 @@ def _run(
             "n_test": m.get("n"),
             "epsilon": site.epsilon_spent(),
         }
+        if spec.predictions:
+            per_site[name]["correct"] = _correct(site)
     result: dict[str, Any] = {
         "dataset": spec.dataset,
         "method": spec.method,
@@ -184,12 +194,37 @@ def _run(
         "drops": [f"{d.site}:{d.stage}@{d.round}" for d in spec.drops],
         "sites": per_site,
     }
-    for key in ("accuracy", "balanced_accuracy", "auc"):
-        values = [v[key] for v in per_site.values() if v[key] is not None]
-        result[f"mean_{key}"] = float(np.mean(values)) if values else None
-    if spec.method == "fedrema":
+    result.update(_mean_metrics(per_site))
+    if spec.validation:
+        result["evaluated_on"] = "validation"
+    if spec.track:
+        result["curve"] = curve
+    if METHODS[spec.method].sends_head:
         result["fedrema"] = _peer_stats(coord.merge_log(), info.blocks)
     return result
+
+
+def _mean_metrics(per_site: dict[str, Any]) -> dict[str, float | None]:
+    """Unweighted mean over sites of each metric (a site without AUC is left out of that mean)."""
+    out: dict[str, float | None] = {}
+    for key in ("accuracy", "balanced_accuracy", "auc"):
+        values = [v[key] for v in per_site.values() if v and v.get(key) is not None]
+        out[f"mean_{key}"] = float(np.mean(values)) if values else None
+    return out
+
+
+def _correct(site: Site) -> str:
+    """Which test examples the site's deployed model gets right, as a string of 0/1 in file
+    order (for paired bootstraps over test examples)."""
+    from fedrema_cli.models import build_model, set_part
+    from fedrema_cli.training import predict_proba
+
+    params, _ = site.personalized_params()
+    data = site.data()
+    model = build_model(site.config.model, seed=site.config.seed)
+    set_part(model, "all", params)
+    pred = predict_proba(model, data.x_test).argmax(axis=1)
+    return "".join("1" if ok else "0" for ok in pred == np.asarray(data.y_test))
 
 
 def _train_if_participant(site: Site) -> None:
@@ -204,6 +239,8 @@ def _peer_stats(log: list[dict[str, Any]], blocks: dict[str, int] | None) -> dic
     """How long the co-learning period lasted; with known blocks, how often peers match them."""
     ccp = [e for e in log if e["in_ccp"]]
     stats: dict[str, Any] = {"ccp_rounds": len(ccp)}
+    picks = [len(chosen) - 1 for e in ccp for chosen in e["selected"].values()]
+    stats["mean_peers_selected"] = float(np.mean(picks)) if picks else None
     if blocks:
         same = total = 0
         for entry in ccp:

@@ -189,3 +189,167 @@ def test_merge_is_invariant_to_the_order_heads_arrive_in(n, seed):
         assert np.all(m1[s] <= stack.max(0) + 1e-12) and np.all(m1[s] >= stack.min(0) - 1e-12)
     np.testing.assert_array_equal(s1.frequency, s2.frequency)
     assert np.all(np.diag(s1.frequency) == 1)
+
+
+# ------------------------------------------------------------- the default variant's rules
+# (docs/fedrema.md, "What the default changes"); the paper's rules above stay the reference.
+
+
+def test_paper_rules_are_the_params_defaults_and_the_config_holds_the_tuned_ones():
+    from fedrema_cli.config import FedReMaConfig
+
+    assert fr.FedReMaParams() == fr.PAPER
+    assert fr.PAPER.similarity == "softmax" and fr.PAPER.self_weight is None
+    tuned = fr.params_from(FedReMaConfig())
+    assert tuned.similarity == "centered" and tuned.probe_samples == 64
+    assert tuned.smoothing == 0.5 and tuned.min_similarity == 0.0
+    assert tuned.self_weight == 0.5 and tuned.min_ccp_rounds == 5 and tuned.global_weight == 0.0
+    assert tuned.shared_probe and not fr.PAPER.shared_probe
+
+
+def _block_logits(rng: np.random.Generator, blocks: list[int], noise: float) -> np.ndarray:
+    """Heads on one shared probe: a common part, a part per block, and per-head noise."""
+    samples, classes = 16, 4
+    common = rng.normal(size=(samples, classes)) * 5
+    per_block = {b: rng.normal(size=(samples, classes)) for b in set(blocks)}
+    return np.stack(
+        [common + per_block[b] + noise * rng.normal(size=(samples, classes)) for b in blocks]
+    )
+
+
+def test_centered_similarity_ignores_what_all_heads_share_and_what_softmax_ignores():
+    rng = np.random.default_rng(0)
+    z = _block_logits(rng, [0, 0, 1, 1, 2], noise=0.0)
+    s = fr.centered_similarity(z)
+    np.testing.assert_allclose(s, s.T)
+    np.testing.assert_allclose(np.diag(s), 1.0)
+    assert s[0, 1] == pytest.approx(1.0) and s[2, 3] == pytest.approx(1.0)
+    assert s[0, 2] < 0.5 and s[0, 4] < 0.5
+    shifted = z + rng.normal(size=(1, 16, 1)) + rng.normal(size=(1, 16, 4)) * 7
+    np.testing.assert_allclose(fr.centered_similarity(shifted), s, atol=1e-12)
+    same = np.stack([z[0], z[0]])  # identical heads: nothing sets them apart, no direction
+    np.testing.assert_array_equal(fr.centered_similarity(same), np.eye(2))
+
+
+def test_centered_merge_selects_exactly_the_block_peers_through_noise():
+    rng = np.random.default_rng(3)
+    blocks = [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    sites = tuple(f"s{k:02d}" for k in range(len(blocks)))
+    heads = {s: rng.normal(size=5) for s in sites}
+    logits = _block_logits(rng, blocks, noise=0.3)[None]  # one shared probe
+    params = fr.FedReMaParams(similarity="centered", min_similarity=0.0)
+    _, _, report = fr.merge(heads, logits, fr.FedReMaState(sites=sites), params)
+    for k, site in enumerate(sites):
+        expected = {sites[j] for j, b in enumerate(blocks) if b == blocks[k]}
+        assert set(report.selected[site]) == expected
+
+
+def test_min_similarity_lets_a_site_with_no_like_peer_keep_its_own_head():
+    sites = ("a", "b", "c")
+    heads = {"a": np.array([0.0]), "b": np.array([10.0]), "c": np.array([20.0])}
+    # Three mutually unlike heads: centered cosines are all negative (-0.5).
+    logits = np.zeros((1, 3, 1, 3))
+    for k in range(3):
+        logits[0, k, 0, k] = 1.0
+    params = fr.FedReMaParams(similarity="centered", min_similarity=0.0)
+    merged, state, report = fr.merge(heads, logits, fr.FedReMaState(sites=sites), params)
+    assert report.selected == {"a": ("a",), "b": ("b",), "c": ("c",)}
+    np.testing.assert_allclose(merged["b"], [10.0])
+    paper = fr.FedReMaParams(similarity="centered")  # the paper's MaxDiff always takes a peer
+    _, _, report = fr.merge(heads, logits, fr.FedReMaState(sites=sites), paper)
+    assert all(len(v) == 2 for v in report.selected.values())
+    assert np.diag(state.frequency).tolist() == [1, 1, 1]
+
+
+def test_smoothing_is_an_ema_by_roster_position_and_survives_absent_sites():
+    prev = np.full((3, 3), np.nan)
+    prev[np.ix_([0, 2], [0, 2])] = [[1.0, 0.2], [0.2, 1.0]]
+    cur = np.array([[1.0, 0.8, 0.6], [0.8, 1.0, -0.4], [0.6, -0.4, 1.0]])
+    out = fr.smooth(prev, cur, [0, 1, 2], 0.5, 3)
+    assert out[0, 2] == pytest.approx(0.5 * 0.2 + 0.5 * 0.6)
+    assert out[0, 1] == pytest.approx(0.8)  # never seen before: this round's value
+    partial = fr.smooth(out, np.array([[1.0, -1.0], [-1.0, 1.0]]), [0, 2], 0.5, 3)
+    assert partial[0, 1] == out[0, 1]  # site 1 absent: its pairs are untouched
+    assert partial[0, 2] == pytest.approx(0.5 * out[0, 2] - 0.5)
+    assert np.isnan(prev[0, 1])  # inputs untouched
+
+
+def test_state_with_a_smoothed_similarity_round_trips_through_json():
+    sim = np.array([[1.0, np.nan], [0.3, 1.0]])
+    state = fr.FedReMaState(sites=("a", "b"), similarity=sim)
+    data = state.to_json()
+    assert data["similarity"] == [[1.0, None], [0.3, 1.0]]
+    import json
+
+    again = fr.FedReMaState.from_json(json.loads(json.dumps(data)))
+    np.testing.assert_array_equal(np.isnan(again.similarity), np.isnan(sim))
+    assert again.similarity[1, 0] == 0.3
+
+
+def test_min_ccp_rounds_keeps_the_period_open_despite_an_early_collapse():
+    sites = ("a", "b", "c")
+    heads = {s: np.zeros(1) for s in sites}
+    clear = np.array([[1, 0.9, 0.1], [0.9, 1, 0.1], [0.5, 0.1, 1]])
+    flat = np.array([[1, 0.5, 0.49], [0.5, 1, 0.49], [0.5, 0.49, 1]])
+    params = fr.FedReMaParams(min_ccp_rounds=3)
+    state = fr.FedReMaState(sites=sites)
+    _, state, _ = fr.merge(heads, _logits_for(clear), state, params)
+    _, state, r2 = fr.merge(heads, _logits_for(flat), state, params)
+    assert state.in_ccp and not r2.ccp_ended  # the paper's rule alone would have ended it
+    _, state, r3 = fr.merge(heads, _logits_for(flat), state, params)
+    assert r3.ccp_ended and not state.in_ccp
+
+
+def test_global_weight_mixes_in_the_mean_of_all_heads_after_self_weight():
+    sites = ("a", "b", "c")
+    freq = np.array([[1, 1, 0], [1, 1, 0], [0, 0, 1]])
+    state = fr.FedReMaState(sites=sites, in_ccp=False, frequency=freq)
+    heads = {"a": np.array([0.0]), "b": np.array([4.0]), "c": np.array([8.0])}
+    params = fr.FedReMaParams(self_weight=0.5, global_weight=0.25)
+    merged, _, _ = fr.merge(heads, None, state, params)
+    # a: 0.5*0 + 0.5*mean(0, 4) = 1; then 0.75*1 + 0.25*mean(0, 4, 8) = 1.75
+    np.testing.assert_allclose(merged["a"], [1.75])
+    np.testing.assert_allclose(merged["c"], [0.75 * 8 + 0.25 * 4])
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"similarity": "weights"},
+        {"smoothing": 1.0},
+        {"global_weight": 1.5},
+        {"min_ccp_rounds": -1},
+        {"probe_samples": 0},
+    ],
+)
+def test_bad_knobs_are_refused(bad):
+    with pytest.raises(ValueError):
+        fr.FedReMaParams(**bad)
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(2, 7), seed=st.integers(0, 10_000))
+def test_tuned_merge_is_order_invariant_and_convex(n, seed):
+    rng = np.random.default_rng(seed)
+    sites = tuple(f"s{k}" for k in range(n))
+    heads = {s: rng.normal(size=3) for s in sites}
+    logits = rng.normal(size=(1, n, 8, 4))
+    from fedrema_cli.config import FedReMaConfig
+
+    params = replace_global(fr.params_from(FedReMaConfig()), rng.uniform(0, 1))
+    state = fr.FedReMaState(sites=sites)
+    m1, s1, _ = fr.merge(heads, logits, state, params)
+    shuffled = dict(sorted(heads.items(), key=lambda kv: rng.random()))
+    m2, s2, _ = fr.merge(shuffled, logits, state, params)
+    stack = np.stack(list(heads.values()))
+    for s in sites:
+        np.testing.assert_allclose(m1[s], m2[s])
+        assert np.all(m1[s] <= stack.max(0) + 1e-12) and np.all(m1[s] >= stack.min(0) - 1e-12)
+    np.testing.assert_array_equal(s1.frequency, s2.frequency)
+    np.testing.assert_allclose(s1.similarity, s2.similarity)
+
+
+def replace_global(params: fr.FedReMaParams, weight: float) -> fr.FedReMaParams:
+    from dataclasses import replace
+
+    return replace(params, global_weight=weight)

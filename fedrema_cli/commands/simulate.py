@@ -16,11 +16,15 @@ def register(app: typer.Typer) -> None:
 
 
 def simulate(
-    dataset: Annotated[str, typer.Argument(help="heart-disease (4 real hospitals) or label-skew.")],
+    dataset: Annotated[
+        str,
+        typer.Argument(help="heart-disease (4 real hospitals) or label-skew (10 sites)."),
+    ],
     method: Annotated[
         str,
         typer.Option(
-            help="fedrema, fedavg, fedper, local; several separated by commas give one table."
+            help="fedrema, fedrema-paper, fedavg, fedavg-ft, fedper, local, local-lr, majority; "
+            "several separated by commas give one table."
         ),
     ] = "fedrema",
     rounds: Annotated[int, typer.Option(min=1)] = 20,
@@ -28,6 +32,15 @@ def simulate(
     epochs: Annotated[int, typer.Option(min=1, help="Local epochs per round.")] = 1,
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
     lr: Annotated[float, typer.Option(min=0)] = 0.05,
+    finetune_rounds: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Head-only local rounds after the last round, for methods that fine-tune "
+            "(default: fedavg-ft 5, fedrema 0); under DP they are planned into the budget and "
+            "recorded in the ledger.",
+        ),
+    ] = None,
     epsilon: Annotated[
         float | None,
         typer.Option(
@@ -59,6 +72,14 @@ def simulate(
             rich_help_panel="Secure aggregation",
         ),
     ] = None,
+    validation: Annotated[
+        bool,
+        typer.Option(
+            "--validation",
+            help="Model selection: train on 75% of each site's training file and score on the "
+            "other 25%; the test files are never read.",
+        ),
+    ] = False,
     workdir: Annotated[
         Path | None,
         typer.Option(
@@ -94,8 +115,11 @@ def simulate(
             secure_aggregation=not no_secure_aggregation,
             epsilon=epsilon,
             delta=delta,
-            training=TrainingConfig(local_epochs=epochs, batch_size=batch_size, lr=lr),
+            training=TrainingConfig(
+                local_epochs=epochs, batch_size=batch_size, lr=lr, finetune_rounds=finetune_rounds
+            ),
             drops=drops,
+            validation=validation,
             workdir=(workdir / m) if workdir and len(methods) > 1 else workdir,
         )
         with ui.err_console.status(f"{m}: starting…", spinner="dots") as status:
@@ -117,9 +141,13 @@ def results_tables(results: list[dict]) -> list[object]:
     sites = list(first["sites"])
     methods = [r["method"] for r in results]
     per_site = ui.table(
-        "Test accuracy per hospital", ["site", "test n", *methods],
-        [(s, first["sites"][s]["n_test"], *[r["sites"][s]["accuracy"] for r in results])
-         for s in sites])
+        "Test accuracy per hospital",
+        ["site", "test n", *methods],
+        [
+            (s, first["sites"][s]["n_test"], *[r["sites"][s]["accuracy"] for r in results])
+            for s in sites
+        ],
+    )
     private = any(r["privacy"] for r in results)
     columns = ["method", "mean accuracy", "mean balanced acc.", "mean AUC"]
     if private:
@@ -131,11 +159,16 @@ def results_tables(results: list[dict]) -> list[object]:
             eps = [v["epsilon"] for v in r["sites"].values() if v["epsilon"] is not None]
             row.append(max(eps) if eps else None)
         rows.append(row)
-    privacy = (f"DP ε={first['privacy']['epsilon']:g}, δ={first['privacy']['delta']:g}"
-               if first["privacy"] else "no DP")
+    privacy = (
+        f"DP ε={first['privacy']['epsilon']:g}, δ={first['privacy']['delta']:g}"
+        if first["privacy"]
+        else "no DP"
+    )
     secure = "on" if any(r["secure_aggregation"] for r in results) else "off"
-    caption = (f"{first['dataset']}, {first['rounds']} rounds, seed {first['seed']}, "
-               f"{privacy}, secure aggregation {secure}")
+    caption = (
+        f"{first['dataset']}, {first['rounds']} rounds, seed {first['seed']}, "
+        f"{privacy}, secure aggregation {secure}"
+    )
     return [per_site, ui.table("Mean over hospitals", columns, rows, caption=caption)]
 
 

@@ -51,11 +51,29 @@ def _prepare_heart(out_dir: Path, seed: int) -> SiteFiles:
     return heart_disease.write_site_files(out_dir)
 
 
-def _prepare_label_skew(out_dir: Path, seed: int) -> SiteFiles:
-    return label_skew.write_site_files(out_dir, seed=seed)
+def _label_skew(n_sites: int) -> DatasetInfo:
+    """The label-skew partition over ``n_sites`` sites (5 blocks of n_sites / 5)."""
+    names = label_skew.site_names(n_sites)
 
+    def prepare(out_dir: Path, seed: int) -> SiteFiles:
+        return label_skew.write_site_files(out_dir, n_sites=n_sites, seed=seed)
 
-_LABEL_SKEW_SITES = label_skew.site_names(label_skew.DEFAULT_SITES)
+    suffix = "" if n_sites == label_skew.DEFAULT_SITES else f"-{n_sites}"
+    return DatasetInfo(
+        name=f"label-skew{suffix}",
+        description=(
+            f"scikit-learn digits (8x8) over {n_sites} sites with FedReMa-style "
+            "label skew: 20% balanced, 80% from one 3-class group shared by a block of sites"
+        ),
+        kind="image",
+        schema=label_skew.SCHEMA,
+        model_spec=label_skew.MODEL_SPEC,
+        sites=names,
+        prepare=prepare,
+        blocks={name: label_skew.block_of(i, n_sites) for i, name in enumerate(names)},
+        source="scikit-learn load_digits (UCI Optical Recognition of Handwritten Digits)",
+    )
+
 
 DATASETS: dict[str, DatasetInfo] = {
     "heart-disease": DatasetInfo(
@@ -71,24 +89,61 @@ DATASETS: dict[str, DatasetInfo] = {
         prepare=_prepare_heart,
         source="Janosi et al. 1988, UCI ML Repository, doi:10.24432/C52P4X (CC BY 4.0)",
     ),
-    "label-skew": DatasetInfo(
-        name="label-skew",
-        description=(
-            f"scikit-learn digits (8x8) over {label_skew.DEFAULT_SITES} sites with FedReMa-style "
-            "label skew: 20% balanced, 80% from one 3-class group shared by a block of sites"
-        ),
-        kind="image",
-        schema=label_skew.SCHEMA,
-        model_spec=label_skew.MODEL_SPEC,
-        sites=_LABEL_SKEW_SITES,
-        prepare=_prepare_label_skew,
-        blocks={
-            name: label_skew.block_of(i, label_skew.DEFAULT_SITES)
-            for i, name in enumerate(_LABEL_SKEW_SITES)
-        },
-        source="scikit-learn load_digits (UCI Optical Recognition of Handwritten Digits)",
-    ),
+    "label-skew": _label_skew(label_skew.DEFAULT_SITES),
 }
+
+
+VALIDATION_FRACTION = 0.25
+
+
+def carve_validation(
+    info: DatasetInfo,
+    files: SiteFiles,
+    out_dir: Path,
+    *,
+    seed: int,
+    fraction: float = VALIDATION_FRACTION,
+) -> SiteFiles:
+    """Split every site's *training* file into a fit part and a validation part.
+
+    Returns ``{site: {"train": fit file, "test": validation file}}`` so a whole federation can
+    be run for model selection without ever reading a test file. The split is stratified by
+    label where every class has at least 2 rows (Switzerland's training data has one class),
+    and seeded, so different seeds give different validation splits (repeated hold-out).
+    """
+    import numpy as np
+    import pandas as pd
+    from sklearn.model_selection import train_test_split
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    carved: SiteFiles = {}
+    for k, (site, paths) in enumerate(files.items()):
+        src = Path(paths["train"])
+        if src.suffix == ".csv":
+            frame = pd.read_csv(src)
+            labels = frame[info.schema.label].to_numpy()  # type: ignore[union-attr]
+        else:
+            with np.load(src) as arrays:
+                x, labels = arrays["x"], arrays["y"]
+        counts = np.unique(labels, return_counts=True)[1]
+        stratify = labels if counts.min() >= 2 and len(counts) > 1 else None
+        fit, val = train_test_split(
+            np.arange(len(labels)),
+            test_size=fraction,
+            random_state=seed * 1000 + k,
+            shuffle=True,
+            stratify=stratify,
+        )
+        carved[site] = {}
+        for split, idx in (("train", np.sort(fit)), ("test", np.sort(val))):
+            target = out / f"{site}_{'fit' if split == 'train' else 'val'}{src.suffix}"
+            if src.suffix == ".csv":
+                frame.iloc[idx].to_csv(target, index=False, lineterminator="\n")
+            else:
+                np.savez(target, x=x[idx], y=labels[idx])
+            carved[site][split] = target
+    return carved
 
 
 def get_dataset(name: str) -> DatasetInfo:

@@ -15,6 +15,12 @@ partial participation handled; see docs/fedrema.md):
    is below ``delta`` times the peak (delta = 0.5).
 4. After the CCP, each head is the frequency-weighted mean of the heads, weights frozen.
 
+``FedReMaParams()`` (``PAPER``) is exactly these rules (method ``fedrema-paper``). The default
+method ``fedrema`` runs the config's knobs, which change six of them so that noisy (DP) heads
+do not derail the merge: one shared probe of 64 samples, centered-logit similarity, an EMA of S
+over rounds, no peer below similarity 0, half of the own head kept, and a CCP of at least 5
+rounds; docs/fedrema.md gives each rule and the measurements behind it.
+
 Everything is indexed by position in ``sites`` (the roster order); nothing here mutates its inputs.
 """
 
@@ -22,16 +28,29 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 import numpy as np
+
+Similarity = Literal["softmax", "centered"]
 
 
 @dataclass(frozen=True)
 class FedReMaParams:
     """Knobs of FedReMa; the defaults are the paper's (official code) values.
 
-    ``self_weight`` is not in the paper: when set (0..1) a site keeps that share of its own
-    head and mixes the rest from its selected peers, which damps peers' noise under DP.
+    Not in the paper (each off by default; docs/fedrema.md says why and what they measured):
+
+    - ``similarity="centered"``: one probe shared by all rows; each head's logits are
+      centered over classes (softmax ignores that part) and then over the participating heads
+      (the part every head shares), and S[i, j] is the cosine of the remainders. It compares
+      what makes two heads *different from the federation*, which is what label skew changes.
+    - ``smoothing``: S is an exponential moving average over rounds with this weight on the
+      past, so one round's DP noise cannot flip a selection.
+    - ``min_similarity``: peers below it are never selected, even above the largest gap, so a
+      site with no like peer keeps its own head instead of taking the least unlike one.
+    - ``self_weight`` (0..1): a site keeps that share of its own head and mixes the rest from
+      its selected peers, which damps peers' noise under DP.
     """
 
     delta: float = 0.5
@@ -40,7 +59,12 @@ class FedReMaParams:
     probe: str = "uniform"
     probe_scale: float = 0.5
     probe_samples: int = 1
+    similarity: Similarity = "softmax"
+    smoothing: float = 0.0
+    min_similarity: float | None = None
     self_weight: float | None = None
+    global_weight: float = 0.0
+    min_ccp_rounds: int = 0
 
     def __post_init__(self) -> None:
         if not 0 < self.delta <= 1:
@@ -49,8 +73,31 @@ class FedReMaParams:
             raise ValueError("temperatures must be positive")
         if self.probe_samples < 1:
             raise ValueError("probe_samples must be at least 1")
+        if self.similarity not in ("softmax", "centered"):
+            raise ValueError(f"similarity must be 'softmax' or 'centered', got {self.similarity}")
+        if not 0 <= self.smoothing < 1:
+            raise ValueError(f"smoothing must be in [0, 1), got {self.smoothing}")
         if self.self_weight is not None and not 0 <= self.self_weight <= 1:
             raise ValueError(f"self_weight must be in [0, 1], got {self.self_weight}")
+        if self.min_ccp_rounds < 0:
+            raise ValueError(f"min_ccp_rounds must be >= 0, got {self.min_ccp_rounds}")
+        if not 0 <= self.global_weight <= 1:
+            raise ValueError(f"global_weight must be in [0, 1], got {self.global_weight}")
+
+    @property
+    def shared_probe(self) -> bool:
+        """Centered similarity compares all heads on one probe; the paper draws one per row."""
+        return self.similarity == "centered"
+
+
+PAPER = FedReMaParams()
+"""The paper's rules exactly as the official code runs them (the reference variant)."""
+
+
+def params_from(config: object) -> FedReMaParams:
+    """FedReMaParams from the federation config's ``fedrema`` section (same field names)."""
+    names = FedReMaParams.__dataclass_fields__
+    return FedReMaParams(**{k: getattr(config, k) for k in names if hasattr(config, k)})
 
 
 @dataclass(frozen=True)
@@ -62,6 +109,7 @@ class FedReMaState:
     frequency: np.ndarray = field(default=None)  # type: ignore[assignment]
     gap_history: tuple[float, ...] = ()
     ccp_rounds: int = 0
+    similarity: np.ndarray | None = None  # smoothed S by roster position; NaN: never seen
 
     def __post_init__(self) -> None:
         n = len(self.sites)
@@ -69,24 +117,37 @@ class FedReMaState:
             object.__setattr__(self, "frequency", np.zeros((n, n), dtype=np.int64))
         if self.frequency.shape != (n, n):
             raise ValueError(f"frequency must be {n}x{n}, got {self.frequency.shape}")
+        if self.similarity is not None and self.similarity.shape != (n, n):
+            raise ValueError(f"similarity must be {n}x{n}, got {self.similarity.shape}")
 
     def to_json(self) -> dict:
-        return {
+        out = {
             "sites": list(self.sites),
             "in_ccp": self.in_ccp,
             "frequency": self.frequency.tolist(),
             "gap_history": list(self.gap_history),
             "ccp_rounds": self.ccp_rounds,
         }
+        if self.similarity is not None:  # JSON has no NaN: unseen pairs are null
+            out["similarity"] = [
+                [None if np.isnan(v) else float(v) for v in row] for row in self.similarity
+            ]
+        return out
 
     @classmethod
     def from_json(cls, data: Mapping) -> FedReMaState:
+        sim = data.get("similarity")
         return cls(
             sites=tuple(data["sites"]),
             in_ccp=bool(data["in_ccp"]),
             frequency=np.asarray(data["frequency"], dtype=np.int64),
             gap_history=tuple(float(g) for g in data["gap_history"]),
             ccp_rounds=int(data["ccp_rounds"]),
+            similarity=(
+                None
+                if sim is None
+                else np.array([[np.nan if v is None else v for v in row] for row in sim], float)
+            ),
         )
 
 
@@ -133,6 +194,51 @@ def similarity_matrix(
     return s
 
 
+def centered_similarity(logits: np.ndarray) -> np.ndarray:
+    """S[i, j] = cos of heads i and j's logits on a shared probe, after centering twice.
+
+    ``logits[j]`` is head j on the shared probe, shape (n, samples, classes). Centering over
+    classes removes what softmax ignores; centering over heads removes what every head shares
+    (common initialisation, the shared extractor's scale), leaving what sets a head apart. S is
+    symmetric with S[i, i] = 1; a head identical to the mean has no direction and gets 0.
+    """
+    z = np.asarray(logits, dtype=np.float64)
+    if z.ndim != 3:
+        raise ValueError(f"logits must have shape (n, samples, classes), got {z.shape}")
+    z = z - z.mean(axis=2, keepdims=True)
+    z = z - z.mean(axis=0, keepdims=True)
+    v = z.reshape(z.shape[0], -1)
+    norms = np.linalg.norm(v, axis=1)
+    safe = np.where(norms > 1e-12, norms, 1.0)
+    s = (v @ v.T) / np.outer(safe, safe)
+    s[norms <= 1e-12, :] = 0.0
+    s[:, norms <= 1e-12] = 0.0
+    np.fill_diagonal(s, 1.0)
+    return np.clip(s, -1.0, 1.0)
+
+
+def round_similarity(logits: np.ndarray, params: FedReMaParams) -> np.ndarray:
+    """This round's S from probe logits: shape (n, n, samples, classes), or (1, n, ...) shared."""
+    logits = np.asarray(logits, dtype=np.float64)
+    if params.similarity == "centered":
+        if logits.ndim != 4:
+            raise ValueError(f"logits must have 4 axes, got {logits.shape}")
+        return centered_similarity(logits[0])
+    return similarity_matrix(logits, t_self=params.t_self, t_peer=params.t_peer)
+
+
+def smooth(
+    previous: np.ndarray | None, current: np.ndarray, index: Sequence[int], weight: float, n: int
+) -> np.ndarray:
+    """EMA of S over rounds, by roster position; pairs seen for the first time take this round's."""
+    out = np.full((n, n), np.nan) if previous is None else previous.copy()
+    idx = np.asarray(index)
+    old = out[np.ix_(idx, idx)]
+    mixed = np.where(np.isnan(old), current, weight * old + (1.0 - weight) * current)
+    out[np.ix_(idx, idx)] = mixed
+    return out
+
+
 def maxdiff_select(similarities: np.ndarray, self_index: int) -> tuple[np.ndarray, float]:
     """MaxDiff segmentation of one row: which peers are relevant, and the gap that decided it.
 
@@ -171,10 +277,16 @@ def ccp_continues(gap_history: Sequence[float], delta: float) -> bool:
     return not h[t] < delta * h.max()
 
 
-def _mix(own: np.ndarray, pooled: np.ndarray, self_weight: float | None) -> np.ndarray:
-    if self_weight is None:
-        return pooled
-    return self_weight * own + (1.0 - self_weight) * pooled
+def _mix(
+    own: np.ndarray, pooled: np.ndarray, everyone: np.ndarray, params: FedReMaParams
+) -> np.ndarray:
+    """Own head vs the selected peers' mean (self_weight), then vs all heads (global_weight)."""
+    out = pooled
+    if params.self_weight is not None:
+        out = params.self_weight * own + (1.0 - params.self_weight) * pooled
+    if params.global_weight:
+        out = (1.0 - params.global_weight) * out + params.global_weight * everyone
+    return out
 
 
 def merge(
@@ -195,6 +307,7 @@ def merge(
         raise ValueError("no heads to merge")
     index = {s: i for i, s in enumerate(state.sites)}
     stack = np.stack([np.asarray(heads[s], dtype=np.float64) for s in present])
+    everyone = stack.mean(axis=0)
     merged: dict[str, np.ndarray] = {}
     selected: dict[str, tuple[str, ...]] = {}
 
@@ -207,36 +320,45 @@ def merge(
                 selected[site] = (site,)
                 continue
             pooled = np.tensordot(w / w.sum(), stack, axes=1)
-            merged[site] = _mix(stack[a], pooled, params.self_weight)
+            merged[site] = _mix(stack[a], pooled, everyone, params)
             selected[site] = tuple(present[b] for b in np.flatnonzero(w))
         report = MergeReport(False, None, selected, None, False)
         return merged, state, report
 
     if logits is None:
         raise ValueError("logits are required during the critical co-learning period")
-    sim = similarity_matrix(logits, t_self=params.t_self, t_peer=params.t_peer)
-    if sim.shape[0] != len(present):
-        raise ValueError(f"logits cover {sim.shape[0]} sites, {len(present)} heads were sent")
+    current = round_similarity(logits, params)
+    if current.shape[0] != len(present):
+        raise ValueError(f"logits cover {current.shape[0]} sites, {len(present)} heads were sent")
+    positions = [index[s] for s in present]
+    smoothed = state.similarity
+    sim = current
+    if params.smoothing > 0:
+        smoothed = smooth(state.similarity, current, positions, params.smoothing, len(state.sites))
+        sim = smoothed[np.ix_(positions, positions)]
     frequency = state.frequency.copy()
     gaps = []
     for a, site in enumerate(present):
         mask, gap = maxdiff_select(sim[a], a)
+        if params.min_similarity is not None:
+            mask &= (sim[a] >= params.min_similarity) | (np.arange(len(present)) == a)
         gaps.append(gap)
         pooled = stack[mask].mean(axis=0)
-        merged[site] = _mix(stack[a], pooled, params.self_weight)
+        merged[site] = _mix(stack[a], pooled, everyone, params)
         chosen = [present[b] for b in np.flatnonzero(mask)]
         selected[site] = tuple(chosen)
         for peer in chosen:
             frequency[index[site], index[peer]] += 1
     mean_gap = float(np.mean(gaps))
     history = (*state.gap_history, mean_gap)
-    still = ccp_continues(history, params.delta)
+    still = ccp_continues(history, params.delta) or len(history) < params.min_ccp_rounds
     new_state = replace(
         state,
         in_ccp=still,
         frequency=frequency,
         gap_history=history,
         ccp_rounds=state.ccp_rounds + 1,
+        similarity=smoothed,
     )
     report = MergeReport(True, sim, selected, mean_gap, not still)
     return merged, new_state, report

@@ -382,7 +382,7 @@ class Coordinator:
             if self.state.exists(FEDREMA_STATE)
             else fr.FedReMaState(sites=self.fed.require_roster().names)
         )
-        params = exchange.fedrema_params(config)
+        params = fr.PAPER if METHODS[config.method].paper_rules else fr.params_from(config.fedrema)
         present = fr.participants(vectors, state)
         logits = None
         if state.in_ccp:
@@ -439,9 +439,9 @@ def _probe_logits(
     params: fr.FedReMaParams,
     rng: np.random.Generator,
 ) -> np.ndarray:
-    """logits[i, j] = head_j on row i's own probe (FedReMa draws one probe per row)."""
+    """logits[i, j] = head_j on row i's probe: one probe per row (the paper), or one shared."""
     rows = []
-    for _ in present:
+    for _ in present[: 1 if params.shared_probe else len(present)]:
         probe = fr.uniform_probe(
             rng,
             feature_dim=config.model.feature_dim,

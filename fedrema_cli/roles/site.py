@@ -7,13 +7,14 @@ only), SecAgg key material, and signed copies of privacy-ledger entries.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fedrema_cli.config import FederationConfig
+from fedrema_cli.config import FederationConfig, finetune_rounds
 from fedrema_cli.data import (
     ImageSchema,
     Standardizer,
@@ -40,6 +41,7 @@ from fedrema_cli.store.state import PartyState
 from fedrema_cli.store.workspace import Workspace
 
 META = "site.json"
+SITE_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 LEDGER = "ledger.jsonl"
 ACCOUNTANT = "accountant.json"
 
@@ -111,6 +113,9 @@ class Site:
         coordinator_fingerprint: str | None = None,
     ) -> Site:
         """Check the data against the federation's schema, make keys, and ask to join."""
+        if not SITE_NAME.fullmatch(name):
+            raise UsageError(f"site name {name!r} is not allowed: use 1-63 lowercase letters, "
+                             "digits, '.', '_' or '-', starting with a letter or digit")
         state = PartyState(state_dir)
         if state.exists(META):
             raise UsageError(
@@ -178,23 +183,41 @@ class Site:
         if not self.fed.exists("model", r):
             raise UsageError(f"round {r} has not started yet", hint="wait for the coordinator")
         self._check_participant(r)
+        return self._train_round(r, self._start_params(r), ledger)
+
+    def _train_round(
+        self, r: int, start: Params, ledger: Any, *, head_only: bool = False
+    ) -> dict[str, Any]:
+        """One round of local training from ``start``, recorded privately (and in the ledger).
+
+        ``head_only``: fine-tuning after the last round; the extractor is frozen and only the
+        head's gradients are clipped, noised and accounted, exactly like a federated round.
+        """
         from fedrema_cli.models import build_model, get_part, set_part
-        from fedrema_cli.training import PrivateRun, train_local
+        from fedrema_cli.training import PrivateRun, finetune_head, fit_majority, train_local
 
         data = self.data()
-        private = self._privacy_gate(ledger, r, len(data.y_train)) if self.config.privacy else None
-        start = self._start_params(r)
+        trains = METHODS[self.config.method].trains
+        private = (
+            self._privacy_gate(ledger, r, len(data.y_train))
+            if self.config.privacy and trains
+            else None
+        )
         model = build_model(self.config.model, seed=self.config.seed)
         set_part(model, "all", start)
         seed = derive_seed(self.config.federation_id, self.config.seed, self.name, r)
-        model, result, dp_record = train_local(
-            model,
-            data.x_train,
-            data.y_train,
-            config=self.config.training,
-            seed=seed,
-            private=private,
-        )
+        dp_record = None
+        if trains:
+            model, result, dp_record = (finetune_head if head_only else train_local)(
+                model,
+                data.x_train,
+                data.y_train,
+                config=self.config.training,
+                seed=seed,
+                private=private,
+            )
+        else:  # majority class: no gradient step, nothing leaves the site, nothing to account
+            result = fit_majority(model, data.y_train, num_classes=self.config.model.num_classes)
         trained = get_part(model, "all")
         record: dict[str, Any] = {
             "round": r,
@@ -206,6 +229,8 @@ class Site:
             "data_fingerprint": data.train_fingerprint,
             "trained_at": timestamp(),
         }
+        if head_only:
+            record["finetune"] = True
         if private is not None:
             assert dp_record is not None and isinstance(private, PrivateRun)
             body = self._ledger_body(dp_record, private, r, record)
@@ -217,12 +242,31 @@ class Site:
                 "noise_multiplier": body.noise_multiplier,
                 "sample_rate": body.sample_rate,
             }
-        self.state.write_once(_trained(r), save_params(trained))
+        # The record is the commit marker: a crash before it leaves an unreleased update that
+        # the next run simply trains again and overwrites.
+        self.state.write_bytes(_trained(r), save_params(trained))
         self.state.write_once(_record(r), _json_bytes(record))
         if private is not None:
             self._sync_ledger()
             self.state.write_json(ACCOUNTANT, private.accountant.state_dict())
         return record
+
+    def _finetuned(self, start: Params) -> Params:
+        """The deployable model after ``finetune_rounds`` head-only rounds on local data.
+
+        Runs once, after the federation's last round; the rounds are numbered after it
+        (rounds + 1, ...), kept like any trained round, and under DP each one passes the budget
+        gate and is appended to the ledger (the policy plans them). A re-run reuses them.
+        """
+        params = start
+        for r in range(self.config.rounds + 1, self.config.rounds + 1 + self._finetune_rounds()):
+            if not self.state.exists(_record(r)):
+                self._train_round(r, params, self._sync_ledger(), head_only=True)
+            params = load_params(self.state.read_bytes(_trained(r)))
+        return params
+
+    def _finetune_rounds(self) -> int:
+        return finetune_rounds(self.config)
 
     # -- privacy ----------------------------------------------------------------------------
 
@@ -414,12 +458,19 @@ class Site:
     # -- personalizing ----------------------------------------------------------------------
 
     def personalized_params(self) -> tuple[Params, int]:
-        """The model this site would deploy now, and the last finished round it reflects."""
+        """The model this site would deploy now, and the last finished round it reflects.
+
+        Methods that fine-tune (FedAvg + fine-tuning) train the head on local data once the
+        federation is complete; before that, the model is the one the next round starts from.
+        """
         r = current_round(self.fed)
         last = r - 1
         if last < 1:
             raise UsageError("no round has finished yet", hint="see `fedrema status`")
-        return self._start_params(r), last
+        params = self._start_params(r)
+        if last >= self.config.rounds and self._finetune_rounds():
+            params = self._finetuned(params)
+        return params, last
 
     def personalize(self, export: str | Path | None = None) -> dict[str, Any]:
         from fedrema_cli.models import build_model, set_part

@@ -1,0 +1,991 @@
+"""Accuracy benchmark: FedReMa against the baselines, with and without DP (not a test).
+
+Run: ``.venv/bin/python benchmarks/accuracy.py [--quick] [--out DIR] [--workers N]``
+(``make bench-accuracy``). Every number comes from ``fedrema_cli.simulate.run``: every site and
+the coordinator run the real role code (signed files, DP-SGD with Opacus, the ledger, FedReMa)
+in one process per federation.
+
+What it does, in two phases:
+
+1. **Selection, on validation splits only.** For each dataset, method and privacy group (no DP;
+   DP, selected at epsilon 3 and used for 8, 3 and 1), a small grid of hyperparameters is run
+   with each site's *training* file split 75/25 into fit/validation (``--validation`` of
+   ``fedrema simulate``); the configuration with the best mean validation accuracy over the
+   validation splits is chosen (ties: the first in grid order). Test files are never read.
+2. **Test.** Each chosen configuration runs with seeds 1..5 (``--quick``: 1..2) at every privacy
+   level (none, epsilon 8, 3, 1; delta 1e-5). Per site: accuracy, balanced accuracy, ROC AUC;
+   the mean over sites; mean +- std over seeds; the accuracy after every round; and paired
+   differences between FedReMa and every other method with 95% intervals from a paired
+   bootstrap over seeds *and* test examples (a difference whose interval contains 0 is
+   reported as within noise).
+
+Outputs (``--out``, default ``benchmarks/results/accuracy``): ``summary.md`` (the tables),
+``summary.csv``, ``per_site.csv``, ``paired.csv``, ``peers.csv``, ``selection.csv``,
+``results.json``, ``runs.jsonl`` (every run), ``accuracy_by_method.png`` and
+``accuracy_over_rounds.png``.
+
+Speed, without changing any number: federations run in ``--workers`` processes (one torch
+thread each), their folders live on ``/dev/shm`` when it exists, plaintext updates replace
+secure aggregation (it changes sums only by fixed-point rounding, below 2^-24 per coordinate),
+``majority`` is trained once per seed and reused at every privacy level (it takes no gradient
+step and spends no budget), and Opacus's RDP function ``_compute_rdp(q, sigma, alpha)`` (pure,
+recomputed for every round's budget check) is memoised in the worker processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import functools
+import json
+import math
+import os
+import platform
+import sys
+import time
+import warnings
+from collections import defaultdict
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+PRIVACY: tuple[float | None, ...] = (None, 8.0, 3.0, 1.0)
+DELTA = 1e-5
+SELECT_EPSILON = 3.0  # DP hyperparameters are chosen at this epsilon and used at every level
+REFERENCE = "fedrema"
+BOOTSTRAP = 4000
+
+HEART_METHODS = (
+    "majority", "local-lr", "local", "fedavg", "fedavg-ft", "fedper", "fedrema-paper", "fedrema",
+)  # fmt: skip
+IMAGE_METHODS = (
+    "majority", "local", "fedavg", "fedavg-ft", "fedper", "fedrema-paper", "fedrema",
+)  # fmt: skip
+
+# Per dataset: rounds, batch size, validation splits, and the grid each method searches.
+# Grids are small on purpose; the first entry of every list is the CLI's default.
+SETUP: dict[str, dict[str, Any]] = {
+    "heart-disease": {
+        "rounds": 20,
+        "batch_size": 16,
+        "val_splits": {"none": 3, "dp": 2},
+        "methods": HEART_METHODS,
+        "grid": {"lr": [0.05, 0.1], "local_epochs": [1]},
+        "finetune_rounds": {"fedavg-ft": [5, 20], "fedrema": [0, 5]},
+        "global_weight": [0.0, 0.25],
+    },
+    "label-skew": {
+        "rounds": 8,
+        "batch_size": 16,
+        "val_splits": {"none": 1, "dp": 1},
+        "methods": IMAGE_METHODS,
+        "grid": {"lr": [0.05, 0.1], "local_epochs": [1, 3]},
+        "finetune_rounds": {"fedavg-ft": [5], "fedrema": [0, 5]},
+        "global_weight": [0.25],
+    },
+}
+
+
+def level_name(eps: float | None) -> str:
+    return "none" if eps is None else f"eps{eps:g}"
+
+
+def level_label(eps: float | None) -> str:
+    return "no DP" if eps is None else f"ε={eps:g}"
+
+
+def grid(dataset: str, method: str) -> list[dict[str, Any]]:
+    """The configurations one method tries on one dataset (majority has nothing to tune)."""
+    setup = SETUP[dataset]
+    if method == "majority":
+        return [{"lr": setup["grid"]["lr"][0], "local_epochs": 1}]
+    out = [
+        {"lr": lr, "local_epochs": e}
+        for e in setup["grid"]["local_epochs"]
+        for lr in setup["grid"]["lr"]
+    ]
+    if method in setup["finetune_rounds"]:
+        rounds = setup["finetune_rounds"][method]
+        out = [{**c, "finetune_rounds": f} for f in rounds for c in out]
+    if method == "fedrema":
+        out = [{**c, "global_weight": g} for g in setup["global_weight"] for c in out]
+    return out
+
+
+# -- running one federation (in a worker process) -----------------------------------------
+
+
+def _worker_init() -> None:
+    """One torch thread per worker, folders in RAM, and Opacus's pure RDP function memoised."""
+    warnings.filterwarnings("ignore")
+    import tempfile
+
+    import opacus.accountants.analysis.rdp as rdp
+    import torch
+
+    torch.set_num_threads(1)
+    if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
+        tempfile.tempdir = "/dev/shm"
+    if not hasattr(rdp._compute_rdp, "cache_info"):
+        rdp._compute_rdp = functools.lru_cache(maxsize=None)(rdp._compute_rdp)
+
+
+def run_job(job: dict[str, Any]) -> dict[str, Any]:
+    """Run one federation and keep what the analysis needs."""
+    from fedrema_cli import simulate as sim
+    from fedrema_cli.config import FedReMaConfig, TrainingConfig
+
+    cfg = job["config"]
+    test = job["phase"] == "test"
+    spec = sim.SimulationSpec(
+        dataset=job["dataset"],
+        method=job["method"],
+        rounds=SETUP[job["dataset"]]["rounds"],
+        seed=job["seed"],
+        secure_aggregation=False,
+        epsilon=job["epsilon"],
+        delta=DELTA,
+        training=TrainingConfig(
+            lr=cfg["lr"],
+            local_epochs=cfg["local_epochs"],
+            batch_size=SETUP[job["dataset"]]["batch_size"],
+            finetune_rounds=cfg.get("finetune_rounds"),
+        ),
+        fedrema=FedReMaConfig(
+            **{"global_weight": cfg.get("global_weight", 0.0), **cfg.get("fedrema", {})}
+        ),
+        validation=not test,
+        track=test,
+        predictions=test,
+    )
+    started = time.perf_counter()
+    result = sim.run(spec)
+    keep = ("mean_accuracy", "mean_balanced_accuracy", "mean_auc", "sites", "curve", "fedrema")
+    return {
+        **job,
+        **{k: result[k] for k in keep if k in result},
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def run_all(jobs: list[dict[str, Any]], workers: int, what: str) -> list[dict[str, Any]]:
+    """Run jobs in worker processes, the expensive ones first, printing progress."""
+    order = sorted(jobs, key=_cost, reverse=True)
+    out: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    with ProcessPoolExecutor(workers, initializer=_worker_init) as pool:
+        futures = [pool.submit(run_job, j) for j in order]
+        for k, fut in enumerate(as_completed(futures), 1):
+            out.append(fut.result())
+            if k % 10 == 0 or k == len(futures):
+                print(
+                    f"  {what}: {k}/{len(futures)} federations, "
+                    f"{time.perf_counter() - started:.0f} s",
+                    flush=True,
+                )
+    return out
+
+
+def _cost(job: dict[str, Any]) -> float:
+    """Rough relative cost, only to start the longest federations first."""
+    sites = 10 if job["dataset"].startswith("label-skew") else 4
+    cfg = job["config"]
+    rounds = SETUP[job["dataset"]]["rounds"] + cfg.get("finetune_rounds", 0)
+    return sites * rounds * cfg["local_epochs"] * (3.0 if job["epsilon"] else 1.0)
+
+
+# -- the two phases -------------------------------------------------------------------------
+
+
+def selection_jobs(datasets: Iterable[str], methods_of: dict[str, tuple[str, ...]]) -> list[dict]:
+    jobs = []
+    for ds in datasets:
+        for method in methods_of[ds]:
+            if method == "majority":
+                continue
+            for group, eps in (("none", None), ("dp", SELECT_EPSILON)):
+                for c, cfg in enumerate(grid(ds, method)):
+                    for k in range(SETUP[ds]["val_splits"][group]):
+                        jobs.append(
+                            {
+                                "phase": "select",
+                                "dataset": ds,
+                                "method": method,
+                                "group": group,
+                                "epsilon": eps,
+                                "seed": 1001 + k,
+                                "config": cfg,
+                                "config_index": c,
+                            }
+                        )
+    return jobs
+
+
+def choose(records: list[dict[str, Any]]) -> tuple[dict, list[dict[str, Any]]]:
+    """Best mean validation accuracy per (dataset, group, method); ties: first in grid order."""
+    scores: dict[tuple, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    configs: dict[tuple, dict[int, dict]] = defaultdict(dict)
+    for r in records:
+        key = (r["dataset"], r["group"], r["method"])
+        scores[key][r["config_index"]].append(r["mean_accuracy"])
+        configs[key][r["config_index"]] = r["config"]
+    chosen: dict[tuple, dict] = {}
+    table = []
+    for key in sorted(scores):
+        means = {c: float(np.mean(v)) for c, v in scores[key].items()}
+        best = max(sorted(means), key=lambda c: (means[c], -c))
+        chosen[key] = configs[key][best]
+        for c in sorted(means):
+            table.append(
+                {
+                    "dataset": key[0],
+                    "group": key[1],
+                    "method": key[2],
+                    **{k: configs[key][c].get(k, "") for k in _CONFIG_KEYS},
+                    "val_accuracy": means[c],
+                    "splits": len(scores[key][c]),
+                    "chosen": c == best,
+                }
+            )
+    return chosen, table
+
+
+_CONFIG_KEYS = ("lr", "local_epochs", "finetune_rounds", "global_weight")
+
+
+def test_jobs(
+    datasets: Iterable[str],
+    methods_of: dict[str, tuple[str, ...]],
+    chosen: dict[tuple, dict],
+    seeds: list[int],
+) -> list[dict]:
+    jobs = []
+    for ds in datasets:
+        for method in methods_of[ds]:
+            for eps in PRIVACY:
+                if method == "majority" and eps is not None:
+                    continue  # no training, no budget: the no-DP run is reused
+                group = "none" if eps is None else "dp"
+                cfg = grid(ds, method)[0] if method == "majority" else chosen[(ds, group, method)]
+                for seed in seeds:
+                    jobs.append(
+                        {
+                            "phase": "test",
+                            "dataset": ds,
+                            "method": method,
+                            "group": group,
+                            "epsilon": eps,
+                            "seed": seed,
+                            "config": cfg,
+                        }
+                    )
+    return jobs
+
+
+def reuse_majority(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = list(records)
+    for r in records:
+        if r["method"] == "majority" and r["epsilon"] is None:
+            for eps in PRIVACY[1:]:
+                out.append({**r, "epsilon": eps, "group": "dp", "reused_from": "none"})
+    return out
+
+
+# -- analysis -------------------------------------------------------------------------------
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    v = [x for x in values if x is not None and not math.isnan(x)]
+    if not v:
+        return float("nan"), float("nan")
+    return float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
+
+
+def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in records:
+        groups[(r["dataset"], r["epsilon"], r["method"])].append(r)
+    rows = []
+    for (ds, eps, method), rs in groups.items():
+        row: dict[str, Any] = {
+            "dataset": ds,
+            "privacy": level_name(eps),
+            "epsilon": eps,
+            "method": method,
+            "seeds": len(rs),
+        }
+        for key in ("accuracy", "balanced_accuracy", "auc"):
+            m, s = _mean_std([r[f"mean_{key}"] for r in rs])
+            row[f"{key}_mean"], row[f"{key}_std"] = m, s
+        eps_spent = [
+            v["epsilon"] for r in rs for v in r["sites"].values() if v.get("epsilon") is not None
+        ]
+        row["max_epsilon_spent"] = max(eps_spent) if eps_spent else None
+        rows.append(row)
+    return rows
+
+
+def per_site(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in records:
+        for site, v in r["sites"].items():
+            groups[(r["dataset"], r["epsilon"], r["method"], site)].append(v)
+    rows = []
+    for (ds, eps, method, site), vs in groups.items():
+        row: dict[str, Any] = {
+            "dataset": ds,
+            "privacy": level_name(eps),
+            "method": method,
+            "site": site,
+            "n_test": vs[0]["n_test"],
+        }
+        for key in ("accuracy", "balanced_accuracy", "auc"):
+            row[f"{key}_mean"], row[f"{key}_std"] = _mean_std([v[key] for v in vs])
+        rows.append(row)
+    return rows
+
+
+def paired_bootstrap(
+    a: dict[int, dict[str, str]], b: dict[int, dict[str, str]], rng: np.random.Generator
+) -> tuple[float, float, float]:
+    """Mean-over-sites accuracy of a minus b, with a 95% interval from a paired bootstrap.
+
+    ``a[seed][site]`` is the 0/1 string of which test examples were right. Each replicate
+    resamples the seeds and, within every site, the test examples (the same draws for both
+    methods), so the interval covers training randomness and the small test sets together.
+    """
+    seeds = sorted(set(a) & set(b))
+    sites = sorted(a[seeds[0]])
+    s = len(seeds)
+    point = 0.0
+    boot = np.zeros(BOOTSTRAP)
+    seed_draw = rng.integers(0, s, size=(BOOTSTRAP, s))
+    for site in sites:
+        da = np.array([[c == "1" for c in a[k][site]] for k in seeds], dtype=np.float64)
+        db = np.array([[c == "1" for c in b[k][site]] for k in seeds], dtype=np.float64)
+        diff = da - db  # seeds x examples
+        n = diff.shape[1]
+        point += diff.mean()
+        ex = rng.integers(0, n, size=(BOOTSTRAP, n))
+        per_seed = np.stack([diff[k][ex].mean(axis=1) for k in range(s)], axis=1)  # B x s
+        boot += np.take_along_axis(per_seed, seed_draw, axis=1).mean(axis=1)
+    point /= len(sites)
+    boot /= len(sites)
+    lo, hi = np.quantile(boot, [0.025, 0.975])
+    return float(point), float(lo), float(hi)
+
+
+def paired(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rng = np.random.default_rng(20240607)
+    correct: dict[tuple, dict[int, dict[str, str]]] = defaultdict(dict)
+    for r in records:
+        correct[(r["dataset"], r["epsilon"], r["method"])][r["seed"]] = {
+            s: v["correct"] for s, v in r["sites"].items()
+        }
+    rows = []
+    for (ds, eps, method), runs in sorted(correct.items(), key=lambda kv: str(kv[0])):
+        if method == REFERENCE or (ds, eps, REFERENCE) not in correct:
+            continue
+        diff, lo, hi = paired_bootstrap(correct[(ds, eps, REFERENCE)], runs, rng)
+        verdict = (
+            "within noise" if lo <= 0 <= hi else ("fedrema better" if lo > 0 else "fedrema worse")
+        )
+        rows.append(
+            {
+                "dataset": ds,
+                "privacy": level_name(eps),
+                "method": REFERENCE,
+                "versus": method,
+                "accuracy_difference": diff,
+                "ci_low": lo,
+                "ci_high": hi,
+                "verdict": verdict,
+            }
+        )
+    return rows
+
+
+def peers(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in records:
+        if r.get("fedrema"):
+            groups[(r["dataset"], r["epsilon"], r["method"])].append(r["fedrema"])
+    rows = []
+    for (ds, eps, method), fs in groups.items():
+        same = [f["peer_same_block_rate"] for f in fs if f.get("peer_same_block_rate") is not None]
+        chosen = [f["mean_peers_selected"] for f in fs if f.get("mean_peers_selected") is not None]
+        rows.append(
+            {
+                "dataset": ds,
+                "privacy": level_name(eps),
+                "method": method,
+                "ccp_rounds_mean": float(np.mean([f["ccp_rounds"] for f in fs])),
+                "peers_selected_mean": float(np.mean(chosen)) if chosen else None,
+                "same_block_rate_mean": float(np.mean(same)) if same else None,
+                "same_block_rate_min": float(np.min(same)) if same else None,
+            }
+        )
+    return rows
+
+
+def flamby_reference() -> dict[str, float]:
+    """FLamby's published Fed-Heart-Disease accuracies (mean over clients and 5 seeds),
+    computed from the CSVs copied in examples/heart_disease/data/flamby_reference_results."""
+    import pandas as pd
+
+    folder = ROOT / "examples" / "heart_disease" / "data" / "flamby_reference_results"
+    frames = [pd.read_csv(p) for p in sorted(folder.glob("heart_seed*.csv"))]
+    table = pd.concat(frames)
+    table = table[table["Test"].astype(str).str.startswith("client_test_")]
+    means = table.groupby("Method")["Metric"].mean()
+    perso = pd.read_csv(folder / "results_perso_vs_normal.csv")
+    perso = perso[perso["dataset"] == "Fed-Heart-Disease"]
+    locals_ = {k: v for k, v in means.items() if str(k).startswith("Local")}
+    return {
+        "FedAvg": float(means["FedAvg100"]),
+        "Pooled training": float(means["Pooled Training"]),
+        "Best local (client 0 model, on every client)": float(max(locals_.values())),
+        "FedAdagrad / FedYogi": float(means["FedYogi100"]),
+        "FedAvg (personalisation example)": float(perso[~perso["finetune"]]["perf"].mean()),
+        "FedAvg + fine-tuning (personalisation example)": float(
+            perso[perso["finetune"]]["perf"].mean()
+        ),
+    }
+
+
+# -- outputs --------------------------------------------------------------------------------
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    fields = list(rows[0])
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields)
+        w.writeheader()
+        for row in rows:
+            w.writerow({k: _fmt_csv(row.get(k)) for k in fields})
+
+
+def _fmt_csv(v: Any) -> Any:
+    return f"{v:.4f}" if isinstance(v, float) else v
+
+
+def _pm(m: float, s: float) -> str:
+    return "n/a" if math.isnan(m) else f"{m:.3f} ± {s:.3f}"
+
+
+COLORS = {
+    "majority": "#9e9e9e",
+    "local-lr": "#bcbd22",
+    "local": "#ff7f0e",
+    "fedavg": "#d62728",
+    "fedavg-ft": "#9467bd",
+    "fedper": "#8c564b",
+    "fedrema-paper": "#17becf",
+    "fedrema": "#1f77b4",
+}
+LEVEL_COLORS = ("#333333", "#4c72b0", "#dd8452", "#c44e52")
+
+
+def plot_by_method(summary: list[dict], datasets: list[str], flamby: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(datasets), figsize=(7 * len(datasets), 4.4), squeeze=False)
+    for ax, ds in zip(axes[0], datasets, strict=True):
+        methods = list(SETUP[ds]["methods"])
+        width = 0.8 / len(PRIVACY)
+        for k, eps in enumerate(PRIVACY):
+            rows = {r["method"]: r for r in summary if r["dataset"] == ds and r["epsilon"] == eps}
+            xs = np.arange(len(methods)) + (k - (len(PRIVACY) - 1) / 2) * width
+            ys = [rows[m]["accuracy_mean"] if m in rows else np.nan for m in methods]
+            es = [rows[m]["accuracy_std"] if m in rows else 0 for m in methods]
+            ax.bar(xs, ys, width, yerr=es, capsize=2, color=LEVEL_COLORS[k], label=level_label(eps))
+        if ds == "heart-disease":
+            for name, style in (("FedAvg", ":"), ("Pooled training", "--")):
+                ax.axhline(flamby[name], color="black", ls=style, lw=1)
+                ax.text(
+                    -0.45,
+                    flamby[name] + 0.005,
+                    f"FLamby {name} ({flamby[name]:.3f})",
+                    fontsize=7,
+                    ha="left",
+                    va="bottom",
+                )
+        ax.set_xticks(np.arange(len(methods)))
+        ax.set_xticklabels(methods, rotation=30, ha="right")
+        ax.set_ylabel("accuracy, mean over sites (± std over seeds)")
+        ax.set_ylim(0, 1)
+        ax.set_title(ds)
+        ax.legend(fontsize=8, loc="lower right", ncol=2)
+    fig.tight_layout()
+    fig.savefig(out / "accuracy_by_method.png", dpi=110)
+    plt.close(fig)
+
+
+def plot_over_rounds(records: list[dict], datasets: list[str], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(
+        len(datasets),
+        len(PRIVACY),
+        figsize=(4 * len(PRIVACY), 3.2 * len(datasets) + 0.8),
+        squeeze=False,
+        sharey="row",
+    )
+    handles = {}
+    for row, ds in enumerate(datasets):
+        for col, eps in enumerate(PRIVACY):
+            ax = axes[row][col]
+            for method in SETUP[ds]["methods"]:
+                curves = [
+                    [p["mean_accuracy"] for p in r["curve"]]
+                    for r in records
+                    if r["dataset"] == ds
+                    and r["epsilon"] == eps
+                    and r["method"] == method
+                    and r.get("curve")
+                ]
+                if not curves:
+                    continue
+                mean = np.mean(np.array(curves, dtype=float), axis=0)
+                (line,) = ax.plot(
+                    np.arange(1, len(mean) + 1),
+                    mean,
+                    "-" if method.startswith("fedrema") else "--",
+                    color=COLORS.get(method),
+                    lw=2.2 if method == REFERENCE else 1.2,
+                    label=method,
+                )
+                handles[method] = line
+            ax.set_title(f"{ds}, {level_label(eps)}", fontsize=9)
+            ax.set_xlabel("round")
+            if col == 0:
+                ax.set_ylabel("accuracy, mean over sites")
+    fig.legend(
+        list(handles.values()), list(handles), loc="lower center", ncol=len(handles), fontsize=8
+    )
+    fig.text(
+        0.5,
+        0.045,
+        "Mean over seeds of the deployable model after each round; for methods that fine-tune, "
+        "the last point includes the fine-tuning rounds.",
+        ha="center",
+        fontsize=8,
+    )
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.savefig(out / "accuracy_over_rounds.png", dpi=110)
+    plt.close(fig)
+
+
+def markdown(
+    summary: list[dict],
+    sites: list[dict],
+    pairs: list[dict],
+    peer_rows: list[dict],
+    selection: list[dict],
+    flamby: dict,
+    meta: dict,
+    datasets: list[str],
+) -> str:
+    lines = [
+        f"Measured by `{meta['command']}` on {meta['machine']}, {meta['workers']} workers, "
+        f"wall time {meta['wall_seconds']:.0f} s; seeds {meta['seeds']}"
+        + (" (QUICK MODE: fewer seeds than the full benchmark)" if meta["quick"] else "")
+        + ".",
+        "",
+    ]
+    for ds in datasets:
+        methods = SETUP[ds]["methods"]
+        lines += [f"### {ds}: mean over sites, mean ± std over seeds", ""]
+        lines += ["| method | " + " | ".join(level_label(e) for e in PRIVACY) + " |"]
+        lines += ["|---|" + "---|" * len(PRIVACY)]
+        for metric, title in (
+            ("accuracy", "accuracy"),
+            ("balanced_accuracy", "balanced accuracy"),
+            ("auc", "ROC AUC"),
+        ):
+            if metric != "accuracy":
+                lines += [f"| *{title}* |" + " |" * len(PRIVACY)]
+            for m in methods:
+                cells = []
+                for eps in PRIVACY:
+                    row = next(
+                        (
+                            r
+                            for r in summary
+                            if (r["dataset"], r["epsilon"], r["method"]) == (ds, eps, m)
+                        ),
+                        None,
+                    )
+                    cells.append(_pm(row[f"{metric}_mean"], row[f"{metric}_std"]) if row else "-")
+                name = f"**{m}**" if m == REFERENCE else m
+                lines += [f"| {name} | " + " | ".join(cells) + " |"]
+        lines += [""]
+        lines += [f"#### {ds}: accuracy per site (mean over seeds)", ""]
+        site_names = sorted({r["site"] for r in sites if r["dataset"] == ds})
+        n_test = {r["site"]: r["n_test"] for r in sites if r["dataset"] == ds}
+        for eps in PRIVACY:
+            lines += [f"{level_label(eps)}:", ""]
+            lines += ["| method | " + " | ".join(f"{s} (n={n_test[s]})" for s in site_names) + " |"]
+            lines += ["|---|" + "---|" * len(site_names)]
+            for m in methods:
+                vals = {
+                    r["site"]: r["accuracy_mean"]
+                    for r in sites
+                    if (r["dataset"], r["privacy"], r["method"]) == (ds, level_name(eps), m)
+                }
+                if vals:
+                    lines += [f"| {m} | " + " | ".join(f"{vals[s]:.3f}" for s in site_names) + " |"]
+            lines += [""]
+        lines += [f"#### {ds}: FedReMa minus each method (accuracy, 95% paired bootstrap)", ""]
+        lines += ["| versus | " + " | ".join(level_label(e) for e in PRIVACY) + " |"]
+        lines += ["|---|" + "---|" * len(PRIVACY)]
+        for m in methods:
+            if m == REFERENCE:
+                continue
+            cells = []
+            for eps in PRIVACY:
+                p = next(
+                    (
+                        r
+                        for r in pairs
+                        if (r["dataset"], r["privacy"], r["versus"]) == (ds, level_name(eps), m)
+                    ),
+                    None,
+                )
+                cells.append(
+                    f"{p['accuracy_difference']:+.3f} [{p['ci_low']:+.3f}, {p['ci_high']:+.3f}]"
+                    + (" ≈" if p["verdict"] == "within noise" else "")
+                    if p
+                    else "-"
+                )
+            lines += [f"| {m} | " + " | ".join(cells) + " |"]
+        lines += ["", "≈: the interval contains 0 (within noise).", ""]
+        prs = [r for r in peer_rows if r["dataset"] == ds]
+        if prs:
+            lines += [f"#### {ds}: FedReMa peer selection during the co-learning period", ""]
+            lines += ["| method | privacy | CCP rounds | peers picked per site | same block |"]
+            lines += ["|---|---|---|---|---|"]
+            for r in sorted(
+                prs,
+                key=lambda r: (
+                    r["method"],
+                    PRIVACY.index(None if r["privacy"] == "none" else float(r["privacy"][3:])),
+                ),
+            ):
+                same = (
+                    f"{r['same_block_rate_mean']:.2f} (min {r['same_block_rate_min']:.2f})"
+                    if r["same_block_rate_mean"] is not None
+                    else "-"
+                )
+                picked = (
+                    f"{r['peers_selected_mean']:.2f}"
+                    if r["peers_selected_mean"] is not None
+                    else "-"
+                )
+                lines += [
+                    f"| {r['method']} | {r['privacy']} | {r['ccp_rounds_mean']:.1f} | "
+                    f"{picked} | {same} |"
+                ]
+            lines += [""]
+    lines += ["### Hyperparameters chosen on validation splits", ""]
+    lines += ["| dataset | method | no DP | DP (chosen at ε=3) |", "|---|---|---|---|"]
+    for ds in datasets:
+        for m in SETUP[ds]["methods"]:
+            cells = []
+            for group in ("none", "dp"):
+                row = next(
+                    (
+                        r
+                        for r in selection
+                        if (r["dataset"], r["group"], r["method"]) == (ds, group, m) and r["chosen"]
+                    ),
+                    None,
+                )
+                cells.append(
+                    ", ".join(f"{k} {row[k]}" for k in _CONFIG_KEYS if row[k] != "")
+                    + f" (val {row['val_accuracy']:.3f})"
+                    if row
+                    else "defaults (nothing to tune)"
+                )
+            lines += [f"| {ds} | {m} | {cells[0]} | {cells[1]} |"]
+    lines += ["", "### FLamby's published Fed-Heart-Disease numbers (mean client accuracy)", ""]
+    lines += ["| FLamby | accuracy |", "|---|---|"]
+    lines += [f"| {k} | {v:.3f} |" for k, v in flamby.items()]
+    return "\n".join(lines) + "\n"
+
+
+# -- ablation: each FedReMa rule, measured on validation splits -----------------------------
+
+PAPER_RULES = {
+    "similarity": "softmax",
+    "probe_samples": 1,
+    "smoothing": 0.0,
+    "min_similarity": None,
+    "self_weight": None,
+    "min_ccp_rounds": 0,
+}
+ABLATION_VARIANTS: dict[str, dict[str, Any]] = {
+    # The paper's rules, then one rule added at a time (cumulative) ...
+    "paper": {**PAPER_RULES},
+    "+ centered similarity, 64 shared probes": {
+        **PAPER_RULES, "similarity": "centered", "probe_samples": 64,
+    },
+    "+ min_similarity 0": {
+        **PAPER_RULES, "similarity": "centered", "probe_samples": 64, "min_similarity": 0.0,
+    },
+    "+ self_weight 0.5": {
+        **PAPER_RULES, "similarity": "centered", "probe_samples": 64, "min_similarity": 0.0,
+        "self_weight": 0.5,
+    },
+    "+ smoothing 0.5": {
+        **PAPER_RULES, "similarity": "centered", "probe_samples": 64, "min_similarity": 0.0,
+        "self_weight": 0.5, "smoothing": 0.5,
+    },
+    "+ min_ccp_rounds 5 (= default)": {},
+    # ... then the default with one rule taken back out, and the two tuned extras.
+    "default, 1 probe sample": {"probe_samples": 1},
+    "default, softmax similarity (T 1/1, 64 samples)": {
+        "similarity": "softmax", "t_self": 1.0, "t_peer": 1.0,
+    },
+    "default, no min_similarity": {"min_similarity": None},
+    "default, no smoothing": {"smoothing": 0.0},
+    "default, no min_ccp_rounds": {"min_ccp_rounds": 0},
+    "default + global_weight 0.25": {"global_weight": 0.25},
+    "default + 5 fine-tuning rounds": {"finetune_rounds": 5},
+}  # fmt: skip
+ABLATION_SETTINGS: tuple[tuple[str, float | None, dict[str, Any], int], ...] = (
+    ("heart-disease", None, {"lr": 0.05, "local_epochs": 1}, 8),
+    ("heart-disease", 1.0, {"lr": 0.05, "local_epochs": 1}, 8),
+    ("label-skew", None, {"lr": 0.05, "local_epochs": 3}, 3),
+    ("label-skew", 3.0, {"lr": 0.05, "local_epochs": 1}, 3),
+)
+
+
+def ablation_jobs(datasets: list[str]) -> list[dict[str, Any]]:
+    jobs = []
+    for ds, eps, training, n_splits in ABLATION_SETTINGS:
+        if ds not in datasets:
+            continue
+        for name, rules in ABLATION_VARIANTS.items():
+            rules = dict(rules)
+            cfg: dict[str, Any] = {**training, "finetune_rounds": rules.pop("finetune_rounds", 0)}
+            cfg["global_weight"] = rules.pop("global_weight", 0.0)
+            cfg["fedrema"] = rules
+            for k in range(n_splits):
+                jobs.append(
+                    {
+                        "phase": "select",
+                        "dataset": ds,
+                        "method": "fedrema",
+                        "group": name,
+                        "epsilon": eps,
+                        "seed": 1001 + k,
+                        "config": cfg,
+                    }
+                )
+    return jobs
+
+
+def ablation_table(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in records:
+        groups[(r["dataset"], r["epsilon"], r["group"])].append(r)
+    rows = []
+    for ds, eps, _, _ in ABLATION_SETTINGS:
+        for name in ABLATION_VARIANTS:
+            rs = groups.get((ds, eps, name))
+            if not rs:
+                continue
+            acc = [r["mean_accuracy"] for r in rs]
+            f = [r.get("fedrema") or {} for r in rs]
+            same = [x["peer_same_block_rate"] for x in f if x.get("peer_same_block_rate")]
+            picked = [x["mean_peers_selected"] for x in f if x.get("mean_peers_selected")]
+            rows.append(
+                {
+                    "dataset": ds,
+                    "privacy": level_name(eps),
+                    "variant": name,
+                    "val_accuracy_mean": float(np.mean(acc)),
+                    "val_accuracy_std": float(np.std(acc, ddof=1)) if len(acc) > 1 else 0.0,
+                    "worst_split": float(np.min(acc)),
+                    "splits": len(acc),
+                    "ccp_rounds_mean": float(np.mean([x.get("ccp_rounds", 0) for x in f])),
+                    "peers_selected_mean": float(np.mean(picked)) if picked else None,
+                    "same_block_rate_mean": float(np.mean(same)) if same else None,
+                }
+            )
+    return rows
+
+
+def run_ablation(args: argparse.Namespace, datasets: list[str]) -> int:
+    started = time.perf_counter()
+    jobs = ablation_jobs(datasets)
+    print(f"ablation on validation splits: {len(jobs)} federations", flush=True)
+    records = run_all(jobs, args.workers, "ablation")
+    rows = ablation_table(records)
+    wall = time.perf_counter() - started
+    write_csv(args.out / "ablation.csv", rows)
+    lines = [
+        f"Measured by `python benchmarks/accuracy.py --ablation` ({args.workers} workers, "
+        f"wall time {wall:.0f} s), on validation splits (75/25 of each site's training "
+        "file; test files never read). Mean ± std over splits; worst split.",
+        "",
+        "| dataset | privacy | variant | val accuracy | worst | CCP rounds | peers | same block |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        same = "-" if r["same_block_rate_mean"] is None else f"{r['same_block_rate_mean']:.2f}"
+        picked = "-" if r["peers_selected_mean"] is None else f"{r['peers_selected_mean']:.2f}"
+        lines.append(
+            f"| {r['dataset']} | {r['privacy']} | {r['variant']} | "
+            f"{_pm(r['val_accuracy_mean'], r['val_accuracy_std'])} | {r['worst_split']:.3f} | "
+            f"{r['ccp_rounds_mean']:.1f} | {picked} | {same} |"
+        )
+    text = "\n".join(lines) + "\n"
+    (args.out / "ablation.md").write_text(text, encoding="utf-8")
+    with (args.out / "ablation_runs.jsonl").open("w", encoding="utf-8") as fh:
+        for r in records:
+            fh.write(json.dumps(r, sort_keys=True) + "\n")
+    print(text)
+    print(f"wall time {wall:.0f} s; results in {args.out}")
+    return 0
+
+
+# -- main -----------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2 test seeds, 1 validation split")
+    parser.add_argument("--seeds", type=int, default=None, help="test seeds (default 5; quick 2)")
+    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "accuracy")
+    parser.add_argument("--datasets", default=",".join(SETUP), help="comma-separated")
+    parser.add_argument(
+        "--replot",
+        action="store_true",
+        help="no federations: redo the tables and plots from OUT/runs.jsonl of an earlier run",
+    )
+    parser.add_argument(
+        "--ablation",
+        action="store_true",
+        help="instead: FedReMa's rules one by one, on validation splits (docs/fedrema.md)",
+    )
+    args = parser.parse_args(argv)
+
+    datasets = [d for d in args.datasets.split(",") if d]
+    unknown = [d for d in datasets if d not in SETUP]
+    if unknown:
+        parser.error(f"unknown dataset(s) {unknown}; choose from {sorted(SETUP)}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.ablation:
+        return run_ablation(args, datasets)
+    n_seeds = args.seeds or (2 if args.quick else 5)
+    if args.quick:
+        for ds in datasets:
+            SETUP[ds]["val_splits"] = {"none": 1, "dp": 1}
+        print(
+            f"QUICK MODE: {n_seeds} test seeds and 1 validation split per configuration; "
+            "the full benchmark uses 5 seeds.",
+            flush=True,
+        )
+    seeds = list(range(1, n_seeds + 1))
+    methods_of = {ds: SETUP[ds]["methods"] for ds in datasets}
+    args.out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+
+    if args.replot:  # the analysis of an earlier run, its timing kept
+        old = [json.loads(line) for line in (args.out / "runs.jsonl").open(encoding="utf-8")]
+        sel = [r for r in old if r["phase"] == "select"]
+        records = [r for r in old if r["phase"] == "test"]
+        jobs = [r for r in records if not r.get("reused_from")]
+        _, selection_table = choose(sel)
+        before = json.loads((args.out / "results.json").read_text(encoding="utf-8"))["meta"]
+        wall, t_sel = before["wall_seconds"], before["selection_seconds"]
+        seeds = before["seeds"]
+        args.quick = before["quick"]
+    else:
+        sel_jobs = selection_jobs(datasets, methods_of)
+        print(f"selection on validation splits: {len(sel_jobs)} federations", flush=True)
+        sel = run_all(sel_jobs, args.workers, "selection")
+        chosen, selection_table = choose(sel)
+        t_sel = time.perf_counter() - started
+
+        jobs = test_jobs(datasets, methods_of, chosen, seeds)
+        print(f"test: {len(jobs)} federations", flush=True)
+        records = reuse_majority(run_all(jobs, args.workers, "test"))
+        wall = time.perf_counter() - started
+
+    summary = summarize(records)
+    sites = per_site(records)
+    pairs = paired(records)
+    peer_rows = peers(records)
+    flamby = flamby_reference()
+    given = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--replot"]
+    command = (
+        "make bench-accuracy" if not given else "python benchmarks/accuracy.py " + " ".join(given)
+    )
+    meta = {
+        "command": command.strip(),
+        "quick": args.quick,
+        "seeds": seeds,
+        "workers": args.workers,
+        "wall_seconds": wall,
+        "selection_seconds": t_sel,
+        "machine": (
+            f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+        ),
+        "federations": len(sel) + len(jobs),
+        "privacy_levels": [level_name(e) for e in PRIVACY],
+        "delta": DELTA,
+        "setup": {ds: {k: v for k, v in SETUP[ds].items()} for ds in datasets},
+    }
+    with (args.out / "runs.jsonl").open("w", encoding="utf-8") as fh:
+        for r in [*sel, *records]:
+            fh.write(json.dumps(r, sort_keys=True) + "\n")
+    write_csv(args.out / "summary.csv", summary)
+    write_csv(args.out / "per_site.csv", sites)
+    write_csv(args.out / "paired.csv", pairs)
+    write_csv(args.out / "peers.csv", peer_rows)
+    write_csv(args.out / "selection.csv", selection_table)
+    (args.out / "results.json").write_text(
+        json.dumps(
+            {
+                "meta": meta,
+                "summary": summary,
+                "paired": pairs,
+                "peers": peer_rows,
+                "selection": selection_table,
+                "flamby": flamby,
+            },
+            indent=1,
+            default=str,
+        )
+        + "\n",
+        encoding="utf-8",
+    )
+    plot_by_method(summary, datasets, flamby, args.out)
+    plot_over_rounds(records, datasets, args.out)
+    text = markdown(summary, sites, pairs, peer_rows, selection_table, flamby, meta, datasets)
+    (args.out / "summary.md").write_text(text, encoding="utf-8")
+    print(text)
+    print(f"wall time {wall:.0f} s ({t_sel:.0f} s selection); results in {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
