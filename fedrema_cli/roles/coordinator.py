@@ -21,12 +21,13 @@ import numpy as np
 
 from fedrema_cli.config import FederationConfig, default_threshold, parse_config
 from fedrema_cli.errors import ConfigError, ProtocolAbortedError, UsageError
-from fedrema_cli.identity import PublicIdentity, fingerprint
+from fedrema_cli.identity import PublicIdentity, b64, fingerprint, unb64
 from fedrema_cli.merging import METHODS
 from fedrema_cli.merging import fedrema as fr
 from fedrema_cli.params import head_logits, save_params
 from fedrema_cli.roles import exchange, secure
 from fedrema_cli.roles.common import (
+    PARAMS,
     current_round,
     initial_params,
     model_attachment,
@@ -50,6 +51,10 @@ from fedrema_cli.store.workspace import COORDINATOR, Workspace
 META = "coordinator.json"
 FEDREMA_STATE = "fedrema-state.json"
 MERGE_LOG = "merge-log.json"
+
+
+def _pending(r: int) -> str:
+    return f"pending/{r:04d}.json"
 
 
 @dataclass(frozen=True)
@@ -272,6 +277,8 @@ class Coordinator:
                 else:
                     self._finalize(r, acted, progress)
         elif phase == "unmask":
+            if not self.fed.exists("key-roster", r + 1):  # a crash right after closing the round
+                self._open_round(r + 1, progress)
             body = self.fed.get("unmask-request", r).body
             expected = list(body["survivors"])
             acted = [s for s in self.fed.sites_with("reveal", r) if s in expected]
@@ -316,40 +323,25 @@ class Coordinator:
         self._open_round(r + 1, progress)
 
     def _finalize(self, r: int, survivors: list[str], progress: Progress) -> None:
-        method = METHODS[self.config.method]
-        params = read_model(self.fed, r)
-        total_weight = 0.0
-        if method.shared_part is not None:
-            if self.config.secure:
-                summed, total_weight = secure.unmask_sum(self.fed, r)
-            else:
-                summed, total_weight = exchange.plain_sum(self.fed, r, survivors)
-            params = exchange.apply_mean_update(params, method.shared_part, summed, total_weight)
-        merge_info: dict[str, Any] = {}
-        if method.sends_head:
-            merge_info = self._merge_heads(r, survivors, progress)
-        self.fed.put(
-            "model",
-            r + 1,
-            {"round": r + 1, "created": timestamp()},
-            attachments=model_attachment(params),
-        )
-        expected = self._expected(r)
-        result = {
-            "round": r,
-            "method": method.name,
-            "expected": expected,
-            "survivors": survivors,
-            "dropped": sorted(set(expected) - set(survivors)),
-            "secure_aggregation": self.config.secure,
-            "finished_at": timestamp(),
-            **merge_info,
-        }
-        self.fed.put("result", r, result)
-        progress.events.append(
-            f"round {r}: finished with {len(survivors)} sites"
-            + (f" (total weight {total_weight:.0f})" if total_weight else "")
-        )
+        """Unmask and merge once, persist the outcome privately, then publish it.
+
+        The outcome (new model, sealed merged heads, result, FedReMa's next state) is computed
+        once and kept in the coordinator's state folder before anything is published, so a
+        crash anywhere is repaired by running `aggregate` again: it republishes the identical
+        files and commits the same merge state, never a second, different merge.
+        """
+        plan = self._finalize_plan(r, survivors)
+        self.fed.put("model", r + 1, plan["model_body"],
+                     attachments={PARAMS: unb64(plan["model_params"], what="pending model")})
+        for site, body in plan["heads"].items():
+            self.fed.put("head", r + 1, body, site=site)
+        self.fed.put("result", r, plan["result"])
+        if plan["fedrema_state"] is not None:
+            self.state.write_json(FEDREMA_STATE, plan["fedrema_state"])
+            log = [e for e in self.merge_log() if e["round"] != r] + [plan["merge_log"]]
+            self.state.write_json(MERGE_LOG, log)
+        self.state.delete(_pending(r))
+        progress.events.extend(plan["events"])
         progress.finished.append(r)
         if self.config.secure:
             if r < self.config.rounds and self.fed.exists("key-roster", r + 1):
@@ -359,11 +351,54 @@ class Coordinator:
         else:
             self._open_round(r + 1, progress)
 
+    def _finalize_plan(self, r: int, survivors: list[str]) -> dict[str, Any]:
+        if self.state.exists(_pending(r)):
+            return dict(self.state.read_json(_pending(r)))
+        method = METHODS[self.config.method]
+        params = read_model(self.fed, r)
+        total_weight = 0.0
+        if method.shared_part is not None:
+            if self.config.secure:
+                summed, total_weight = secure.unmask_sum(self.fed, r)
+            else:
+                summed, total_weight = exchange.plain_sum(self.fed, r, survivors)
+            params = exchange.apply_mean_update(params, method.shared_part, summed, total_weight)
+        merged = self._merge_heads(r, survivors) if method.sends_head else None
+        expected = self._expected(r)
+        events = [f"round {r}: finished with {len(survivors)} sites"
+                  + (f" (total weight {total_weight:.0f})" if total_weight else "")]
+        if merged and merged["ccp_ended"]:
+            events.append(f"round {r}: FedReMa's critical co-learning period ended")
+        plan = {
+            "model_body": {"round": r + 1, "created": timestamp()},
+            "model_params": b64(model_attachment(params)[PARAMS]),
+            "heads": merged["heads"] if merged else {},
+            "result": {
+                "round": r,
+                "method": method.name,
+                "expected": expected,
+                "survivors": survivors,
+                "dropped": sorted(set(expected) - set(survivors)),
+                "secure_aggregation": self.config.secure,
+                "finished_at": timestamp(),
+                **(merged["info"] if merged else {}),
+            },
+            "fedrema_state": merged["state"] if merged else None,
+            "merge_log": merged["log"] if merged else None,
+            "events": events,
+        }
+        self.state.write_json(_pending(r), plan)
+        return plan
+
     def _expected(self, r: int) -> list[str]:
         return list(self.fed.get("masking-roster", r).body["participants"])
 
-    def _merge_heads(self, r: int, survivors: list[str], progress: Progress) -> dict[str, Any]:
-        """FedReMa: open the survivors' sealed heads, merge, seal each merged head to its site."""
+    def _merge_heads(self, r: int, survivors: list[str]) -> dict[str, Any] | None:
+        """FedReMa: open the survivors' sealed heads, merge, seal each merged head to its site.
+
+        Pure apart from reading: returns the sealed heads, the next merge state and the log
+        entry for `_finalize` to persist and publish.
+        """
         config = self.config
         heads = {
             s: exchange.open_head_for_coordinator(self.fed, r, s)
@@ -371,7 +406,7 @@ class Coordinator:
             if self.fed.get("submission", r, site=s).body.get("sealed_head")
         }
         if not heads:
-            return {}
+            return None
         layout_names = sorted(next(iter(heads.values())))
         vectors = {
             s: np.concatenate([h[k].astype(np.float64).ravel() for k in layout_names])
@@ -389,25 +424,25 @@ class Coordinator:
             rng = np.random.default_rng([config.seed, r])
             logits = _probe_logits(heads, present, config, params, rng)
         merged, new_state, report = fr.merge(vectors, logits, state, params)
-        self.state.write_json(FEDREMA_STATE, new_state.to_json())
         template = next(iter(heads.values()))
-        for site, vec in merged.items():
-            head = exchange.unflatten_like(vec, template)
-            exchange.seal_head_to_site(self.fed, r + 1, site, save_params(head))
-        log = self.state.read_json(MERGE_LOG) if self.state.exists(MERGE_LOG) else []
-        log.append(
-            {
+        sealed = {
+            site: exchange.sealed_head_body(
+                self.fed, r + 1, site, save_params(exchange.unflatten_like(vec, template)))
+            for site, vec in merged.items()
+        }
+        return {
+            "heads": sealed,
+            "state": new_state.to_json(),
+            "log": {
                 "round": r,
                 "in_ccp": report.in_ccp,
                 "mean_gap": report.mean_gap,
                 "ccp_ended": report.ccp_ended,
                 "selected": {k: list(v) for k, v in report.selected.items()},
-            }
-        )
-        self.state.write_json(MERGE_LOG, log)
-        if report.ccp_ended:
-            progress.events.append(f"round {r}: FedReMa's critical co-learning period ended")
-        return {"fedrema": {"in_ccp": report.in_ccp, "heads_merged": len(merged)}}
+            },
+            "info": {"fedrema": {"in_ccp": report.in_ccp, "heads_merged": len(merged)}},
+            "ccp_ended": report.ccp_ended,
+        }
 
     # -- status -----------------------------------------------------------------------------
 

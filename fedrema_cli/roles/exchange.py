@@ -129,11 +129,12 @@ def open_head_for_coordinator(fed: Federation, r: int, site: str) -> Params:
     return load_params(plain)
 
 
-def seal_head_to_site(fed: Federation, r: int, site: str, head: bytes) -> None:
+def sealed_head_body(fed: Federation, r: int, site: str, head: bytes) -> dict[str, object]:
+    """The body of a ``head`` artifact: ``head`` sealed to ``site`` alone, for round r."""
     recipient = fed.require_roster().site(site).public
     ctx = _context(fed, r, COORDINATOR, site_author(site))
     sealed = seal(head, unb64(recipient.seal_pk, what=f"{site}'s key"), ctx)
-    fed.put("head", r, {"round": r, "sealed_head": b64(sealed)}, site=site)
+    return {"round": r, "sealed_head": b64(sealed)}
 
 
 def open_head_for_site(fed: Federation, r: int) -> Params | None:

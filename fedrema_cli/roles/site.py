@@ -169,6 +169,7 @@ class Site:
         `submit` release anything.
         """
         self.fed.require_roster()
+        repaired = self._repair_ledger()
         ledger = self._sync_ledger()
         r = current_round(self.fed)
         if r > self.config.rounds:
@@ -177,6 +178,8 @@ class Site:
                 hint="run `fedrema personalize` to get your model",
             )
         if self.state.exists(_record(r)):
+            if repaired:  # the previous run was cut off after training: it is now complete
+                return {**self.state.read_json(_record(r)), "completed_after_crash": True}
             raise UsageError(
                 f"already trained for round {r}; a round trains once", hint="next: `fedrema submit`"
             )
@@ -288,6 +291,33 @@ class Site:
         if parsed.torn_tail is not None:
             self.state.write_bytes(LEDGER, parsed.committed_text.encode("utf-8"))
         return parsed
+
+    def _repair_ledger(self) -> bool:
+        """Finish what a crashed `train-local` left undone; True if anything was missing.
+
+        Missing: a trained round's ledger entry (appended), its published copy, or the cached
+        accountant state (rewritten from the ledger, which is the source of truth).
+        """
+        if self.config.privacy is None:
+            return False
+        before = self._ledger_state()
+        parsed = self._sync_ledger()
+        from privacy import restore_accountant
+
+        accountant = restore_accountant(entries=list(parsed.entries),
+                                        mechanism=self.config.privacy.accountant)
+        if (self.state.read_json(ACCOUNTANT) if self.state.exists(ACCOUNTANT) else None) != (
+            state := accountant.state_dict()
+        ):
+            self.state.write_json(ACCOUNTANT, state)
+            return True
+        return before != self._ledger_state()
+
+    def _ledger_state(self) -> tuple[bytes, int]:
+        """What the ledger repair can change: the ledger file and the published entries."""
+        text = self.state.read_bytes(LEDGER) if self.state.exists(LEDGER) else b""
+        published = len(self.fed.ws.names(f"ledger/{self.name}")) if self.fed.roster else 0
+        return text, published
 
     def _sync_ledger(self) -> Any:
         """Append any trained round missing from the ledger, publish entries not yet shared."""

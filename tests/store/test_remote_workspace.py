@@ -80,10 +80,26 @@ def sftp_server(tmp_path: Path) -> Iterator[SftpServer]:
     yield SftpServer(
         root, int(box["port"]), host_key.export_public_key().decode().strip(), key_file
     )
-    loop.call_soon_threadsafe(box["server"].close)  # type: ignore[attr-defined]
+    # Close the clients fsspec keeps cached, then the server, then any task left behind.
+    from fsspec.implementations.sftp import SFTPFileSystem
+
+    for fs in list(SFTPFileSystem._cache.values()):
+        fs.client.close()
+    SFTPFileSystem.clear_instance_cache()
+
+    async def stop() -> None:
+        server = box["server"]
+        server.close()  # type: ignore[attr-defined]
+        await server.wait_closed()  # type: ignore[attr-defined]
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    asyncio.run_coroutine_threadsafe(stop(), loop).result(10)
     loop.call_soon_threadsafe(loop.stop)
     thread.join(5)
-
+    loop.close()
 
 def test_write_once_read_list_and_refusals(sftp_server: SftpServer, monkeypatch) -> None:
     monkeypatch.setenv(STORAGE_OPTIONS_ENV, sftp_server.options())
