@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterable, Sequence
+from functools import lru_cache
 from typing import Literal
 
 import numpy as np
@@ -117,6 +118,19 @@ def _check_delta(delta: float) -> float:
     return d
 
 
+@lru_cache(maxsize=4096)
+def _rdp_per_step(q: float, sigma: float, orders: tuple[float, ...]) -> tuple[float, ...]:
+    """Opacus's RDP curve of one sampled-Gaussian step, memoised.
+
+    Every round re-checks the budget with the same (q, sigma); for large q Opacus's
+    fractional-order series takes a second or more. ``compute_rdp`` returns exactly
+    ``steps * curve(steps=1)``, so scaling the cached curve is the same arithmetic.
+    """
+    from opacus.accountants.analysis import rdp as opacus_rdp
+
+    return tuple(opacus_rdp.compute_rdp(q=q, noise_multiplier=sigma, steps=1, orders=list(orders)))
+
+
 def rdp_epsilon(
     history: Iterable[Sequence[float | int]],
     *,
@@ -140,9 +154,7 @@ def rdp_epsilon(
         return 0.0, float("nan")
     total = None
     for sigma, q, steps in merged:
-        curve = opacus_rdp.compute_rdp(
-            q=q, noise_multiplier=sigma, steps=steps, orders=list(orders)
-        )
+        curve = steps * np.asarray(_rdp_per_step(float(q), float(sigma), tuple(orders)))
         total = curve if total is None else total + curve
     with warnings.catch_warnings():
         # The "optimal order is the smallest/largest alpha" warning only means the bound could

@@ -36,6 +36,7 @@ from fedrema_cli.roles.common import (
     read_model,
     timestamp,
 )
+from fedrema_cli.store.envelope import canonical, sha256
 from fedrema_cli.store.federation import Federation, read_federation
 from fedrema_cli.store.state import PartyState
 from fedrema_cli.store.workspace import Workspace
@@ -349,7 +350,13 @@ class Site:
     def _privacy_gate(self, ledger: Any, r: int, n: int) -> Any:
         """Plan the round for this site's data size and refuse it if it would cross the budget."""
         from fedrema_cli.training import PrivateRun
-        from privacy import check_round, ensure_round_not_recorded, plan_round, restore_accountant
+        from privacy import (
+            RoundPlan,
+            check_round,
+            ensure_round_not_recorded,
+            plan_round,
+            restore_accountant,
+        )
 
         policy = self.config.privacy
         assert policy is not None
@@ -358,9 +365,25 @@ class Site:
             entries=list(ledger.entries), mechanism=policy.accountant, cached_state=cached
         )
         ensure_round_not_recorded(ledger, round=r)
-        plan = plan_round(policy, dataset_size=n)
-        check_round(accountant, plan, policy, round=r)
+        path = self._plan_path(n)
+        cached_plan = self.state.exists(path)
+        plan = (RoundPlan.model_validate(self.state.read_json(path)) if cached_plan
+                else plan_round(policy, dataset_size=n))
+        check_round(accountant, plan, policy, round=r)  # refused: nothing has been written
+        if not cached_plan:
+            self.state.write_json(path, plan.model_dump(mode="json"))
         return PrivateRun(plan=plan, accountant=accountant)
+
+    def _plan_path(self, n: int) -> str:
+        """Where the policy's plan for n records is kept: planning the noise takes seconds.
+
+        The plan is a pure function of (policy, n) and the name is a hash of both, so a
+        changed dataset size or policy gets a fresh plan.
+        """
+        policy = self.config.privacy
+        assert policy is not None
+        key = sha256(canonical({"policy": policy.model_dump(mode="json"), "n": n}))[:16]
+        return f"plans/{key}.json"
 
     def _ledger_body(self, dp_record: Any, private: Any, r: int, record: dict[str, Any]) -> Any:
         from privacy import body_from_record
