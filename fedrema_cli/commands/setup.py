@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from fedrema_cli import ui
+from fedrema_cli.defaults import DEFAULT_EPSILON
 
 
 def register(app: typer.Typer) -> None:
@@ -121,7 +122,7 @@ def init(
         typer.Option(
             help="Record-level privacy budget per site (DP-SGD).", rich_help_panel="Privacy"
         ),
-    ] = 3.0,
+    ] = DEFAULT_EPSILON,
     delta: Annotated[float, typer.Option(rich_help_panel="Privacy")] = 1e-5,
     max_grad_norm: Annotated[
         float, typer.Option(help="DP-SGD per-sample clipping norm.", rich_help_panel="Privacy")

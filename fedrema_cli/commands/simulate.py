@@ -44,8 +44,8 @@ def simulate(
     epsilon: Annotated[
         float | None,
         typer.Option(
-            help="Record-level privacy budget per site (DP-SGD); default: no DP in simulations "
-            "unless given.",
+            help="Record-level privacy budget per site (DP-SGD). Privacy is on by default "
+            "(epsilon 3); --no-dp trains without it, for comparison.",
             rich_help_panel="Privacy",
         ),
     ] = None,
@@ -95,14 +95,19 @@ def simulate(
 
       fedrema simulate heart-disease --method fedrema --rounds 20 --seed 1 --json
 
-      fedrema simulate heart-disease --method local,fedavg,fedrema --epsilon 3
+      fedrema simulate heart-disease --method local,fedavg,fedrema --epsilon 1
+
+      fedrema simulate heart-disease --method fedavg --no-dp --no-secure-aggregation
     """
     from fedrema_cli import simulate as sim
     from fedrema_cli.config import TrainingConfig
+    from fedrema_cli.defaults import DEFAULT_EPSILON
     from fedrema_cli.errors import UsageError
 
     if no_dp and epsilon is not None:
         raise UsageError("--no-dp and --epsilon contradict each other")
+    if not no_dp and epsilon is None:
+        epsilon = DEFAULT_EPSILON
     methods = [m.strip() for m in method.split(",") if m.strip()]
     drops = tuple(sim.Drop.parse(d) for d in (drop or []))
     results = []
