@@ -333,9 +333,10 @@ class Site:
             r = int(name)
             if r in recorded or not self.state.exists(_record(r)):
                 continue
-            body = LedgerBody.model_validate(
-                self.state.read_json(_record(r))["ledger_body"], strict=False
-            )
+            record = self.state.read_json(_record(r))
+            if "ledger_body" not in record:  # nothing was trained (majority class): no spend
+                continue
+            body = LedgerBody.model_validate(record["ledger_body"], strict=False)
             entry = make_entry(entries[-1] if entries else None, body, self.fed.identity.sign)
             text = (parsed.committed_text if entries else "") + encode_line(entry)
             self.state.write_bytes(LEDGER, text.encode("utf-8"))
