@@ -102,7 +102,9 @@ def init(
     method: Annotated[
         str,
         typer.Option(
-            help="fedrema, fedavg, fedper or local.", rich_help_panel="Creating a federation"
+            help="fedrema (default), fedrema-paper, fedavg, fedavg-ft, fedper, local, local-lr "
+            "or majority (see docs/architecture.md).",
+            rich_help_panel="Creating a federation",
         ),
     ] = "fedrema",
     rounds: Annotated[int, typer.Option(min=1, rich_help_panel="Creating a federation")] = 20,
