@@ -55,9 +55,15 @@ class Fed:
 
 
 def make_federation(
-    tmp: Path, *extra: str, sites: tuple[str, ...] = SITES, approve: bool = True
+    tmp: Path,
+    *extra: str,
+    sites: tuple[str, ...] = SITES,
+    approve: bool = True,
+    workspace: str | None = None,
 ) -> Fed:
-    fed = Fed(tmp, tmp / "hospitals", tmp / "ws", tmp / "coord")
+    """Coordinator + sites through `init` (and `approve`); the workspace is a folder or a URL."""
+    ws = workspace if workspace is not None else tmp / "ws"
+    fed = Fed(tmp, tmp / "hospitals", ws, tmp / "coord")  # type: ignore[arg-type]
     assert run("prepare-data", "heart-disease", "--out", fed.hospitals).exit_code == 0
     out = run(
         "init",

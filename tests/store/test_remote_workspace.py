@@ -18,7 +18,7 @@ import pytest
 
 from fedrema_cli.errors import StoreError, WriteOnceError
 from fedrema_cli.store.storage import STORAGE_OPTIONS_ENV, FsspecStorage, open_storage
-from tests.cli.conftest import SITES, Fed, full_round, key_exchange, run
+from tests.cli.conftest import full_round, key_exchange, make_federation, run
 
 
 @dataclass
@@ -128,37 +128,9 @@ def test_a_whole_federation_with_the_workspace_on_sftp(
     sftp_server: SftpServer, tmp_path: Path, monkeypatch
 ) -> None:
     monkeypatch.setenv(STORAGE_OPTIONS_ENV, sftp_server.options())
-    ws = sftp_server.url("heart")
-    fed = Fed(tmp_path, tmp_path / "hospitals", ws, tmp_path / "coord")  # type: ignore[arg-type]
-    assert run("prepare-data", "heart-disease", "--out", fed.hospitals).exit_code == 0
-    out = run(
-        "init",
-        "-w",
-        ws,
-        "-s",
-        fed.coordinator,
-        "--preset",
-        "heart-disease",
-        "--rounds",
-        "1",
-        "--no-dp",
+    fed = make_federation(
+        tmp_path, "--rounds", "1", "--no-dp", workspace=sftp_server.url("heart"), approve=False
     )
-    assert out.exit_code == 0, out.stderr
-    for s in SITES:
-        out = run(
-            "init",
-            "-w",
-            ws,
-            "-s",
-            fed.site(s),
-            "--site",
-            s,
-            "--train",
-            fed.data(s),
-            "--test",
-            fed.data(s, "test"),
-        )
-        assert out.exit_code == 0, out.stderr
     assert run("approve", "-s", fed.coordinator, "--all").exit_code == 0
     key_exchange(fed)
     full_round(fed)
