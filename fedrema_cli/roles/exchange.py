@@ -17,7 +17,6 @@ from safetensors.numpy import save as st_save
 from crypto.seal import SealContext, open_sealed, seal
 from fedrema_cli.errors import IntegrityError
 from fedrema_cli.identity import Identity, b64, unb64
-from fedrema_cli.merging import fedrema as fr
 from fedrema_cli.params import Params, flatten, load_params, unflatten
 from fedrema_cli.roles.common import part_of
 from fedrema_cli.store.federation import Federation
@@ -145,16 +144,3 @@ def open_head_for_site(fed: Federation, r: int) -> Params | None:
     sealed = unb64(str(body["sealed_head"]), what="merged head")
     ctx = _context(fed, r, COORDINATOR, site_author(fed.me))
     return load_params(open_sealed(sealed, fed.identity.seal_sk, ctx))
-
-
-def fedrema_params(config) -> fr.FedReMaParams:
-    c = config.fedrema
-    return fr.FedReMaParams(
-        delta=c.delta,
-        t_self=c.t_self,
-        t_peer=c.t_peer,
-        probe=c.probe,
-        probe_scale=c.probe_scale,
-        probe_samples=c.probe_samples,
-        self_weight=c.self_weight,
-    )
