@@ -38,9 +38,6 @@ class Method:
     trains: bool = True
     paper_rules: bool = False  # FedReMa: the paper's rules, ignoring the config's knobs
 
-    @property
-    def extractor_is_global(self) -> bool:
-        return self.shared_part is not None
 
 
 METHODS: dict[str, Method] = {
