@@ -43,9 +43,16 @@ class SecAggConfig(_Frozen):
     fixed at approval). Fixed point: values are clipped to ``clip`` per coordinate, scaled by
     ``2**frac_bits`` and summed mod ``2**modulus_bits``; the headroom rule
     ``n * max_weight * clip * 2**frac_bits < 2**(modulus_bits - 1)`` is checked at approval.
+
+    ``consistency_check``: Bonawitz et al.'s round 3 for an actively malicious coordinator:
+    before revealing anything, each survivor signs the survivor set it was shown and waits
+    until t survivors have signed the *same* set; a coordinator (or storage) that shows
+    different sets to different sites is caught and nothing is revealed. It costs one more
+    `submit` per round.
     """
 
     enabled: bool = True
+    consistency_check: bool = False
     threshold: int | None = Field(default=None, ge=2)
     modulus_bits: Literal[32, 64] = 64
     frac_bits: int = Field(default=24, ge=4, le=40)
@@ -183,6 +190,7 @@ def make_config(
     seed: int = 0,
     training: TrainingConfig | None = None,
     secure_aggregation: bool = True,
+    consistency_check: bool = False,
     threshold: int | None = None,
     timeout_seconds: float = 24 * 3600.0,
     epsilon: float | None = None,
@@ -219,9 +227,9 @@ def make_config(
         "model": model.model_dump(mode="json"),
         "data": data.model_dump(mode="json"),
         "training": training.model_dump(mode="json"),
-        "secagg": SecAggConfig(enabled=secure_aggregation, threshold=threshold).model_dump(
-            mode="json"
-        ),
+        "secagg": SecAggConfig(
+            enabled=secure_aggregation, threshold=threshold, consistency_check=consistency_check
+        ).model_dump(mode="json"),
         "round": RoundConfig(timeout_seconds=timeout_seconds).model_dump(mode="json"),
         "fedrema": (fedrema or FedReMaConfig()).model_dump(mode="json"),
         "privacy": privacy.model_dump(mode="json") if privacy else None,

@@ -36,6 +36,7 @@ def create(
     max_grad_norm: float,
     threshold: int | None,
     secure_aggregation: bool,
+    consistency_check: bool = False,
     round_timeout: float,
 ) -> dict[str, Any]:
     schema, model = _task(preset, features, label, classes, hidden)
@@ -48,6 +49,7 @@ def create(
         seed=seed,
         training=TrainingConfig(local_epochs=epochs, batch_size=batch_size, lr=lr),
         secure_aggregation=secure_aggregation,
+        consistency_check=consistency_check,
         threshold=threshold,
         timeout_seconds=round_timeout,
         epsilon=epsilon,

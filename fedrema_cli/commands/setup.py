@@ -152,6 +152,15 @@ def init(
             rich_help_panel="Secure aggregation",
         ),
     ] = False,
+    consistency_check: Annotated[
+        bool,
+        typer.Option(
+            "--consistency-check",
+            help="Bonawitz's round 3 against a coordinator that shows sites different survivor "
+            "sets: sites sign the set before revealing (one more `submit` per round).",
+            rich_help_panel="Secure aggregation",
+        ),
+    ] = False,
     round_timeout: Annotated[
         float,
         typer.Option(
@@ -211,6 +220,7 @@ def init(
         max_grad_norm=max_grad_norm,
         threshold=threshold,
         secure_aggregation=not no_secure_aggregation,
+        consistency_check=consistency_check,
         round_timeout=round_timeout,
     )
     if json_out:

@@ -44,6 +44,7 @@ from fedrema_cli.identity import b64, unb64
 from fedrema_cli.merging import METHODS
 from fedrema_cli.modelspec import part_size
 from fedrema_cli.roles.common import phase_of
+from fedrema_cli.store.envelope import sha256
 from fedrema_cli.store.federation import Federation, Roster
 from fedrema_cli.store.state import PartyState
 
@@ -340,9 +341,39 @@ def _reveal(site: Site, r: int, secrets: _Secrets, actions: Actions) -> None:
     if _index(fed, site.name) not in request.survivors:
         actions.waiting.append(f"round {r}: closed without this site's update (too late)")
         return
+    if fed.config.secagg.consistency_check and not _consistent(site, r, request, actions):
+        return
     secrets.advance(fed, secrets.client.handle(request), "reveal", {"round": r}, MSG)
     actions.done.append(f"round {r}: unmasking shares revealed")
     actions.waiting.append(f"round {r}: the coordinator to finish the round")
+
+
+def _consistent(site: Site, r: int, request: UnmaskRequest, actions: Actions) -> bool:
+    """Bonawitz et al. 2017 round 3 (ConsistencyCheck), over the workspace.
+
+    Sign the survivor set this site was shown; go on only once t survivors have signed the
+    same set. A different set signed by any survivor means the coordinator (or the storage)
+    showed different sites different survivor sets: refuse, and reveal nothing.
+    """
+    fed = site.fed
+    digest = sha256(request.to_bytes())
+    if not fed.exists("survivors-signed", r, site=site.name):
+        fed.put("survivors-signed", r, {"round": r, "unmask_request_sha256": digest})
+        actions.done.append(f"round {r}: survivor set signed (consistency check)")
+    survivors = _names(fed, request.survivors)
+    signed = [s for s in fed.sites_with("survivors-signed", r) if s in survivors]
+    for other in signed:
+        seen = fed.get("survivors-signed", r, site=other).body["unmask_request_sha256"]
+        if seen != digest:
+            raise IntegrityError(
+                f"round {r}: {other} was shown a different survivor set than this site: the "
+                "coordinator or the storage equivocates; no unmasking share is revealed")
+    t = fed.require_roster().threshold
+    if len(signed) < t:
+        actions.waiting.append(f"round {r}: {t - len(signed)} more survivors to sign the "
+                               "survivor set (then `fedrema submit` again)")
+        return False
+    return True
 
 
 def _rejoin(site: Site, r: int, actions: Actions) -> None:

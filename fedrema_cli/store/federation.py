@@ -40,6 +40,7 @@ KINDS: dict[str, Kind] = {
     "masking-roster": Kind("", "masking-roster", False),
     "submission": Kind("submissions", "", True),
     "unmask-request": Kind("", "unmask-request", False),
+    "survivors-signed": Kind("consistency", "", True),  # optional Bonawitz round 3
     "reveal": Kind("reveals", "", True),
     "result": Kind("", "result", False),
     "ledger-entry": Kind("", "", True),  # ledger/<site>/<r>, see _base
