@@ -140,8 +140,9 @@ def _run(
         for name, paths in files.items()
     }
     coord.approve(None)
-    for s in sites.values():  # pin the roster
+    for s in sites.values():  # pin the roster; DP noise replayable from the seed (simulation)
         s.fed.load_roster()
+        s.simulated_noise = True
 
     def acts(name: str, r: int) -> bool:
         phase = phase_of(coord.fed, r).name

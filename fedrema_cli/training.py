@@ -67,13 +67,16 @@ def train_local(
     config: TrainingConfig,
     seed: int,
     private: PrivateRun | None = None,
+    replayable_noise_seed: int | None = None,
 ) -> tuple[nn.Module, TrainResult, RoundRecord | None]:
     """Train ``model`` on (x, y) for ``config.local_epochs`` epochs; returns a plain nn.Module.
 
     Without DP: shuffled mini-batches in an order seeded by ``seed``. With DP: Opacus with
     Poisson sampling at the plan's rate; the steps it accounted are added to the accountant.
     Sampling and noise are drawn from generators seeded by the OS's randomness, never from
-    ``seed``: a noise stream anyone can replay would protect nothing.
+    ``seed``: a noise stream anyone can replay would protect nothing. The one exception is
+    ``replayable_noise_seed``, which only simulations set (`fedrema simulate`, benchmarks), so
+    their DP results can be reproduced; no command of a real site can set it.
     """
     dataset = _tensors(x, y)
     optimizer = torch.optim.SGD(
@@ -102,8 +105,8 @@ def train_local(
         data=dataset,
         plan=private.plan,
         accountant=private.accountant,
-        sampling_generator=_os_seeded(),
-        noise_generator=_os_seeded(),
+        sampling_generator=_generator(replayable_noise_seed, 0),
+        noise_generator=_generator(replayable_noise_seed, 1),
     ) as dp:
         steps, loss = _loop(
             dp.model, dp.optimizer, dp.data_loader, dp.criterion, private.plan.local_epochs
@@ -120,6 +123,7 @@ def finetune_head(
     config: TrainingConfig,
     seed: int,
     private: PrivateRun | None = None,
+    replayable_noise_seed: int | None = None,
 ) -> tuple[nn.Module, TrainResult, RoundRecord | None]:
     """One round of `train_local` in which only the classifier head learns.
 
@@ -131,7 +135,8 @@ def finetune_head(
 
     for p in _unwrap(model).extractor.parameters():
         p.requires_grad_(False)
-    model, result, record = train_local(model, x, y, config=config, seed=seed, private=private)
+    model, result, record = train_local(model, x, y, config=config, seed=seed, private=private,
+                                        replayable_noise_seed=replayable_noise_seed)
     for p in _unwrap(model).extractor.parameters():
         p.requires_grad_(True)
     return model, result, record
@@ -161,8 +166,11 @@ class PrivateRun:
     accountant: SiteAccountant
 
 
-def _os_seeded() -> torch.Generator:
-    return torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "big") >> 1)
+def _generator(replayable_seed: int | None, stream: int) -> torch.Generator:
+    """A generator seeded by the OS's randomness (or, in simulations only, by a given seed)."""
+    if replayable_seed is None:
+        return torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "big") >> 1)
+    return torch.Generator().manual_seed((replayable_seed + stream) % 2**63)
 
 
 def _loop(

@@ -76,6 +76,10 @@ class Actions:
 class Site:
     """One site, bound to its private state folder."""
 
+    #: Set only by `fedrema simulate`: DP noise replayable from the simulation's seed, so a
+    #: simulated result can be reproduced. Never set for a real site (no option reaches it).
+    simulated_noise: bool = False
+
     def __init__(self, state_dir: str | Path, *, workspace: str | None = None) -> None:
         self.state = PartyState(state_dir)
         if not self.state.exists(META):
@@ -219,6 +223,9 @@ class Site:
                 config=self.config.training,
                 seed=seed,
                 private=private,
+                replayable_noise_seed=(
+                    derive_seed(seed, "dp-noise") if self.simulated_noise else None
+                ),
             )
         else:  # majority class: no gradient step, nothing leaves the site, nothing to account
             result = fit_majority(model, data.y_train, num_classes=self.config.model.num_classes)
