@@ -190,12 +190,25 @@ def end_to_end(rounds: int, repeats: int) -> list[dict[str, Any]]:
         times: dict[bool, list[float]] = {True: [], False: []}
         for _ in range(repeats):
             for secure in (True, False):
-                spec = sim.SimulationSpec(dataset="heart-disease", method=method, rounds=rounds,
-                                          seed=1, secure_aggregation=secure, epsilon=None)
+                spec = sim.SimulationSpec(
+                    dataset="heart-disease",
+                    method=method,
+                    rounds=rounds,
+                    seed=1,
+                    secure_aggregation=secure,
+                    epsilon=None,
+                )
                 times[secure].append(sim.run(spec)["seconds"] / rounds)
         secure_s, plain_s = statistics.median(times[True]), statistics.median(times[False])
-        out.append({"method": method, "rounds": rounds, "secure_s_per_round": secure_s,
-                    "plain_s_per_round": plain_s, "ratio": secure_s / plain_s})
+        out.append(
+            {
+                "method": method,
+                "rounds": rounds,
+                "secure_s_per_round": secure_s,
+                "plain_s_per_round": plain_s,
+                "ratio": secure_s / plain_s,
+            }
+        )
     return out
 
 
@@ -271,11 +284,15 @@ def main() -> None:
         )
     print("  (x = ratio to the plaintext round: the coordinator summing the same vectors)")
     print()
-    print("End to end: fedrema simulate heart-disease (4 hospitals, real files, training "
-          "included, no DP)")
+    print(
+        "End to end: fedrema simulate heart-disease (4 hospitals, real files, training "
+        "included, no DP)"
+    )
     for e in e2e:
-        print(f"  {e['method']:8s} secure {e['secure_s_per_round'] * 1e3:7.1f} ms/round   "
-              f"plaintext {e['plain_s_per_round'] * 1e3:7.1f} ms/round   ratio {e['ratio']:.2f}")
+        print(
+            f"  {e['method']:8s} secure {e['secure_s_per_round'] * 1e3:7.1f} ms/round   "
+            f"plaintext {e['plain_s_per_round'] * 1e3:7.1f} ms/round   ratio {e['ratio']:.2f}"
+        )
     print(f"\nelapsed {report['elapsed_s']:.1f} s")
 
 

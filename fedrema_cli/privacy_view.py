@@ -60,16 +60,20 @@ def build(*, state: Path | None, workspace: str | None) -> tuple[Any, list[str]]
         site = Site(state, workspace=workspace)
         policy = site.config.privacy
         if policy is None:
-            raise UsageError(f"federation {site.config.federation_id} trains without DP: "
-                             "there is no privacy budget to report")
+            raise UsageError(
+                f"federation {site.config.federation_id} trains without DP: "
+                "there is no privacy budget to report"
+            )
         text = site.state.read_bytes(LEDGER).decode("utf-8") if site.state.exists(LEDGER) else ""
         ledgers = {site.name: text}
         verifiers = {site.name: _verifier(site.fed.identity.public.sign_pk)}
         federation = site.config.federation_id
     else:
         if workspace is None:
-            raise UsageError("say which ledgers: --workspace WS (every site's published "
-                             "entries) or --state SITE_DIR (one site's own ledger)")
+            raise UsageError(
+                "say which ledgers: --workspace WS (every site's published "
+                "entries) or --state SITE_DIR (one site's own ledger)"
+            )
         ws = Workspace.open(workspace)
         config, _ = read_federation(ws)
         fed = Federation(ws, config, me="auditor", identity=Identity.generate())
@@ -78,8 +82,10 @@ def build(*, state: Path | None, workspace: str | None) -> tuple[Any, list[str]]
             raise UsageError("the roster is not approved yet: there are no ledgers")
         policy = config.privacy
         if policy is None:
-            raise UsageError(f"federation {config.federation_id} trains without DP: there is "
-                             "no privacy budget to report")
+            raise UsageError(
+                f"federation {config.federation_id} trains without DP: there is "
+                "no privacy budget to report"
+            )
         ledgers, verifiers = {}, {}
         for s in roster.sites:
             text, problems = _published_ledger(fed, s.name)
@@ -87,6 +93,11 @@ def build(*, state: Path | None, workspace: str | None) -> tuple[Any, list[str]]
             verifiers[s.name] = _verifier(s.sign_pk)
             extra += [f"{s.name}: {p}" for p in problems]
         federation = config.federation_id
-    report = build_report(policy=policy, ledgers=ledgers, verifiers=verifiers,
-                          federation=federation, generated_at=timestamp())
+    report = build_report(
+        policy=policy,
+        ledgers=ledgers,
+        verifiers=verifiers,
+        federation=federation,
+        generated_at=timestamp(),
+    )
     return report, extra

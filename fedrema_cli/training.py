@@ -135,8 +135,15 @@ def finetune_head(
 
     for p in _unwrap(model).extractor.parameters():
         p.requires_grad_(False)
-    model, result, record = train_local(model, x, y, config=config, seed=seed, private=private,
-                                        replayable_noise_seed=replayable_noise_seed)
+    model, result, record = train_local(
+        model,
+        x,
+        y,
+        config=config,
+        seed=seed,
+        private=private,
+        replayable_noise_seed=replayable_noise_seed,
+    )
     for p in _unwrap(model).extractor.parameters():
         p.requires_grad_(True)
     return model, result, record
@@ -229,7 +236,8 @@ def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, *, num_classes: int
         # warning when the model predicts a class the test set lacks).
         balanced_accuracy=(
             float(np.mean([(pred[y == c] == c).mean() for c in np.unique(y)]))
-            if len(y) else float("nan")
+            if len(y)
+            else float("nan")
         ),
         auc=auc,
         loss=loss,

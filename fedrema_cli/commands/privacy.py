@@ -11,26 +11,41 @@ from fedrema_cli import ui
 
 
 def register(app: typer.Typer) -> None:
-    privacy_app = typer.Typer(name="privacy", no_args_is_help=True,
-                              help="Privacy budgets for compliance staff.")
+    privacy_app = typer.Typer(
+        name="privacy", no_args_is_help=True, help="Privacy budgets for compliance staff."
+    )
     privacy_app.command(name="report")(report)
     app.add_typer(privacy_app)
     app.command(name="audit")(audit)
 
 
-StateAny = Annotated[Path | None, typer.Option(
-    "--state", "-s", envvar="FEDREMA_STATE",
-    help="A site's state folder: report that site's own ledger (the source of truth).")]
+StateAny = Annotated[
+    Path | None,
+    typer.Option(
+        "--state",
+        "-s",
+        envvar="FEDREMA_STATE",
+        help="A site's state folder: report that site's own ledger (the source of truth).",
+    ),
+]
 
 
 def report(
     state: StateAny = None,
     workspace: ui.WorkspaceOpt = None,
-    html: Annotated[Path | None, typer.Option(
-        help="Write a self-contained HTML report (with the epsilon plot) to file here.")] = None,
+    html: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write a self-contained HTML report (with the epsilon plot) to file here."
+        ),
+    ] = None,
     pdf: Annotated[Path | None, typer.Option(help="Write a PDF report here.")] = None,
-    detail: Annotated[bool, typer.Option(
-        "--detail", help="Also show every round's steps, sampling rate, noise and clip.")] = False,
+    detail: Annotated[
+        bool,
+        typer.Option(
+            "--detail", help="Also show every round's steps, sampling rate, noise and clip."
+        ),
+    ] = False,
     json_out: ui.JsonOpt = False,
 ) -> None:
     """Epsilon spent per site and per round against the budget, verified from signed ledgers.
@@ -63,8 +78,10 @@ def report(
             if path is not None:
                 ui.say(f"written: {path}")
     if not rep.verified or extra:
-        raise IntegrityError("the privacy ledgers do not all verify (see the report)",
-                             hint="`fedrema audit` names the site and entry")
+        raise IntegrityError(
+            "the privacy ledgers do not all verify (see the report)",
+            hint="`fedrema audit` names the site and entry",
+        )
 
 
 def audit(
@@ -83,23 +100,64 @@ def audit(
     from fedrema_cli.privacy_view import build
 
     rep, extra = build(state=state, workspace=workspace)
-    rows = [(s.site, s.status.value, len(s.rounds), s.epsilon, s.epsilon_rdp_independent,
-             s.epsilon_pld_independent, s.target_epsilon) for s in rep.sites]
+    rows = [
+        (
+            s.site,
+            s.status.value,
+            len(s.rounds),
+            s.epsilon,
+            s.epsilon_rdp_independent,
+            s.epsilon_pld_independent,
+            s.target_epsilon,
+        )
+        for s in rep.sites
+    ]
     problems = extra + [f"{s.site}: {p}" for s in rep.sites for p in s.failing_problems]
     problems += [str(p) for p in rep.problems]
     if json_out:
-        ui.emit_json({"verified": not problems, "problems": problems,
-                      "sites": [dict(zip(("site", "status", "rounds", "epsilon",
-                                          "epsilon_rdp_independent", "epsilon_pld_independent",
-                                          "target_epsilon"), row, strict=True))
-                                for row in rows]})
+        ui.emit_json(
+            {
+                "verified": not problems,
+                "problems": problems,
+                "sites": [
+                    dict(
+                        zip(
+                            (
+                                "site",
+                                "status",
+                                "rounds",
+                                "epsilon",
+                                "epsilon_rdp_independent",
+                                "epsilon_pld_independent",
+                                "target_epsilon",
+                            ),
+                            row,
+                            strict=True,
+                        )
+                    )
+                    for row in rows
+                ],
+            }
+        )
     else:
-        ui.console.print(ui.table(
-            f"Audit of {rep.federation}",
-            ["site", "status", "rounds", "ε (site)", "ε RDP (dp-acc.)", "ε PLD (dp-acc.)",
-             "target"], rows))
+        ui.console.print(
+            ui.table(
+                f"Audit of {rep.federation}",
+                [
+                    "site",
+                    "status",
+                    "rounds",
+                    "ε (site)",
+                    "ε RDP (dp-acc.)",
+                    "ε PLD (dp-acc.)",
+                    "target",
+                ],
+                rows,
+            )
+        )
     if problems:
-        raise IntegrityError(f"{problems[0]}" + (f" (and {len(problems) - 1} more)"
-                                                  if len(problems) > 1 else ""))
+        raise IntegrityError(
+            f"{problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
+        )
     if not json_out:
         ui.say("[green]✓[/] every ledger verifies; epsilon recomputed independently")

@@ -39,7 +39,6 @@ class Method:
     paper_rules: bool = False  # FedReMa: the paper's rules, ignoring the config's knobs
 
 
-
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (

@@ -331,8 +331,12 @@ class Coordinator:
         files and commits the same merge state, never a second, different merge.
         """
         plan = self._finalize_plan(r, survivors)
-        self.fed.put("model", r + 1, plan["model_body"],
-                     attachments={PARAMS: unb64(plan["model_params"], what="pending model")})
+        self.fed.put(
+            "model",
+            r + 1,
+            plan["model_body"],
+            attachments={PARAMS: unb64(plan["model_params"], what="pending model")},
+        )
         for site, body in plan["heads"].items():
             self.fed.put("head", r + 1, body, site=site)
         self.fed.put("result", r, plan["result"])
@@ -365,8 +369,10 @@ class Coordinator:
             params = exchange.apply_mean_update(params, method.shared_part, summed, total_weight)
         merged = self._merge_heads(r, survivors) if method.sends_head else None
         expected = self._expected(r)
-        events = [f"round {r}: finished with {len(survivors)} sites"
-                  + (f" (total weight {total_weight:.0f})" if total_weight else "")]
+        events = [
+            f"round {r}: finished with {len(survivors)} sites"
+            + (f" (total weight {total_weight:.0f})" if total_weight else "")
+        ]
         if merged and merged["ccp_ended"]:
             events.append(f"round {r}: FedReMa's critical co-learning period ended")
         plan = {
@@ -427,7 +433,8 @@ class Coordinator:
         template = next(iter(heads.values()))
         sealed = {
             site: exchange.sealed_head_body(
-                self.fed, r + 1, site, save_params(exchange.unflatten_like(vec, template)))
+                self.fed, r + 1, site, save_params(exchange.unflatten_like(vec, template))
+            )
             for site, vec in merged.items()
         }
         return {

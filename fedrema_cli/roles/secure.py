@@ -221,8 +221,14 @@ class _Secrets:
             }
         self.state.write_json(self.path, {"client": b64(client.to_bytes()), "outbox": self.outbox})
 
-    def advance(self, fed: Federation, step: tuple[ClientState, Any], kind: str,
-                body: dict[str, Any], name: str) -> None:
+    def advance(
+        self,
+        fed: Federation,
+        step: tuple[ClientState, Any],
+        kind: str,
+        body: dict[str, Any],
+        name: str,
+    ) -> None:
         """Persist the state a protocol step produced with its message, then publish it.
 
         A step that aborted (no message) is persisted too, and raised.
@@ -367,11 +373,14 @@ def _consistent(site: Site, r: int, request: UnmaskRequest, actions: Actions) ->
         if seen != digest:
             raise IntegrityError(
                 f"round {r}: {other} was shown a different survivor set than this site: the "
-                "coordinator or the storage equivocates; no unmasking share is revealed")
+                "coordinator or the storage equivocates; no unmasking share is revealed"
+            )
     t = fed.require_roster().threshold
     if len(signed) < t:
-        actions.waiting.append(f"round {r}: {t - len(signed)} more survivors to sign the "
-                               "survivor set (then `fedrema submit` again)")
+        actions.waiting.append(
+            f"round {r}: {t - len(signed)} more survivors to sign the "
+            "survivor set (then `fedrema submit` again)"
+        )
         return False
     return True
 

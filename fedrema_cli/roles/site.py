@@ -119,8 +119,10 @@ class Site:
     ) -> Site:
         """Check the data against the federation's schema, make keys, and ask to join."""
         if not SITE_NAME.fullmatch(name):
-            raise UsageError(f"site name {name!r} is not allowed: use 1-63 lowercase letters, "
-                             "digits, '.', '_' or '-', starting with a letter or digit")
+            raise UsageError(
+                f"site name {name!r} is not allowed: use 1-63 lowercase letters, "
+                "digits, '.', '_' or '-', starting with a letter or digit"
+            )
         state = PartyState(state_dir)
         if state.exists(META):
             raise UsageError(
@@ -312,8 +314,9 @@ class Site:
         parsed = self._sync_ledger()
         from privacy import restore_accountant
 
-        accountant = restore_accountant(entries=list(parsed.entries),
-                                        mechanism=self.config.privacy.accountant)
+        accountant = restore_accountant(
+            entries=list(parsed.entries), mechanism=self.config.privacy.accountant
+        )
         if (self.state.read_json(ACCOUNTANT) if self.state.exists(ACCOUNTANT) else None) != (
             state := accountant.state_dict()
         ):
@@ -375,8 +378,11 @@ class Site:
         ensure_round_not_recorded(ledger, round=r)
         path = self._plan_path(n)
         cached_plan = self.state.exists(path)
-        plan = (RoundPlan.model_validate(self.state.read_json(path)) if cached_plan
-                else plan_round(policy, dataset_size=n))
+        plan = (
+            RoundPlan.model_validate(self.state.read_json(path))
+            if cached_plan
+            else plan_round(policy, dataset_size=n)
+        )
         check_round(accountant, plan, policy, round=r)  # refused: nothing has been written
         if not cached_plan:
             self.state.write_json(path, plan.model_dump(mode="json"))

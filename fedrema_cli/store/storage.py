@@ -263,8 +263,10 @@ def _pinned_host_key(openssh_public_key: str) -> object:
         def missing_host_key(self, client: object, hostname: str, key: paramiko.PKey) -> None:
             seen = base64.b64encode(key.asbytes()).decode()
             if key.get_name() != kind or seen != blob:
-                raise StoreError(f"the SFTP server at {hostname} presented a host key that is "
-                                 "not the pinned one; refusing to connect")
+                raise StoreError(
+                    f"the SFTP server at {hostname} presented a host key that is "
+                    "not the pinned one; refusing to connect"
+                )
 
     return PinnedHostKey()
 

@@ -134,8 +134,9 @@ def to_rich(report: PrivacyReport, *, detail: bool = False) -> Any:
     else:
         body = "\n".join(_all_problems(report)) or "no ledgers"
         parts.append(
-            Panel(Text(body, style="bold"), title="NOT VERIFIED", border_style="bold red",
-                  style="red")
+            Panel(
+                Text(body, style="bold"), title="NOT VERIFIED", border_style="bold red", style="red"
+            )
         )
     summary = Table(
         title=f"Privacy budget per site, federation {report.federation}",
@@ -147,15 +148,22 @@ def to_rich(report: PrivacyReport, *, detail: bool = False) -> Any:
         summary.add_column(col, justify="left" if col in ("site", "status") else "right")
     for s in report.sites:
         summary.add_row(
-            s.site, s.status.value, str(len(s.rounds)), _fmt(s.epsilon),
-            _fmt(s.epsilon_rdp_independent), _fmt(s.epsilon_pld_independent),
-            f"{s.target_epsilon:g}", _fmt(s.remaining), style=None if s.verified else "red",
+            s.site,
+            s.status.value,
+            str(len(s.rounds)),
+            _fmt(s.epsilon),
+            _fmt(s.epsilon_rdp_independent),
+            _fmt(s.epsilon_pld_independent),
+            f"{s.target_epsilon:g}",
+            _fmt(s.remaining),
+            style=None if s.verified else "red",
         )
     parts.append(summary)
     rounds = sorted({r.round for s in report.sites for r in s.rounds})
     if rounds:
-        matrix = Table(title="ε spent after each round (composed over all rounds so far)",
-                       title_justify="left")
+        matrix = Table(
+            title="ε spent after each round (composed over all rounds so far)", title_justify="left"
+        )
         matrix.add_column("round", justify="right")
         by_site = {s.site: {r.round: r for r in s.rounds} for s in report.sites}
         for s in report.sites:
@@ -164,8 +172,11 @@ def to_rich(report: PrivacyReport, *, detail: bool = False) -> Any:
             cells = []
             for s in report.sites:
                 row = by_site[s.site].get(rnd)
-                cells.append("–" if row is None else
-                             (_fmt(row.epsilon) if row.verified else f"[red]{_fmt(row.epsilon)}!"))
+                cells.append(
+                    "–"
+                    if row is None
+                    else (_fmt(row.epsilon) if row.verified else f"[red]{_fmt(row.epsilon)}!")
+                )
             matrix.add_row(str(rnd), *cells)
         parts.append(matrix)
     if detail:
@@ -175,10 +186,16 @@ def to_rich(report: PrivacyReport, *, detail: bool = False) -> Any:
                 t.add_column(col, justify="right")
             for r in s.rounds:
                 t.add_row(
-                    str(r.round), str(r.steps), f"{r.sample_rate:.5g}",
-                    f"{r.noise_multiplier:.5g}", f"{r.max_grad_norm:g}", _fmt(r.epsilon),
-                    _fmt(r.epsilon_rdp_independent), _fmt(r.epsilon_pld_independent),
-                    "yes" if r.verified else "NO", style=None if r.verified else "red",
+                    str(r.round),
+                    str(r.steps),
+                    f"{r.sample_rate:.5g}",
+                    f"{r.noise_multiplier:.5g}",
+                    f"{r.max_grad_norm:g}",
+                    _fmt(r.epsilon),
+                    _fmt(r.epsilon_rdp_independent),
+                    _fmt(r.epsilon_pld_independent),
+                    "yes" if r.verified else "NO",
+                    style=None if r.verified else "red",
                 )
             parts.append(t)
     return Group(*parts)

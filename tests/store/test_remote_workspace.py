@@ -101,6 +101,7 @@ def sftp_server(tmp_path: Path) -> Iterator[SftpServer]:
     thread.join(5)
     loop.close()
 
+
 def test_write_once_read_list_and_refusals(sftp_server: SftpServer, monkeypatch) -> None:
     monkeypatch.setenv(STORAGE_OPTIONS_ENV, sftp_server.options())
     store = open_storage(sftp_server.url("ws"))
