@@ -466,8 +466,8 @@ def parse_message(data: bytes) -> Message:
     header = data.split(b"\n", 1)[0]
     try:
         kind = json.loads(header.decode("utf-8")).get("type")
-    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError, RecursionError):
+    except (ValueError, AttributeError, RecursionError):  # ValueError: also huge integers
         raise MalformedMessage("not a fedrema-secagg message") from None
-    if kind not in _TYPES:
+    if not isinstance(kind, str) or kind not in _TYPES:
         raise MalformedMessage(f"unknown message type {kind!r}")
     return _TYPES[kind].from_bytes(data)

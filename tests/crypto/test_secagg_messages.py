@@ -161,3 +161,39 @@ def test_single_byte_corruptions_never_crash(msg, data) -> None:  # type: ignore
     raw[i] = data.draw(st.integers(0, 255))
     with contextlib.suppress(MalformedMessage):
         parse_message(bytes(raw))
+
+
+def _with(msg, **fields: object) -> bytes:  # type: ignore[no-untyped-def]
+    """``msg``'s canonical JSON with some fields replaced by raw JSON text."""
+    doc = json.loads(msg.to_bytes())
+    text = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    for key, raw in fields.items():
+        text = text.replace(json.dumps({key: doc[key]})[1:-1].replace(": ", ":"), f'"{key}":{raw}')
+    return text.encode()
+
+
+@pytest.mark.parametrize(
+    "msg", [m for m in SAMPLES if not isinstance(m, MaskedInput)], ids=lambda m: type(m).__name__
+)
+@pytest.mark.parametrize(
+    "raw",
+    ["1" * 5000, "1e999", "-1e999", '"\\ud800"', "[1]", "{}"],
+    ids=["huge-int", "inf", "-inf", "lone-surrogate", "list", "object"],
+)
+def test_hostile_json_values_only_ever_raise_malformed(msg, raw: str) -> None:  # type: ignore[no-untyped-def]
+    for key in ("round", "type"):
+        bad = _with(msg, **{key: raw})
+        assert bad != msg.to_bytes()
+        with pytest.raises(MalformedMessage):
+            parse_message(bad)
+        with pytest.raises(MalformedMessage):
+            type(msg).from_bytes(bad)
+
+
+def test_a_party_id_of_thousands_of_digits_is_malformed() -> None:
+    doc = json.loads(ROUND.answers[0].to_bytes())
+    share = next(iter(doc["self_seed_shares"].values()))
+    doc["self_seed_shares"] = {"9" * 5000: share}
+    bad = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    with pytest.raises(MalformedMessage):
+        UnmaskShares.from_bytes(bad)
