@@ -137,6 +137,26 @@ def unmask_request(fed: Federation, r: int) -> UnmaskRequest:
     return UnmaskRequest.from_bytes(unb64(str(body["request"]), what="U3"))
 
 
+def verified_key_roster(fed: Federation, r: int) -> KeyRoster:
+    """U1, with every advert in it checked against the one its site signed.
+
+    The key roster is signed by the coordinator only. Without this check a coordinator can
+    put keys of its own in it for an enrolled site (one that did not advertise, or, shown to
+    other sites only, one that did) and so receive every site's Shamir shares of b_u and
+    s_u^SK for that party: with t such parties it unmasks individual updates (the
+    signed-advert requirement of Bonawitz et al. 2017's actively secure variant).
+    """
+    roster = key_roster(fed, r)
+    for advert in roster.adverts:
+        name = fed.require_roster().by_index(advert.party).name
+        if not fed.exists("key-advert", r, site=name) or _advert(fed, r, name) != advert:
+            raise IntegrityError(
+                f"round {r}: the key roster carries keys for {name} that {name} did not sign; "
+                "no key shares are sent"
+            )
+    return roster
+
+
 def key_roster_parties(fed: Federation, r: int) -> list[str]:
     return list(fed.get("key-roster", r).body["parties"])
 
@@ -296,7 +316,7 @@ def _share_keys(site: Site, r: int, secrets: _Secrets, actions: Actions) -> None
         return
     if site.name not in key_roster_parties(fed, r):
         return
-    step = secrets.client.handle(key_roster(fed, r), rng=os.urandom)
+    step = secrets.client.handle(verified_key_roster(fed, r), rng=os.urandom)
     secrets.advance(fed, step, "shares", {"round": r}, MSG)
     actions.done.append(f"round {r}: key shares sent to peers (encrypted)")
 
