@@ -38,7 +38,7 @@ from crypto.secagg import (
 from crypto.secagg import fix_key_roster as _fix_key_roster
 from crypto.secagg import fix_masking_roster as _fix_masking_roster
 from crypto.secagg import fix_survivors as _fix_survivors
-from fedrema_cli.config import FederationConfig
+from fedrema_cli.config import FederationConfig, default_threshold
 from fedrema_cli.errors import ConfigError, IntegrityError, ProtocolAbortedError
 from fedrema_cli.identity import b64, unb64
 from fedrema_cli.merging import METHODS
@@ -89,6 +89,15 @@ def check_parameters(config: FederationConfig, roster: Roster) -> None:
         raise ConfigError(
             f"secure-aggregation parameters do not work for {len(roster.sites)} sites: {e}"
         ) from None
+    n, t = len(roster.sites), roster.threshold
+    if config.secagg.consistency_check and 2 * t <= n:
+        # Two disjoint groups of t sites could each be shown, and each sign, their own
+        # survivor set: one group reveals a site's b-shares, the other its s_sk-shares.
+        raise ConfigError(
+            f"the consistency check needs a threshold above half the sites (t={t}, n={n})",
+            hint=f"create the federation with `fedrema init --threshold {n // 2 + 1}` or more "
+            f"(the default for {n} sites is {default_threshold(n)})",
+        )
 
 
 def _ctx(fed: Federation, r: int) -> RoundContext:
@@ -387,8 +396,11 @@ def _consistent(site: Site, r: int, request: UnmaskRequest, actions: Actions) ->
         fed.put("survivors-signed", r, {"round": r, "unmask_request_sha256": digest})
         actions.done.append(f"round {r}: survivor set signed (consistency check)")
     survivors = _names(fed, request.survivors)
-    signed = [s for s in fed.sites_with("survivors-signed", r) if s in survivors]
-    for other in signed:
+    # Every signer counts as a witness, not only the survivors of this site's view: a site
+    # signs only a set that lists it as a survivor, so any other digest is equivocation.
+    everyone = fed.sites_with("survivors-signed", r)
+    signed = [s for s in everyone if s in survivors]
+    for other in everyone:
         seen = fed.get("survivors-signed", r, site=other).body["unmask_request_sha256"]
         if seen != digest:
             raise IntegrityError(
