@@ -311,9 +311,18 @@ def site_steps(site: Site, r: int, actions: Actions) -> None:
         _share_keys(site, rr, secrets, actions)
         _submit_masked(site, rr, secrets, actions)
         _reveal(site, rr, secrets, actions)
-    for rr in range(1, r):  # finished rounds: forget their secrets
-        state.delete(_secrets(rr))
+    forget_secrets(state, before=r)
     _rejoin(site, r, actions)
+
+
+def forget_secrets(state: PartyState, *, before: int) -> None:
+    """Delete the protocol state of every round before ``before``: all have their result.
+
+    A state still waiting for an unmask request holds every peer's shares of b_v and
+    s_v^SK; with the masked inputs in the workspace those unmask single updates later.
+    """
+    for rr in range(1, before):
+        state.delete(_secrets(rr))
 
 
 def _share_keys(site: Site, r: int, secrets: _Secrets, actions: Actions) -> None:

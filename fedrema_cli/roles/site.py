@@ -469,6 +469,7 @@ class Site:
         actions = Actions()
         r = current_round(self.fed)
         if r > self.config.rounds:
+            secure.forget_secrets(self.state, before=r)  # the last rounds' secrets too
             actions.waiting.append("nothing: the federation is complete; run `fedrema personalize`")
             return actions
         if self.config.secure:
@@ -544,6 +545,7 @@ class Site:
         from fedrema_cli.training import evaluate
 
         params, last = self.personalized_params()
+        secure.forget_secrets(self.state, before=last + 1)  # finished rounds need no secrets
         data = self.data()
         model = build_model(self.config.model, seed=self.config.seed)
         set_part(model, "all", params)
