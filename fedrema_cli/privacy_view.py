@@ -3,6 +3,7 @@ hand them to `privacy.report`, which verifies chains and signatures and recomput
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,43 @@ from fedrema_cli.store.workspace import Workspace
 def _verifier(sign_pk_b64: str) -> Callable[[bytes, bytes], None]:
     pk = unb64(sign_pk_b64, what="site key")
     return lambda signature, message: crypto.verify_signature(pk, signature, message)
+
+
+def _own_ledger_anchors(site: Any, text: str, verify: Callable[[bytes, bytes], None]) -> list[str]:
+    """Check a site's own ledger against what shows if its last entries were dropped.
+
+    A shorter chain still verifies; the site's accountant cache and its published copies
+    (written only after the local append) still know about the dropped entries.
+    """
+    from fedrema_cli.roles.site import ACCOUNTANT
+    from privacy.errors import PrivacyError
+    from privacy.ledger import load_verified, restore_accountant
+
+    try:
+        entries = list(
+            load_verified(
+                text, verify=verify, site=site.name, federation=site.config.federation_id
+            ).entries
+        )
+    except PrivacyError:
+        return []  # a broken chain is named by the report itself
+    out: list[str] = []
+    cached = site.state.read_json(ACCOUNTANT) if site.state.exists(ACCOUNTANT) else None
+    try:
+        restore_accountant(
+            entries=entries, mechanism=site.config.privacy.accountant, cached_state=cached
+        )
+    except PrivacyError as exc:
+        out.append(f"{site.name}: {ACCOUNTANT}: {exc}")
+    if site.fed.roster is not None:
+        recorded = {e.round for e in entries}
+        out += [
+            f"{site.name}: round {r}: published as ledger/{site.name}/{r:04d}.json but "
+            "missing from the site's own ledger (entries dropped?)"
+            for r in site.fed.ledger_rounds(site.name)
+            if r not in recorded
+        ]
+    return out
 
 
 def _published_ledger(fed: Federation, site: str) -> tuple[str, list[str]]:
@@ -43,19 +81,46 @@ def _published_ledger(fed: Federation, site: str) -> tuple[str, list[str]]:
                 entry = json.loads(fed.ws.storage.read_bytes(path))["body"]
             except (ValueError, KeyError, TypeError, StoreError):
                 continue
-        from privacy.ledger import canonical_json
-
-        lines.append(canonical_json(entry).decode("utf-8") + "\n")
+        # Not canonical_json: a forged body may hold NaN/inf, which it refuses; the ledger
+        # parser then names the line as malformed instead of the audit crashing.
+        lines.append(json.dumps(entry, sort_keys=True, separators=(",", ":")) + "\n")
     return "".join(lines), problems
 
 
+def _unrecorded_updates(fed: Federation, site: str) -> list[str]:
+    """Rounds for which the site's update is in the workspace but no ledger entry is.
+
+    A site publishes a round's ledger entry before it can submit that round's update, so a
+    submission without an entry means entries were deleted -- including the last ones, which
+    the hash chain alone cannot show missing.
+    """
+    from fedrema_cli.merging import METHODS
+
+    if not METHODS[fed.config.method].trains:  # no gradient step, no spend, no entry
+        return []
+    published = set(fed.ledger_rounds(site))
+    rounds = sorted(int(n) for n in fed.ws.storage.list("rounds") if n.isdigit())
+    return [
+        f"round {r}: its update (rounds/{r:04d}/submissions/{site}.json) is in the "
+        f"workspace but its ledger entry ledger/{site}/{r:04d}.json is not: the spend of "
+        "that round is missing from this report (entry deleted?)"
+        for r in rounds
+        if fed.exists("submission", r, site=site) and r not in published
+    ]
+
+
 def build(*, state: Path | None, workspace: str | None) -> tuple[Any, list[str]]:
-    """The report model and any problems found outside the ledgers themselves."""
+    """The report model and any problems found outside the ledgers themselves.
+
+    Those problems are also folded into the report, so the HTML, PDF and JSON a DPO files can
+    never show "verified" when the command itself fails.
+    """
+    from privacy.ledger import Problem, ProblemKind
     from privacy.report import build_report
 
     extra: list[str] = []
     if state is not None:
-        from fedrema_cli.roles.site import LEDGER, Site
+        from fedrema_cli.roles.site import Site, read_ledger_text
 
         site = Site(state, workspace=workspace)
         policy = site.config.privacy
@@ -64,10 +129,11 @@ def build(*, state: Path | None, workspace: str | None) -> tuple[Any, list[str]]
                 f"federation {site.config.federation_id} trains without DP: "
                 "there is no privacy budget to report"
             )
-        text = site.state.read_bytes(LEDGER).decode("utf-8") if site.state.exists(LEDGER) else ""
+        text = read_ledger_text(site.state)
         ledgers = {site.name: text}
         verifiers = {site.name: _verifier(site.fed.identity.public.sign_pk)}
         federation = site.config.federation_id
+        extra += _own_ledger_anchors(site, text, verifiers[site.name])
     else:
         if workspace is None:
             raise UsageError(
@@ -92,6 +158,7 @@ def build(*, state: Path | None, workspace: str | None) -> tuple[Any, list[str]]
             ledgers[s.name] = text
             verifiers[s.name] = _verifier(s.sign_pk)
             extra += [f"{s.name}: {p}" for p in problems]
+            extra += [f"{s.name}: {p}" for p in _unrecorded_updates(fed, s.name)]
         federation = config.federation_id
     report = build_report(
         policy=policy,
@@ -100,4 +167,9 @@ def build(*, state: Path | None, workspace: str | None) -> tuple[Any, list[str]]
         federation=federation,
         generated_at=timestamp(),
     )
+    if extra:
+        report = dataclasses.replace(
+            report,
+            problems=(*report.problems, *(Problem(ProblemKind.WORKSPACE, p) for p in extra)),
+        )
     return report, extra

@@ -74,7 +74,9 @@ def canonical_json(obj: Any) -> bytes:
 class LedgerBody(BaseModel):
     """What the caller knows about a trained round; ``make_entry`` adds the chain fields."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    # No NaN/inf: they have no canonical JSON (``canonical_json`` refuses them), so a line
+    # carrying one must be reported as malformed, not crash the verifier.
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
 
     federation: str = Field(min_length=1)
     site: str = Field(min_length=1)
@@ -256,6 +258,7 @@ class ProblemKind(StrEnum):
     POLICY_MISMATCH = "policy_mismatch"
     OVER_BUDGET = "over_budget"
     NO_KEY = "no_key"
+    WORKSPACE = "workspace"  # a published copy's envelope, found by the shell, not the ledger
     NOTE = "note"
 
 

@@ -71,9 +71,7 @@ def report(
         out["workspace_problems"] = extra
         ui.emit_json(out)
     else:
-        ui.console.print(to_rich(rep, detail=detail))
-        for p in extra:
-            ui.console.print(f"[bold red]{p}[/]")
+        ui.console.print(to_rich(rep, detail=detail))  # workspace problems are in rep too
         for path in (html, pdf):
             if path is not None:
                 ui.say(f"written: {path}")
@@ -99,7 +97,7 @@ def audit(
     from fedrema_cli.errors import IntegrityError
     from fedrema_cli.privacy_view import build
 
-    rep, extra = build(state=state, workspace=workspace)
+    rep, _ = build(state=state, workspace=workspace)  # workspace problems are in rep
     rows = [
         (
             s.site,
@@ -112,8 +110,9 @@ def audit(
         )
         for s in rep.sites
     ]
-    problems = extra + [f"{s.site}: {p}" for s in rep.sites for p in s.failing_problems]
-    problems += [str(p) for p in rep.problems]
+    # rep.problems holds the workspace problems (``extra``) too.
+    problems = [str(p) for p in rep.problems]
+    problems += [f"{s.site}: {p}" for s in rep.sites for p in s.failing_problems]
     if json_out:
         ui.emit_json(
             {

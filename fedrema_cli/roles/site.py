@@ -45,6 +45,7 @@ META = "site.json"
 SITE_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 LEDGER = "ledger.jsonl"
 ACCOUNTANT = "accountant.json"
+FINGERPRINT_KEY = "ledger-fingerprint-key.json"
 
 
 def _trained(r: int) -> str:
@@ -294,7 +295,7 @@ class Site:
         """This site's verified privacy ledger; a line torn by a crash is cut off."""
         from privacy import load_verified
 
-        text = self.state.read_bytes(LEDGER).decode("utf-8") if self.state.exists(LEDGER) else ""
+        text = read_ledger_text(self.state)
         parsed = load_verified(
             text, verify=self._verify_own, site=self.name, federation=self.config.federation_id
         )
@@ -314,12 +315,15 @@ class Site:
         parsed = self._sync_ledger()
         from privacy import restore_accountant
 
+        cached = self.state.read_json(ACCOUNTANT) if self.state.exists(ACCOUNTANT) else None
+        # The cached state is the anchor that shows a ledger lost its last entries: reconcile
+        # it (LedgerIntegrityError if it holds more spend) before replacing it.
         accountant = restore_accountant(
-            entries=list(parsed.entries), mechanism=self.config.privacy.accountant
+            entries=list(parsed.entries),
+            mechanism=self.config.privacy.accountant,
+            cached_state=cached,
         )
-        if (self.state.read_json(ACCOUNTANT) if self.state.exists(ACCOUNTANT) else None) != (
-            state := accountant.state_dict()
-        ):
+        if cached != (state := accountant.state_dict()):
             self.state.write_json(ACCOUNTANT, state)
             return True
         return before != self._ledger_state()
@@ -334,7 +338,7 @@ class Site:
         """Append any trained round missing from the ledger, publish entries not yet shared."""
         if self.config.privacy is None:
             return None
-        from privacy import LedgerBody, encode_line, make_entry
+        from privacy import LedgerBody, LedgerIntegrityError, encode_line, make_entry
 
         parsed = self._ledger()
         entries = list(parsed.entries)
@@ -353,6 +357,15 @@ class Site:
             parsed = self._ledger()
             entries = list(parsed.entries)
         if self.fed.roster is not None:
+            recorded = {e.round for e in entries}
+            lost = [r for r in self.fed.ledger_rounds(self.name) if r not in recorded]
+            if lost:  # published only after the local append, so the local ledger lost them
+                raise LedgerIntegrityError(
+                    f"this site published ledger entries for rounds {lost} that its own "
+                    "ledger no longer has: their spend would be forgotten",
+                    hint=f"restore {LEDGER} (and rounds/) from a backup; the workspace's "
+                    f"ledger/{self.name}/ holds signed copies of the entries",
+                )
             for entry in entries:
                 if not self.fed.exists("ledger-entry", entry.round, site=self.name):
                     self.fed.put("ledger-entry", entry.round, entry.model_dump(mode="json"))
@@ -412,10 +425,27 @@ class Site:
             federation=self.config.federation_id,
             site=self.name,
             round=r,
-            dataset_fingerprint=record["data_fingerprint"],
+            dataset_fingerprint=self._ledger_fingerprint(record["data_fingerprint"]),
             model_hashes={"start": record["start_hash"], "trained": record["trained_hash"]},
             timestamp=record["trained_at"],
         )
+
+    def _ledger_fingerprint(self, file_sha256: str) -> str:
+        """The dataset fingerprint the ledger records, and so publishes to the workspace.
+
+        HMAC-SHA256 of the training file's SHA-256 under a key that never leaves this site.
+        The plain file hash is a deterministic function of the patient records, outside
+        DP-SGD's guarantee: anyone holding a candidate copy of the data (all records but one,
+        in DP's threat model) could test it exactly. The site's DPO re-derives it with the key.
+        """
+        import hashlib
+        import hmac
+        import os
+
+        if not self.state.exists(FINGERPRINT_KEY):
+            self.state.write_json(FINGERPRINT_KEY, {"hmac_sha256_key": os.urandom(32).hex()})
+        key = bytes.fromhex(self.state.read_json(FINGERPRINT_KEY)["hmac_sha256_key"])
+        return hmac.new(key, bytes.fromhex(file_sha256), hashlib.sha256).hexdigest()
 
     def epsilon_spent(self) -> float | None:
         """Record-level epsilon this site has spent so far, from its ledger (None without DP)."""
@@ -544,6 +574,9 @@ class Site:
         from fedrema_cli.models import build_model, set_part
         from fedrema_cli.training import evaluate
 
+        # A run cut off after training a round but before its ledger append (here: the last
+        # fine-tuning round) must not export that model before its spend is on record.
+        self._repair_ledger()
         params, last = self.personalized_params()
         secure.forget_secrets(self.state, before=last + 1)  # finished rounds need no secrets
         data = self.data()
@@ -608,6 +641,14 @@ class Site:
                 else "`fedrema train-local`, then `fedrema submit`"
             )
         return status["next_for"].get(self.name, "wait for the coordinator")
+
+
+def read_ledger_text(state: PartyState) -> str:
+    """The ledger file as text; bytes that are not UTF-8 (disk corruption, a bad edit) become
+    U+FFFD so the ledger check names the damaged line instead of the command crashing."""
+    if not state.exists(LEDGER):
+        return ""
+    return state.read_bytes(LEDGER).decode("utf-8", errors="replace")
 
 
 def _json_bytes(obj: Any) -> bytes:

@@ -176,12 +176,20 @@ def default_assumptions(policy: PrivacyPolicy) -> Assumptions:
             "by post-processing of the DP-SGD output",
             "anything computed from those afterwards: the aggregate, merged heads and the "
             "global model (post-processing)",
+            "local fine-tuning rounds after the federation's last round (head-only DP-SGD, "
+            "listed as the rounds numbered after it) and the personalised model built from "
+            "them",
         ),
         not_covered=(
-            "local fine-tuning (personalisation) and evaluation that stay on site and are not "
-            "released",
-            "data-dependent preprocessing statistics (e.g. normalisation means, vocabularies) "
-            "computed on site data; they are kept on site and not released",
+            "evaluation on the site's hold-out (test) records: accuracy/AUC are computed "
+            "without DP and shown to the operator and written into exported model cards",
+            "data-dependent preprocessing statistics (the per-feature mean and std of the "
+            "site's training records): computed without DP, applied to every record before "
+            "DP-SGD and written into exported models, so the guarantee holds for these "
+            "statistics taken as given",
+            "the number of training records: it weights every update (sent in the clear "
+            "without secure aggregation, inside the masked sum with it) and sets the sample "
+            "rate and steps the published ledger shows",
             "secure_mode: Opacus's cryptographically secure sampling and noise (torchcsprng) "
             "is not enabled; noise comes from torch's seeded generator",
             "membership of a hospital in the federation (this is record-level, not "

@@ -105,6 +105,12 @@ def federation(tmp_path: Path) -> Fed:
 
 
 @pytest.fixture
+def private_fed(tmp_path: Path) -> Fed:
+    """Four hospitals, DP at epsilon 3 over 2 planned rounds, secure aggregation on."""
+    return make_federation(tmp_path, "--epsilon", "3")
+
+
+@pytest.fixture
 def cli() -> Callable[..., Result]:
     return run
 

@@ -12,12 +12,6 @@ from privacy.analysis import epsilon as opacus_epsilon
 from tests.cli.conftest import SITES, Fed, full_round, key_exchange, make_federation, run, snapshot
 
 
-@pytest.fixture
-def private_fed(tmp_path: Path) -> Fed:
-    """Four hospitals, DP at epsilon 3 over 2 planned rounds, secure aggregation on."""
-    return make_federation(tmp_path, "--epsilon", "3")
-
-
 def _ledger_lines(fed: Fed, site: str) -> list[str]:
     return (fed.site(site) / "ledger.jsonl").read_text().splitlines(keepends=True)
 

@@ -303,3 +303,18 @@ def test_body_rejects_nonsense():
     ):
         with pytest.raises(ValueError):
             LedgerBody(**{**good, **bad})
+
+
+@pytest.mark.parametrize("value", ["Infinity", "-Infinity", "NaN"])
+def test_non_finite_number_in_a_line_is_malformed_not_a_crash(key, ledger, value):
+    # JSON parsers accept Infinity/NaN; canonical JSON cannot hold them. A forged line with one
+    # must be named as malformed, not raise out of the verifier (audit would crash).
+    _, text, _ = ledger
+    rows = lines_of(text)
+    rows[1] = rows[1].replace('"max_grad_norm":1.0', f'"max_grad_norm":{value}')
+    assert value in rows[1]
+    problems = verify_chain(parse_lines("".join(rows)), key.public_key().verify)
+    assert ProblemKind.MALFORMED in kinds_at(problems, 2)
+    with pytest.raises(LedgerIntegrityError) as info:
+        load_verified("".join(rows), verify=key.public_key().verify)
+    assert info.value.line == 2

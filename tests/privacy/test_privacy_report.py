@@ -107,11 +107,16 @@ def test_html_has_plot_assumptions_and_no_banner_when_clean(clean):
         "What is NOT covered",
         "classifier head",
         "masked model update",
-        "local fine-tuning",
         "preprocessing statistics",
+        "number of training records",
+        "hold-out (test) records",
         "secure_mode",
     ):
         assert phrase in page
+    # Fine-tuning rounds are DP-SGD and in the ledger: covered, not listed as uncovered.
+    covered, not_covered = page.split("What is NOT covered")
+    assert "fine-tuning" in covered.split("What is covered")[1]
+    assert "fine-tuning" not in not_covered.split("Caveats")[0]
     assert "NOT VERIFIED" not in page and "banner ok" in page
     assert 'src="http' not in page and "<script" not in page  # self-contained, no scripts
 

@@ -1,0 +1,136 @@
+"""Privacy records under attack or loss: nothing makes a site's spend look smaller, nothing crashes.
+
+Each test damages one thing (a ledger line, a published entry, a lost folder) and checks that
+the commands exit 3 naming it, and that nothing is trained or reported green meanwhile.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+
+import pytest
+
+from tests.cli.conftest import Fed, full_round, key_exchange, run
+
+
+def test_a_ledger_with_bytes_that_are_not_utf8_is_named_not_a_crash(private_fed: Fed) -> None:
+    fed = private_fed
+    key_exchange(fed)
+    full_round(fed)
+    path = fed.site("va") / "ledger.jsonl"
+    raw = bytearray(path.read_bytes())
+    raw[raw.index(b'"site":"va"') + 8] = 0xFF  # one flipped byte inside a signed string
+    path.write_bytes(bytes(raw))
+    for cmd in (("audit",), ("privacy", "report"), ("submit",), ("train-local",)):
+        out = run(*cmd, "-s", fed.site("va"))
+        assert out.exit_code == 3, (cmd, out.stderr)
+        assert "line 1" in out.stdout + out.stderr, (cmd, out.stderr)
+
+
+def test_audit_names_a_published_entry_holding_infinity(private_fed: Fed) -> None:
+    fed = private_fed
+    key_exchange(fed)
+    full_round(fed)
+    path = fed.workspace / "ledger" / "va" / "0001.json"
+    doc = json.loads(path.read_text())
+    doc["body"]["noise_multiplier"] = float("inf")  # json writes Infinity
+    path.write_text(json.dumps(doc))
+    for cmd in (("audit",), ("privacy", "report")):
+        out = run(*cmd, "-w", fed.workspace)  # a finding, not a traceback
+        assert out.exit_code == 3, out.stderr
+    out = run("audit", "-w", fed.workspace)
+    assert "va" in out.stderr and "0001" in out.stderr
+
+
+def test_audit_of_the_workspace_catches_dropped_final_entries(private_fed: Fed) -> None:
+    fed = private_fed
+    key_exchange(fed)
+    full_round(fed)
+    full_round(fed)
+    assert run("audit", "-w", fed.workspace).exit_code == 0
+    # Whoever can write the workspace deletes va's last published entry: the remaining chain
+    # is valid and shorter, so va would look as if it had spent one round less.
+    (fed.workspace / "ledger" / "va" / "0002.json").unlink()
+    for cmd in (("audit",), ("privacy", "report")):
+        out = run(*cmd, "-w", fed.workspace)
+        assert out.exit_code == 3, (cmd, out.stdout)
+    out = run("audit", "-w", fed.workspace)
+    assert "va" in out.stderr and "round 2" in out.stderr
+
+
+@pytest.mark.parametrize("anchor", ["accountant cache", "published copies"])
+def test_a_site_that_lost_its_ledger_does_not_start_its_spend_again(
+    private_fed: Fed, anchor: str
+) -> None:
+    fed = private_fed
+    key_exchange(fed)
+    full_round(fed)
+    # The site's ledger and round records are lost (a bad backup restore, a wiped folder);
+    # one anchor of its spend is left: its accountant cache or its signed published copies.
+    site = fed.site("va")
+    (site / "ledger.jsonl").unlink()
+    (site / "rounds" / "0001" / "training.json").unlink()
+    if anchor == "accountant cache":
+        (fed.workspace / "ledger" / "va" / "0001.json").unlink()
+    else:
+        (site / "accountant.json").unlink()
+    out = run("train-local", "-s", site)
+    assert out.exit_code == 3, out.stdout + out.stderr  # not a fresh accountant for round 2
+    assert not (site / "rounds" / "0002" / "training.json").exists()
+
+
+@pytest.mark.parametrize("anchor", ["accountant cache", "published copies"])
+def test_audit_of_a_site_catches_its_dropped_final_entry(private_fed: Fed, anchor: str) -> None:
+    fed = private_fed
+    key_exchange(fed)
+    full_round(fed)
+    full_round(fed)
+    assert run("audit", "-s", fed.site("va")).exit_code == 0
+    path = fed.site("va") / "ledger.jsonl"
+    path.write_text(path.read_text().splitlines(keepends=True)[0])  # a valid, shorter chain
+    if anchor == "accountant cache":
+        (fed.workspace / "ledger" / "va" / "0002.json").unlink()
+    else:
+        (fed.site("va") / "accountant.json").unlink()
+    for cmd in (("audit",), ("privacy", "report")):
+        out = run(*cmd, "-s", fed.site("va"))
+        assert out.exit_code == 3, (cmd, out.stdout)
+    out = run("audit", "-s", fed.site("va"))
+    assert ("round 2" if anchor == "published copies" else "accountant") in out.stderr
+
+
+def test_the_filed_report_is_not_green_when_a_published_envelope_fails(private_fed: Fed) -> None:
+    fed = private_fed
+    key_exchange(fed)
+    full_round(fed)
+    path = fed.workspace / "ledger" / "va" / "0001.json"
+    doc = json.loads(path.read_text())
+    doc["header"]["author"] = "site:hungary"  # the envelope no longer verifies; the entry does
+    path.write_text(json.dumps(doc))
+    html = fed.root / "report.html"
+    out = run("privacy", "report", "-w", fed.workspace, "--json", "--html", html)
+    assert out.exit_code == 3
+    assert out.json()["verified"] is False
+    text = html.read_text()
+    assert "NOT VERIFIED" in text and "All site ledgers verified" not in text
+    assert "ledger/va/0001.json" in text
+    audit = run("audit", "-w", fed.workspace)
+    assert audit.exit_code == 3 and "ledger/va/0001.json" in audit.stderr
+
+
+def test_published_ledger_entries_do_not_carry_the_raw_hash_of_the_patient_file(
+    private_fed: Fed,
+) -> None:
+    fed = private_fed
+    key_exchange(fed)
+    full_round(fed)
+    published = json.loads((fed.workspace / "ledger" / "va" / "0001.json").read_text())["body"]
+    file_hash = hashlib.sha256(fed.data("va").read_bytes()).hexdigest()
+    assert published["dataset_fingerprint"] != file_hash  # not testable by a data holder
+    key = json.loads((fed.site("va") / "ledger-fingerprint-key.json").read_text())
+    keyed = hmac.new(
+        bytes.fromhex(key["hmac_sha256_key"]), bytes.fromhex(file_hash), hashlib.sha256
+    )
+    assert published["dataset_fingerprint"] == keyed.hexdigest()  # the site can re-derive it
