@@ -290,6 +290,10 @@ def build_site_report(
         )
     mech = policy.accountant
     delta = policy.delta
+    # No recomputation trusts a line whose signature fails: a forged entry (sigma 0.001, q 1)
+    # could otherwise make the independent PLD check take minutes and gigabytes.
+    unsigned = [p.line for p in problems if p.kind == ProblemKind.BAD_SIGNATURE and p.line]
+    first_unsigned = min(unsigned, default=None)
     rows: list[RoundRow] = []
     ind_rdp = ind_pld = None
     eps = None
@@ -327,7 +331,13 @@ def build_site_report(
             flag(ProblemKind.EPSILON_MISMATCH, f"epsilon cannot be recomputed: {exc}")
         ind_rdp = ind_pld = None
         ind = None
-        if independent_check:
+        if first_unsigned is not None and line >= first_unsigned:
+            flag(
+                ProblemKind.INDEPENDENT_MISMATCH,
+                f"not recomputed independently: the entry on line {first_unsigned} is not "
+                "signed by the site",
+            )
+        elif independent_check:
             try:
                 ind = independent.independent_epsilon(
                     history, delta=delta, pld_discretization=pld_discretization

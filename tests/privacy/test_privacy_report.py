@@ -197,3 +197,17 @@ def test_rich_table_and_pdf_and_png(pol, sites):
     assert "clev" in text and "bost" in text and "All ledgers verified" in text
     assert plot_png(report).startswith(b"\x89PNG")
     assert to_pdf(report).startswith(b"%PDF")
+
+
+def test_entries_not_signed_by_the_site_are_not_recomputed_independently(pol, sites):
+    # A forged ledger (another key) planting a near-noiseless history: recomputing it with the
+    # independent PLD accountant would cost minutes and gigabytes, and prove nothing.
+    forger = site_key(9)
+    _, forged, _ = build_ledger([(1.1, 0.02, 50), (0.3, 1.0, 50)], sign=forger.sign, policy=pol)
+    report = report_for(pol, {"clev": forged}, {"clev": sites["verifiers"]["clev"]})
+    (clev,) = report.sites
+    assert not report.verified and ProblemKind.BAD_SIGNATURE in {p.kind for p in clev.problems}
+    assert [r.epsilon_pld_independent for r in clev.rounds] == [None, None]
+    assert all("not recomputed independently" in " ".join(r.problems) for r in clev.rounds)
+    signed = report_for(pol, {"clev": sites["texts"]["clev"]}, sites["verifiers"])
+    assert all(r.epsilon_pld_independent is not None for r in signed.sites[0].rounds)
