@@ -90,7 +90,14 @@ class Coordinator:
             raise ConfigError(
                 "federation.json in the workspace is not the one this coordinator wrote"
             )
-        self.fed = Federation(ws, config, me=COORDINATOR, identity=self.state.identity())
+        identity = self.state.identity()
+        if identity.public.sign_pk != config.coordinator.sign_pk:
+            raise ConfigError(
+                f"the key in {state_dir} is not the one that signed this federation; "
+                "refusing to sign anything with it",
+                hint="restore the coordinator's state folder from its backup",
+            )
+        self.fed = Federation(ws, config, me=COORDINATOR, identity=identity)
         self.fed.load_roster()
 
     # -- creation and approval ------------------------------------------------------------
@@ -104,6 +111,14 @@ class Coordinator:
         ws = Workspace.open(workspace)
         if state.exists(META):
             raise UsageError(f"{state_dir} already holds a coordinator; nothing was changed")
+        from fedrema_cli.roles.site import META as SITE_META
+
+        if state.exists(SITE_META):
+            raise UsageError(
+                f"{state_dir} is a site's state folder; the coordinator needs a folder of "
+                "its own; nothing was changed",
+                hint="give --state a new folder",
+            )
         if ws.exists(FEDERATION):
             raise UsageError(
                 f"{ws.describe()} already holds a federation; nothing was changed",

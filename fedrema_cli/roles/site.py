@@ -130,6 +130,14 @@ class Site:
                 f"{state_dir} already holds site {state.read_json(META)['site']!r}; "
                 "nothing was changed"
             )
+        from fedrema_cli.roles.coordinator import META as COORDINATOR_META
+
+        if state.exists(COORDINATOR_META):
+            raise UsageError(
+                f"{state_dir} is the coordinator's state folder; a site needs a folder of "
+                "its own; nothing was changed",
+                hint="give --state a new folder",
+            )
         ws = Workspace.open(workspace)
         config, digest = read_federation(ws, expect_fingerprint=coordinator_fingerprint)
         if ws.exists(f"enrollments/{name}"):
