@@ -46,6 +46,7 @@ from fedrema_cli.store.federation import (
     read_federation,
 )
 from fedrema_cli.store.state import PartyState
+from fedrema_cli.store.storage import lasting_location
 from fedrema_cli.store.workspace import COORDINATOR, Workspace
 
 META = "coordinator.json"
@@ -142,7 +143,7 @@ class Coordinator:
             META,
             {
                 "format": "fedrema-coordinator/1",
-                "workspace": workspace,
+                "workspace": lasting_location(workspace),
                 "federation_id": parsed.federation_id,
                 "federation_sha256": ws.raw_sha256(FEDERATION),
             },

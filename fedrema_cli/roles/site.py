@@ -39,6 +39,7 @@ from fedrema_cli.roles.common import (
 from fedrema_cli.store.envelope import canonical, sha256
 from fedrema_cli.store.federation import Federation, read_federation
 from fedrema_cli.store.state import PartyState
+from fedrema_cli.store.storage import lasting_location
 from fedrema_cli.store.workspace import Workspace
 
 META = "site.json"
@@ -156,7 +157,7 @@ class Site:
             {
                 "format": "fedrema-site/1",
                 "site": name,
-                "workspace": workspace,
+                "workspace": lasting_location(workspace),
                 "federation_id": config.federation_id,
                 "federation_sha256": digest,
                 "data": paths,

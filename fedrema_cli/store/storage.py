@@ -271,6 +271,14 @@ def _pinned_host_key(openssh_public_key: str) -> object:
     return PinnedHostKey()
 
 
+def lasting_location(location: str) -> str:
+    """The workspace location to record at init: a local folder as an absolute path, so later
+    commands find it from any working directory (cron, systemd, another shell); URLs as given."""
+    if "://" in location and not location.startswith("file://"):
+        return location
+    return str(Path(location.removeprefix("file://")).resolve())
+
+
 def open_storage(location: str, *, private: bool = False) -> Storage:
     """A local folder for plain paths, fsspec for URLs such as ``sftp://`` or ``s3://``."""
     if "://" in location and not location.startswith("file://"):
