@@ -466,6 +466,13 @@ class Site:
     def _check_participant(self, r: int) -> None:
         if not self.config.secure:
             return
+        closed = self.fed.exists("unmask-request", r)
+        if closed and self.name not in self.fed.get("unmask-request", r).body["survivors"]:
+            raise UsageError(
+                f"round {r} was closed without {self.name}'s update; training for it now "
+                "would spend privacy budget on an update that can no longer be sent",
+                hint="run `fedrema submit` to rejoin a later round",
+            )
         for kind, field_name in (("masking-roster", "participants"), ("key-roster", "parties")):
             if self.fed.exists(kind, r):
                 members = self.fed.get(kind, r).body[field_name]
