@@ -6,12 +6,14 @@ It is written once by `fedrema init`, pinned by every site at `fedrema init --si
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fedrema_cli.data import ImageSchema, TabularSchema
-from fedrema_cli.errors import ConfigError
+from fedrema_cli.errors import ConfigError, UsageError
 from fedrema_cli.merging import METHODS
 from fedrema_cli.modelspec import ModelSpec
 from privacy.policy import PrivacyPolicy
@@ -152,6 +154,38 @@ def parse_config(data: Any, *, where: str) -> FederationConfig:
             for err in e.errors()
         )
         raise ConfigError(f"{where}: {problems}") from None
+
+
+#: The command-line option behind a settings field, for errors a person can act on.
+OPTIONS = {
+    "target_epsilon": "--epsilon",
+    "delta": "--delta",
+    "max_grad_norm": "--max-grad-norm",
+    "lr": "--lr",
+    "local_epochs": "--epochs",
+    "batch_size": "--batch-size",
+    "finetune_rounds": "--finetune-rounds",
+    "threshold": "--threshold",
+    "timeout_seconds": "--round-timeout",
+    "rounds": "--rounds",
+}
+
+
+@contextmanager
+def checked_options() -> Iterator[None]:
+    """Report settings built from command-line values that do not validate as one line."""
+    try:
+        yield
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{OPTIONS.get(str(err['loc'][-1]), '.'.join(map(str, err['loc'])))}: "
+            f"{err['msg'][:1].lower()}{err['msg'][1:]}"
+            + (f" (got {err['input']!r})" if not isinstance(err["input"], dict) else "")
+            if err["loc"]
+            else err["msg"]
+            for err in e.errors()
+        )
+        raise UsageError(problems) from None
 
 
 def finetune_rounds(config: FederationConfig) -> int:

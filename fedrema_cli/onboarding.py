@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fedrema_cli.config import TrainingConfig, make_config
+from pydantic import ValidationError
+
+from fedrema_cli.config import TrainingConfig, checked_options, make_config
 from fedrema_cli.data import ImageSchema, TabularSchema
 from fedrema_cli.datasets import get_dataset
 from fedrema_cli.errors import UsageError
@@ -40,22 +42,23 @@ def create(
     round_timeout: float,
 ) -> dict[str, Any]:
     schema, model = _task(preset, features, label, classes, hidden)
-    config = make_config(
-        federation_id=federation_id or preset or "federation",
-        model=model,
-        data=schema,
-        method=method,
-        rounds=rounds,
-        seed=seed,
-        training=TrainingConfig(local_epochs=epochs, batch_size=batch_size, lr=lr),
-        secure_aggregation=secure_aggregation,
-        consistency_check=consistency_check,
-        threshold=threshold,
-        timeout_seconds=round_timeout,
-        epsilon=epsilon,
-        delta=delta,
-        max_grad_norm=max_grad_norm,
-    )
+    with checked_options():
+        config = make_config(
+            federation_id=federation_id or preset or "federation",
+            model=model,
+            data=schema,
+            method=method,
+            rounds=rounds,
+            seed=seed,
+            training=TrainingConfig(local_epochs=epochs, batch_size=batch_size, lr=lr),
+            secure_aggregation=secure_aggregation,
+            consistency_check=consistency_check,
+            threshold=threshold,
+            timeout_seconds=round_timeout,
+            epsilon=epsilon,
+            delta=delta,
+            max_grad_norm=max_grad_norm,
+        )
     coord = Coordinator.create(workspace=workspace, state_dir=state, config=config)
     c = coord.config
     return {
@@ -116,6 +119,11 @@ def _task(
             num_classes=schema.num_classes,
         )
     except ValueError as e:
+        if isinstance(e, ValidationError):
+            raise UsageError(
+                "the table description does not work: "
+                + "; ".join(err["msg"].removeprefix("Value error, ") for err in e.errors())
+            ) from None
         raise UsageError(f"the table description does not work: {e}".splitlines()[0]) from None
     return schema, model
 

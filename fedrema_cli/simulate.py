@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from fedrema_cli.config import FedReMaConfig, TrainingConfig, make_config
+from fedrema_cli.config import FedReMaConfig, TrainingConfig, checked_options, make_config
 from fedrema_cli.datasets import carve_validation, get_dataset
 from fedrema_cli.errors import UsageError
 from fedrema_cli.merging import METHODS
@@ -114,20 +114,21 @@ def _run(
     if spec.validation:  # model selection: the test files are never read
         files = carve_validation(info, files, root / "validation", seed=spec.seed)
     workspace = str(root / "workspace")
-    config = make_config(
-        federation_id=f"sim-{spec.dataset}-{spec.method}",
-        model=info.model_spec,
-        data=info.schema,
-        method=spec.method,
-        rounds=spec.rounds,
-        seed=spec.seed,
-        training=spec.training,
-        secure_aggregation=spec.secure_aggregation,
-        epsilon=spec.epsilon,
-        delta=spec.delta,
-        max_grad_norm=spec.max_grad_norm,
-        fedrema=spec.fedrema,
-    )
+    with checked_options():
+        config = make_config(
+            federation_id=f"sim-{spec.dataset}-{spec.method}",
+            model=info.model_spec,
+            data=info.schema,
+            method=spec.method,
+            rounds=spec.rounds,
+            seed=spec.seed,
+            training=spec.training,
+            secure_aggregation=spec.secure_aggregation,
+            epsilon=spec.epsilon,
+            delta=spec.delta,
+            max_grad_norm=spec.max_grad_norm,
+            fedrema=spec.fedrema,
+        )
     coord = Coordinator.create(workspace=workspace, state_dir=root / "coordinator", config=config)
     sites = {
         name: Site.create(

@@ -100,7 +100,7 @@ def simulate(
       fedrema simulate heart-disease --method fedavg --no-dp --no-secure-aggregation
     """
     from fedrema_cli import simulate as sim
-    from fedrema_cli.config import TrainingConfig
+    from fedrema_cli.config import TrainingConfig, checked_options
     from fedrema_cli.defaults import DEFAULT_EPSILON
     from fedrema_cli.errors import UsageError
 
@@ -110,6 +110,10 @@ def simulate(
         epsilon = DEFAULT_EPSILON
     methods = [m.strip() for m in method.split(",") if m.strip()]
     drops = tuple(sim.Drop.parse(d) for d in (drop or []))
+    with checked_options():
+        training = TrainingConfig(
+            local_epochs=epochs, batch_size=batch_size, lr=lr, finetune_rounds=finetune_rounds
+        )
     results = []
     for m in methods:
         spec = sim.SimulationSpec(
@@ -120,9 +124,7 @@ def simulate(
             secure_aggregation=not no_secure_aggregation,
             epsilon=epsilon,
             delta=delta,
-            training=TrainingConfig(
-                local_epochs=epochs, batch_size=batch_size, lr=lr, finetune_rounds=finetune_rounds
-            ),
+            training=training,
             drops=drops,
             validation=validation,
             workdir=(workdir / m) if workdir and len(methods) > 1 else workdir,

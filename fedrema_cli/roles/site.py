@@ -37,7 +37,7 @@ from fedrema_cli.roles.common import (
     timestamp,
 )
 from fedrema_cli.store.envelope import canonical, sha256
-from fedrema_cli.store.federation import Federation, read_federation
+from fedrema_cli.store.federation import ROSTER, Federation, read_federation
 from fedrema_cli.store.state import PartyState
 from fedrema_cli.store.storage import lasting_location
 from fedrema_cli.store.workspace import Workspace
@@ -126,10 +126,13 @@ class Site:
                 "digits, '.', '_' or '-', starting with a letter or digit"
             )
         state = PartyState(state_dir)
+        ws = Workspace.open(workspace)
         if state.exists(META):
+            meta = state.read_json(META)
+            if meta.get("site") == name and not ws.exists(f"enrollments/{name}"):
+                return cls._finish_enrollment(ws, state, state_dir, meta)
             raise UsageError(
-                f"{state_dir} already holds site {state.read_json(META)['site']!r}; "
-                "nothing was changed"
+                f"{state_dir} already holds site {meta.get('site')!r}; nothing was changed"
             )
         from fedrema_cli.roles.coordinator import META as COORDINATOR_META
 
@@ -139,8 +142,13 @@ class Site:
                 "its own; nothing was changed",
                 hint="give --state a new folder",
             )
-        ws = Workspace.open(workspace)
         config, digest = read_federation(ws, expect_fingerprint=coordinator_fingerprint)
+        if ws.exists(ROSTER):
+            raise UsageError(
+                f"{config.federation_id} is already running (its roster is approved); "
+                "sites cannot join a running federation yet; nothing was changed",
+                hint="ask the coordinator",
+            )
         if ws.exists(f"enrollments/{name}"):
             raise UsageError(
                 f"a site named {name!r} has already enrolled in {config.federation_id}",
@@ -165,6 +173,22 @@ class Site:
         )
         exchange.write_enrollment(
             ws, federation_id=config.federation_id, site=name, identity=identity
+        )
+        return cls(state_dir)
+
+    @classmethod
+    def _finish_enrollment(
+        cls, ws: Workspace, state: PartyState, state_dir: str | Path, meta: dict[str, Any]
+    ) -> Site:
+        """A re-run of an `init --site` whose enrollment never reached the workspace."""
+        config, digest = read_federation(ws)
+        if digest != meta.get("federation_sha256") or ws.exists(ROSTER):
+            raise UsageError(
+                f"{state_dir} joined another federation, or this one is already running; "
+                "nothing was changed"
+            )
+        exchange.write_enrollment(
+            ws, federation_id=config.federation_id, site=meta["site"], identity=state.identity()
         )
         return cls(state_dir)
 

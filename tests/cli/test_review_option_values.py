@@ -1,0 +1,61 @@
+"""Out-of-range option values: one line naming the option, exit 1, nothing written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.cli.conftest import run
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["--epsilon", "-1"], "--epsilon"),
+        (["--delta", "2"], "--delta"),
+        (["--max-grad-norm", "0"], "--max-grad-norm"),
+        (["--threshold", "1"], "--threshold"),
+        (["--round-timeout", "-5"], "--round-timeout"),
+        (["--lr", "0"], "--lr"),
+    ],
+)
+def test_init_names_the_bad_option(tmp_path: Path, args: list[str], option: str) -> None:
+    out = run(
+        "init",
+        "-w",
+        tmp_path / "ws",
+        "-s",
+        tmp_path / "coord",
+        "--preset",
+        "heart-disease",
+        *args,
+    )
+    assert out.exit_code == 1, (out.stdout, out.stderr)
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"fedrema: error: {option}:"), out.stderr
+    assert not (tmp_path / "ws" / "federation.json").exists()
+
+
+def test_init_says_what_is_wrong_with_a_table_description(tmp_path: Path) -> None:
+    out = run(
+        "init",
+        "-w",
+        tmp_path / "ws",
+        "-s",
+        tmp_path / "coord",
+        "--features",
+        "a,b",
+        "--label",
+        "y",
+        "--classes",
+        "0,0",
+    )
+    assert out.exit_code == 1
+    assert "classes must be unique" in out.stderr
+
+
+def test_simulate_names_the_bad_option() -> None:
+    out = run("simulate", "heart-disease", "--rounds", "1", "--epsilon", "-1")
+    assert out.exit_code == 1, (out.stdout, out.stderr)
+    assert out.stderr.startswith("fedrema: error: --epsilon:")
