@@ -84,7 +84,7 @@ class Coordinator:
                 f"{state_dir} is not a coordinator state folder",
                 hint="create one with `fedrema init --workspace WS --state DIR`",
             )
-        meta = self.state.read_json(META)
+        meta = self.state.read_meta(META, {"workspace": str, "federation_sha256": str})
         ws = Workspace.open(workspace or meta["workspace"])
         config, digest = read_federation(ws)
         if digest != meta["federation_sha256"]:

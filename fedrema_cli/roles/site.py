@@ -89,7 +89,14 @@ class Site:
                 f"{state_dir} is not a site state folder",
                 hint="create one with `fedrema init --site NAME ...`",
             )
-        self.meta = self.state.read_json(META)
+        self.meta = self.state.read_meta(
+            META, {"site": str, "workspace": str, "federation_sha256": str, "data": dict}
+        )
+        if not isinstance(self.meta["data"].get("train"), str):
+            raise ConfigError(
+                f"{self.state.root / META} is damaged (edited by hand?): no training data path",
+                hint="restore this state folder from its backup",
+            )
         ws = Workspace.open(workspace or self.meta["workspace"])
         config, digest = read_federation(ws)
         if digest != self.meta["federation_sha256"]:

@@ -43,6 +43,21 @@ class PartyState:
         except (ValueError, UnicodeDecodeError):
             raise StoreError(f"{self.root / name} is not valid JSON (edited by hand?)") from None
 
+    def read_meta(self, name: str, required: dict[str, type]) -> dict[str, Any]:
+        """This party's own record (site.json, coordinator.json), checked before it is used."""
+        meta = self.read_json(name)
+        bad = (
+            [k for k, kind in required.items() if not isinstance(meta.get(k), kind)]
+            if isinstance(meta, dict)
+            else list(required)
+        )
+        if bad:
+            raise StoreError(
+                f"{self.root / name} is damaged (edited by hand?): no valid {', '.join(bad)}",
+                hint="restore this state folder from its backup",
+            )
+        return meta
+
     def write_json(self, name: str, obj: Any) -> None:
         self.storage.replace(
             name, json.dumps(obj, indent=1, sort_keys=True).encode("utf-8") + b"\n"
