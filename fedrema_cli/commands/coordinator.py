@@ -63,7 +63,7 @@ def aggregate(
         )
     elif coord.complete():
         ui.say("[bold]federation complete[/]: sites run `fedrema personalize`")
-    if not events:
+    if not events and not coord.complete():
         raise NotYetError(
             f"nothing to aggregate yet; waiting for {coord.waiting_for()}",
             hint="`fedrema status` shows who must act",

@@ -89,7 +89,7 @@ def submit(
     else:
         for line in waiting:
             ui.say(f"  waiting for {line}")
-    if not done:
+    if not done and not site.complete():
         raise NotYetError(
             f"{site.name}: nothing to send yet; waiting for "
             f"{'; '.join(waiting) or 'the coordinator'}",

@@ -657,6 +657,10 @@ class Site:
 
     # -- status -----------------------------------------------------------------------------
 
+    def complete(self) -> bool:
+        """Every round of the federation has finished: nothing is left to send, ever."""
+        return current_round(self.fed) > self.config.rounds
+
     def trained(self, r: int) -> bool:
         return self.state.exists(_record(r))
 
