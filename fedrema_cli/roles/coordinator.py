@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from fedrema_cli.config import FederationConfig, default_threshold, parse_config
-from fedrema_cli.errors import ConfigError, ProtocolAbortedError, UsageError
+from fedrema_cli.errors import ConfigError, IntegrityError, ProtocolAbortedError, UsageError
 from fedrema_cli.identity import PublicIdentity, b64, fingerprint, unb64
 from fedrema_cli.merging import METHODS
 from fedrema_cli.merging import fedrema as fr
@@ -88,8 +88,9 @@ class Coordinator:
         ws = Workspace.open(workspace or meta["workspace"])
         config, digest = read_federation(ws)
         if digest != meta["federation_sha256"]:
-            raise ConfigError(
-                "federation.json in the workspace is not the one this coordinator wrote"
+            raise IntegrityError(
+                f"{ws.describe()}/federation.json is not the one this coordinator wrote "
+                "(replaced, or another federation's workspace)"
             )
         identity = self.state.identity()
         if identity.public.sign_pk != config.coordinator.sign_pk:

@@ -23,7 +23,7 @@ from fedrema_cli.data import (
     load_npz,
     load_table,
 )
-from fedrema_cli.errors import ConfigError, UsageError
+from fedrema_cli.errors import ConfigError, IntegrityError, UsageError
 from fedrema_cli.identity import unb64
 from fedrema_cli.merging import METHODS
 from fedrema_cli.params import Params, load_params, params_hash, save_params
@@ -100,9 +100,10 @@ class Site:
         ws = Workspace.open(workspace or self.meta["workspace"])
         config, digest = read_federation(ws)
         if digest != self.meta["federation_sha256"]:
-            raise ConfigError(
-                "the workspace's federation.json differs from the one this site "
-                "pinned when it joined; refusing to continue"
+            raise IntegrityError(
+                f"{ws.describe()}/federation.json differs from the one this site "
+                "pinned when it joined (replaced, or another federation's workspace); "
+                "refusing to continue"
             )
         self.name: str = self.meta["site"]
         self.fed = Federation(ws, config, me=self.name, identity=self.state.identity())
