@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fedrema_cli.config import FederationConfig, parse_config
-from fedrema_cli.errors import ConfigError, IntegrityError
+from fedrema_cli.errors import ConfigError, IntegrityError, NotYetError
 from fedrema_cli.identity import Identity, PublicIdentity, fingerprint
 from fedrema_cli.store.envelope import canonical, sha256
 from fedrema_cli.store.workspace import COORDINATOR, Artifact, Workspace, round_path, site_author
@@ -171,9 +171,14 @@ class Federation:
 
     def require_roster(self) -> Roster:
         if self.roster is None:
-            raise ConfigError(
+            if self.me == COORDINATOR:  # approving is this party's own next step
+                raise ConfigError(
+                    "you have not approved the roster yet",
+                    hint="compare fingerprints, then `fedrema approve --all`",
+                )
+            raise NotYetError(  # a site waits for another party: "run it again later"
                 "the coordinator has not approved the roster yet",
-                hint="the coordinator runs `fedrema approve`",
+                hint="the coordinator runs `fedrema approve`; run this again then",
             )
         return self.roster
 
