@@ -230,7 +230,7 @@ class Site:
             if repaired:  # the previous run was cut off after training: it is now complete
                 return {**self.state.read_json(_record(r)), "completed_after_crash": True}
             raise UsageError(
-                f"already trained for round {r}; a round trains once", hint="next: `fedrema submit`"
+                f"already trained for round {r}; a round trains once", hint="`fedrema submit`"
             )
         if not self.fed.exists("model", r):
             raise UsageError(f"round {r} has not started yet", hint="wait for the coordinator")
