@@ -244,26 +244,15 @@ def make_config(
         model = linear_model(model)
     privacy = None
     if epsilon is not None:
-        try:
-            privacy = PrivacyPolicy(
-                target_epsilon=epsilon,
-                delta=delta,
-                accountant=accountant,
-                max_grad_norm=max_grad_norm,
-                planned_rounds=rounds + method_finetune_rounds(method, training),
-                local_epochs=training.local_epochs,
-                batch_size=training.batch_size,
-            )
-        except ValidationError as e:  # e.g. --epsilon 0, --delta 2, --max-grad-norm nan
-            options = {"target_epsilon": "--epsilon", "max_grad_norm": "--max-grad-norm"}
-            raise ConfigError(
-                "privacy policy: "
-                + "; ".join(
-                    f"{options.get(str(err['loc'][0]), str(err['loc'][0]))}: {err['msg']}"
-                    for err in e.errors()
-                ),
-                hint="--epsilon must be in (0, 1000], --delta in (0, 1), --max-grad-norm > 0",
-            ) from None
+        privacy = PrivacyPolicy(
+            target_epsilon=epsilon,
+            delta=delta,
+            accountant=accountant,
+            max_grad_norm=max_grad_norm,
+            planned_rounds=rounds + method_finetune_rounds(method, training),
+            local_epochs=training.local_epochs,
+            batch_size=training.batch_size,
+        )
     return {
         "federation_id": federation_id,
         "method": method,

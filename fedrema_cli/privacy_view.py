@@ -88,11 +88,12 @@ def _published_ledger(fed: Federation, site: str) -> tuple[str, list[str]]:
 
 
 def _unrecorded_updates(fed: Federation, site: str) -> list[str]:
-    """Rounds for which the site's update is in the workspace but no ledger entry is.
+    """Rounds that used the site's update but whose ledger entry is not in the workspace.
 
-    A site publishes a round's ledger entry before it can submit that round's update, so a
-    submission without an entry means entries were deleted -- including the last ones, which
-    the hash chain alone cannot show missing.
+    A site publishes a round's ledger entry before it can submit that round's update, so an
+    update without an entry means entries were deleted -- including the last ones, which the
+    hash chain alone cannot show missing. Two anchors, so deleting one file is not enough:
+    the site-signed submission, and the coordinator-signed result that lists its survivors.
     """
     from fedrema_cli.merging import METHODS
 
@@ -100,13 +101,21 @@ def _unrecorded_updates(fed: Federation, site: str) -> list[str]:
         return []
     published = set(fed.ledger_rounds(site))
     rounds = sorted(int(n) for n in fed.ws.storage.list("rounds") if n.isdigit())
-    return [
-        f"round {r}: its update (rounds/{r:04d}/submissions/{site}.json) is in the "
-        f"workspace but its ledger entry ledger/{site}/{r:04d}.json is not: the spend of "
-        "that round is missing from this report (entry deleted?)"
-        for r in rounds
-        if fed.exists("submission", r, site=site) and r not in published
-    ]
+    out = []
+    for r in rounds:
+        if r in published:
+            continue
+        if fed.exists("submission", r, site=site):
+            anchor = f"its update (rounds/{r:04d}/submissions/{site}.json) is in the workspace"
+        elif fed.exists("result", r) and site in fed.get("result", r).body.get("survivors", []):
+            anchor = "the coordinator's signed result of that round used its update"
+        else:
+            continue
+        out.append(
+            f"round {r}: {anchor} but its ledger entry ledger/{site}/{r:04d}.json is not: "
+            "the spend of that round is missing from this report (entry deleted?)"
+        )
+    return out
 
 
 def build(*, state: Path | None, workspace: str | None) -> tuple[Any, list[str]]:

@@ -134,3 +134,19 @@ def test_published_ledger_entries_do_not_carry_the_raw_hash_of_the_patient_file(
         bytes.fromhex(key["hmac_sha256_key"]), bytes.fromhex(file_hash), hashlib.sha256
     )
     assert published["dataset_fingerprint"] == keyed.hexdigest()  # the site can re-derive it
+
+
+def test_audit_catches_a_deleted_last_entry_even_with_the_update_deleted_too(
+    private_fed: Fed,
+) -> None:
+    fed = private_fed
+    key_exchange(fed)
+    full_round(fed)
+    full_round(fed)
+    # Whoever can write the workspace removes va's round-2 entry and va's round-2 update:
+    # the coordinator's signed result of round 2 still says it used va's update.
+    (fed.workspace / "ledger" / "va" / "0002.json").unlink()
+    (fed.workspace / "rounds" / "0002" / "submissions" / "va.json").unlink()
+    out = run("audit", "-w", fed.workspace)
+    assert out.exit_code == 3, out.stdout
+    assert "va" in out.stderr and "round 2" in out.stderr and "signed result" in out.stderr

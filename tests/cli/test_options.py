@@ -59,3 +59,24 @@ def test_simulate_names_the_bad_option() -> None:
     out = run("simulate", "heart-disease", "--rounds", "1", "--epsilon", "-1")
     assert out.exit_code == 1, (out.stdout, out.stderr)
     assert out.stderr.startswith("fedrema: error: --epsilon:")
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        (("--epsilon", "0"), "--epsilon"),
+        (("--epsilon", "nan"), "--epsilon"),
+        (("--epsilon", "inf"), "--epsilon"),
+        (("--epsilon", "3", "--delta", "2"), "delta"),
+        (("--epsilon", "3", "--max-grad-norm", "-1"), "--max-grad-norm"),
+    ],
+)
+def test_init_refuses_a_privacy_policy_out_of_range(
+    tmp_path: Path, options: tuple[str, ...], named: str
+) -> None:
+    out = run(
+        "init", "-w", tmp_path / "ws", "-s", tmp_path / "c", "--preset", "heart-disease", *options
+    )
+    assert out.exit_code == 1, out.stderr
+    assert named in out.stderr
+    assert not (tmp_path / "ws" / "federation.json").exists()

@@ -1,0 +1,99 @@
+"""Commands run too early, too late or twice in a round: exit codes that say what to do next."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.cli.conftest import (
+    Fed,
+    full_round,
+    key_exchange,
+    make_federation,
+    run,
+    snapshot,
+    train_and_submit,
+)
+
+
+def test_site_commands_before_approval_mean_not_yet(tmp_path: Path) -> None:
+    fed = make_federation(tmp_path, "--no-dp", sites=("cleveland", "hungary"), approve=False)
+    before = snapshot(fed.workspace), snapshot(fed.site("cleveland"))
+    for command in ("train-local", "submit"):
+        out = run(command, "-s", fed.site("cleveland"))
+        assert out.exit_code == 75, (command, out.stdout, out.stderr)
+        assert "fedrema approve" in out.stderr
+    assert (snapshot(fed.workspace), snapshot(fed.site("cleveland"))) == before
+    out = run("aggregate", "-s", fed.coordinator)  # the coordinator's own step: not "later"
+    assert out.exit_code == 1 and "fedrema approve" in out.stderr
+
+
+def test_train_local_after_the_round_closed_without_this_site(federation: Fed) -> None:
+    fed = federation
+    key_exchange(fed)
+    train_and_submit(fed, ("cleveland", "hungary", "switzerland"))
+    out = run("aggregate", "-s", fed.coordinator, "--close")
+    assert out.exit_code == 0, out.stderr
+    assert "dropped: va" in out.stdout
+    before = snapshot(fed.site("va")), snapshot(fed.workspace)
+    out = run("train-local", "-s", fed.site("va"))
+    assert out.exit_code == 1, (out.stdout, out.stderr)
+    assert "closed without va" in out.stderr and "fedrema submit" in out.stderr
+    assert (snapshot(fed.site("va")), snapshot(fed.workspace)) == before
+    # which is what status already tells this site
+    status = run("status", "-s", fed.site("va"), "--json").json()
+    assert "not part of this round" in status["next"]
+
+
+def test_submit_and_aggregate_once_the_federation_is_complete(federation: Fed) -> None:
+    fed = federation
+    key_exchange(fed)
+    full_round(fed)
+    full_round(fed)
+    assert run("status", "-s", fed.coordinator, "--json").json()["complete"]
+    out = run("aggregate", "-s", fed.coordinator)
+    assert out.exit_code == 0, out.stderr
+    assert "federation complete" in out.stdout
+    out = run("aggregate", "-s", fed.coordinator, "--wait", "--timeout", "1", "--json")
+    assert out.exit_code == 0 and out.json()["complete"]
+    out = run("submit", "-s", fed.site("va"))
+    assert out.exit_code == 0, out.stderr
+    assert "personalize" in out.stdout
+    out = run("submit", "-s", fed.site("va"), "--wait", "--timeout", "1")
+    assert out.exit_code == 0, out.stderr
+
+
+def test_train_local_twice_says_next_once(federation: Fed) -> None:
+    key_exchange(federation)
+    assert run("train-local", "-s", federation.site("va")).exit_code == 0
+    out = run("train-local", "-s", federation.site("va"))
+    assert out.exit_code == 1
+    assert "(next: `fedrema submit`)" in out.stderr and "next: next:" not in out.stderr
+
+
+ROOT = Path(__file__).resolve().parents[2]
+DOC = ROOT / "docs" / "operations.md"
+
+
+def _hospital_line() -> str:
+    lines = DOC.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("# each hospital"))
+    return next(line for line in lines[start:] if line.startswith("fedrema train-local"))
+
+
+def test_the_documented_unattended_line_reveals_after_an_interrupted_wait(federation: Fed) -> None:
+    fed = federation
+    key_exchange(fed)
+    train_and_submit(fed)  # cleveland trained and submitted; its `submit --wait` then ended
+    assert run("aggregate", "-s", fed.coordinator).exit_code == 0  # unmasking requested
+    (fed.root / "state").symlink_to(fed.site("cleveland"))
+    script = (
+        f'fedrema() {{ {shlex.quote(sys.executable)} -m fedrema_cli "$@"; }}\n'
+        + _hospital_line().replace("86400", "60")
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # this checkout's code, from any folder
+    subprocess.run(["bash", "-c", script], cwd=fed.root, env=env, capture_output=True, timeout=120)
+    assert (fed.workspace / "rounds" / "0001" / "reveals" / "cleveland.json").exists()

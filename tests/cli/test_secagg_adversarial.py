@@ -1,0 +1,98 @@
+"""Secure aggregation against a coordinator that lies, and secrets that must not outlive a round."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from crypto.hazmat import x25519
+from crypto.secagg import KeyRoster
+from fedrema_cli.roles import secure
+from tests.cli.conftest import (
+    SITES,
+    Fed,
+    full_round,
+    key_exchange,
+    make_federation,
+    run,
+    submit_all,
+    train_and_submit,
+)
+
+
+def test_a_site_refuses_keys_in_the_key_roster_that_their_site_did_not_sign(
+    federation: Fed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fed = federation
+    submit_all(fed)  # round-1 key adverts
+    assert run("aggregate", "-s", fed.coordinator).exit_code == 0  # U1 published
+    real = secure.key_roster
+
+    def shown_to_va(f, r):  # type: ignore[no-untyped-def]
+        roster = real(f, r)
+        if f.me != "va":
+            return roster
+        # A coordinator in the middle: hungary's keys replaced by its own, shown to va only.
+        fake = {"c_pk": x25519.public_key(b"\x07" * 32), "s_pk": x25519.public_key(b"\x08" * 32)}
+        adverts = [dataclasses.replace(a, **fake) if a.party == 2 else a for a in roster.adverts]
+        return KeyRoster(roster.round, tuple(adverts))
+
+    monkeypatch.setattr(secure, "key_roster", shown_to_va)
+    out = run("submit", "-s", fed.site("va"))
+    assert out.exit_code == 3 and "did not sign" in out.stderr
+    assert not (fed.workspace / "rounds/0001/shares/va.json").exists()  # no share left va
+
+
+def test_the_consistency_check_refuses_a_threshold_of_half_the_sites_or_less(
+    tmp_path: Path,
+) -> None:
+    # n = 4, t = 2: {cleveland, hungary} and {switzerland, va} could each be shown a set
+    # naming the other pair dropped; each pair has t signatures on its own set.
+    fed = make_federation(
+        tmp_path, "--no-dp", "--consistency-check", "--threshold", "2", approve=False
+    )
+    out = run("approve", "-s", fed.coordinator, "--all")
+    assert out.exit_code == 1 and "above half the sites" in out.stderr
+    assert not (fed.workspace / "roster.json").exists()
+
+
+def test_the_consistency_check_counts_signatures_of_sites_this_view_calls_dropped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fed = make_federation(tmp_path, "--no-dp", "--consistency-check")
+    key_exchange(fed)
+    train_and_submit(fed)
+    assert run("aggregate", "-s", fed.coordinator).exit_code == 0  # U3 published
+    assert run("submit", "-s", fed.site("cleveland")).exit_code == 0  # signs the real U3
+    real = secure.unmask_request
+
+    def shown_to_va(f, r):  # type: ignore[no-untyped-def]
+        request = real(f, r)
+        if f.me != "va":
+            return request
+        # cleveland is claimed dropped to va only; cleveland already signed the real set.
+        return type(request)(
+            request.round, request.survivors[1:], (*request.dropped, request.survivors[0])
+        )
+
+    monkeypatch.setattr(secure, "unmask_request", shown_to_va)
+    out = run("submit", "-s", fed.site("va"))
+    assert out.exit_code == 3 and "different survivor set" in out.stderr
+    reveals = fed.workspace / "rounds/0001/reveals"
+    assert not reveals.exists() or not any(reveals.iterdir())
+
+
+def test_no_round_secrets_are_left_once_the_federation_is_complete(federation: Fed) -> None:
+    fed = federation  # 2 rounds
+    key_exchange(fed)
+    full_round(fed)
+    train_and_submit(fed)  # the last round ...
+    assert run("aggregate", "-s", fed.coordinator).exit_code == 0
+    submit_all(fed, SITES[:-1])  # ... closes before va reveals: va still holds its peers' shares
+    assert run("aggregate", "-s", fed.coordinator, "--close").exit_code == 0
+    assert run("submit", "-s", fed.site("va")).exit_code == 0  # "the federation is complete"
+    assert run("personalize", "-s", fed.site("cleveland")).exit_code == 0
+    for s in ("va", "cleveland"):
+        assert sorted((fed.site(s) / "secagg").glob("*.json")) == [], s
