@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from fedrema_cli.errors import NotYetError
@@ -57,6 +58,11 @@ def emit_json(obj: Any) -> None:
 
 def say(text: str) -> None:
     console.print(text)
+
+
+def warn(text: str) -> None:
+    """Something the operator should know about that did not stop the command (stderr)."""
+    err_console.print(f"[yellow]![/] {escape(text)}")
 
 
 def table(

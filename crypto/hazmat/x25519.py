@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from crypto.errors import ParameterError
 from crypto.hazmat.randomness import RandomSource, random_bytes
 
-__all__ = ["KEY_LEN", "exchange", "generate_private_key", "public_key"]
+__all__ = ["KEY_LEN", "check_public_key", "exchange", "generate_private_key", "public_key"]
 
 KEY_LEN = 32
 
@@ -52,3 +52,21 @@ def exchange(private_key: bytes, peer_public_key: bytes) -> bytes:
         return _private(private_key).exchange(X25519PublicKey.from_public_bytes(peer_public_key))
     except ValueError as exc:
         raise ParameterError(f"X25519 exchange failed: {exc}") from None
+
+
+_CHECKER = bytes(range(1, KEY_LEN + 1))  # any scalar: a small-order point gives 0 for all
+
+
+def check_public_key(peer_public_key: bytes) -> None:
+    """Raise :class:`ParameterError` unless ``peer_public_key`` can be agreed with.
+
+    A point of small order gives the all-zero secret with every private key, so one exchange
+    with a fixed scalar tells; a coordinator refuses such an advert before any site uses it.
+
+    >>> check_public_key(public_key(bytes(32)))
+    >>> check_public_key(bytes(32))
+    Traceback (most recent call last):
+    ...
+    crypto.errors.ParameterError: X25519 exchange failed: Error computing shared key.
+    """
+    exchange(_CHECKER, peer_public_key)

@@ -109,6 +109,13 @@ def fix_key_roster(ctx: RoundContext, adverts: Iterable[KeyAdvert]) -> KeyRoster
     for party, advert in by_party.items():
         if advert.c_pk == advert.s_pk or advert.c_pk in seen or advert.s_pk in seen:
             raise MalformedMessage(f"party {party} reuses an advertised public key", party=party)
+        try:  # a small-order key would make every honest site abort the round
+            x25519.check_public_key(advert.c_pk)
+            x25519.check_public_key(advert.s_pk)
+        except ParameterError:
+            raise MalformedMessage(
+                f"party {party} advertised a public key of small order", party=party
+            ) from None
         seen.update((advert.c_pk, advert.s_pk))
     _require_quorum("key roster", list(by_party), ctx)
     return KeyRoster(ctx.round, tuple(by_party.values()))

@@ -34,19 +34,24 @@ def aggregate(
 
       fedrema aggregate -s coord --wait
     """
-    from fedrema_cli.errors import NotYetError
+    from fedrema_cli.errors import IntegrityError, NotYetError
     from fedrema_cli.roles.coordinator import Coordinator
 
     coord = Coordinator(state, workspace=workspace)
     events: list[str] = []
+    rejected: dict[str, str] = {}
     start_round = coord.current_round()
 
     def step() -> tuple[bool, str]:
         progress = coord.advance(close=close)
         events.extend(progress.events)
         if not json_out:
+            for what, why in progress.rejected.items():
+                if what not in rejected:
+                    ui.warn(f"{what} refused, the site is left out of that step: {why}")
             for e in progress.events:
                 ui.say(f"[green]✓[/] {e}")
+        rejected.update(progress.rejected)
         waiting = coord.waiting_for()
         finished = not wait or coord.current_round() > start_round or coord.complete()
         return finished, waiting
@@ -56,6 +61,7 @@ def aggregate(
         ui.emit_json(
             {
                 "events": events,
+                "rejected": rejected,
                 "round": coord.current_round(),
                 "complete": coord.complete(),
                 "waiting_for": coord.waiting_for(),
@@ -64,6 +70,13 @@ def aggregate(
     elif coord.complete():
         ui.say("[bold]federation complete[/]: sites run `fedrema personalize`")
     if not events and not coord.complete():
+        if rejected:  # a refused file is all that happened: say so, loudly
+            what, why = next(iter(rejected.items()))
+            raise IntegrityError(
+                f"{what} was refused: {why}",
+                hint="that site is left out of the round: it closes without it at the "
+                "deadline, or now with `fedrema aggregate --close`",
+            )
         raise NotYetError(
             f"nothing to aggregate yet; waiting for {coord.waiting_for()}",
             hint="`fedrema status` shows who must act",

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from crypto.errors import SecAggError
 from fedrema_cli.config import FederationConfig, default_threshold, parse_config
 from fedrema_cli.errors import ConfigError, IntegrityError, ProtocolAbortedError, UsageError
 from fedrema_cli.identity import PublicIdentity, b64, fingerprint, unb64
@@ -72,6 +73,12 @@ class Progress:
 
     events: list[str] = field(default_factory=list)
     finished: list[int] = field(default_factory=list)
+    #: "round r: SITE's KIND" -> why it was refused; that site is treated as not having acted
+    rejected: dict[str, str] = field(default_factory=dict)
+
+    def reject(self, r: int, kind: str, refused: dict[str, str]) -> None:
+        for site, why in refused.items():
+            self.rejected[f"round {r}: {site}'s {kind}"] = why
 
 
 class Coordinator:
@@ -267,10 +274,45 @@ class Coordinator:
             )
         return True
 
+    def _acted(
+        self, kind: str, r: int, progress: Progress, among: list[str] | None = None
+    ) -> list[str]:
+        """The sites whose ``kind`` file of round r is there *and* acceptable.
+
+        A file that fails its signature or does not parse (damaged, forged, or from a site
+        that misbehaves) counts as never sent, so one bad file cannot stall the round for
+        everyone: the phase closes without that site, as for a site that dropped out, and
+        the rejection is reported. Files are write-once, so the site rejoins next round.
+        """
+        acted, refused = [], {}
+        for site in self.fed.sites_with(kind, r):
+            if among is not None and site not in among:
+                continue
+            try:
+                self._read(kind, r, site)
+            except (IntegrityError, SecAggError) as exc:
+                refused[site] = str(exc)
+            else:
+                acted.append(site)
+        progress.reject(r, kind, refused)
+        return acted
+
+    def _read(self, kind: str, r: int, site: str) -> None:
+        """Read and check one site's file of round r, as the barrier that uses it will."""
+        if kind == "submission":
+            if self.config.secure:
+                secure.read_message(self.fed, kind, r, site)
+            elif METHODS[self.config.method].shared_part is not None:
+                exchange.read_plain_update(self.fed, r, site)
+            if self.fed.get(kind, r, site=site).body.get("sealed_head"):
+                exchange.open_head_for_coordinator(self.fed, r, site)
+        else:
+            secure.read_message(self.fed, kind, r, site)
+
     def _step(self, r: int, roster: Roster, close: bool, progress: Progress) -> None:
         phase = phase_of(self.fed, r).name
         if phase == "waiting":
-            advertised = self.fed.sites_with("key-advert", r)
+            advertised = self._acted("key-advert", r, progress)
             opened = (
                 self._opened_at("roster", 0) if r == 1 else self._opened_at("unmask-request", r - 1)
             )
@@ -278,14 +320,14 @@ class Coordinator:
                 self._open_round(r, progress)
         elif phase == "keys":
             expected = secure.key_roster_parties(self.fed, r)
-            acted = self.fed.sites_with("shares", r)
+            acted = self._acted("shares", r, progress)
             if self._ready(
                 acted, expected, self._opened_at("key-roster", r), r, close, "shared their keys"
             ):
                 self._fix_masking_roster(r, acted, progress)
         elif phase == "collect":
             expected = list(self.fed.get("masking-roster", r).body["participants"])
-            acted = [s for s in self.fed.sites_with("submission", r) if s in expected]
+            acted = self._acted("submission", r, progress, among=expected)
             if self._ready(
                 acted, expected, self._opened_at("masking-roster", r), r, close, "submitted"
             ):
@@ -298,9 +340,9 @@ class Coordinator:
                 self._open_round(r + 1, progress)
             body = self.fed.get("unmask-request", r).body
             expected = list(body["survivors"])
-            acted = [s for s in self.fed.sites_with("reveal", r) if s in expected]
+            acted = self._acted("reveal", r, progress, among=expected)
             if self._ready(acted, expected, str(body["opened_at"]), r, close, "revealed shares"):
-                self._finalize(r, expected, progress)
+                self._finalize(r, expected, progress, revealed=acted)
 
     def _open_round(self, r: int, progress: Progress) -> None:
         """Round r can start: fix U1(r) (secure) or its participants (plaintext)."""
@@ -317,29 +359,37 @@ class Coordinator:
             return
         if self.fed.exists("key-roster", r):
             return
-        advertised = self.fed.sites_with("key-advert", r)
+        advertised = self._acted("key-advert", r, progress)
         if len(advertised) < roster.threshold:
             return  # too few adverts yet; the "waiting" phase retries with its deadline
-        body = secure.fix_key_roster(self.fed, r, advertised)
+        body, refused = secure.fix_key_roster(self.fed, r, advertised)
+        progress.reject(r, "key-advert", refused)
         self.fed.put("key-roster", r, {**body, "opened_at": timestamp()})
-        progress.events.append(f"round {r}: keys of {len(advertised)} sites fixed (U1)")
+        progress.events.append(f"round {r}: keys of {len(body['parties'])} sites fixed (U1)")
 
     def _fix_masking_roster(self, r: int, shared: list[str], progress: Progress) -> None:
-        body = secure.fix_masking_roster(self.fed, r, shared)
+        body, refused = secure.fix_masking_roster(self.fed, r, shared)
+        progress.reject(r, "shares", refused)
         self.fed.put("masking-roster", r, {**body, "opened_at": timestamp()})
-        progress.events.append(f"round {r}: open for masked updates from {len(shared)} sites (U2)")
+        progress.events.append(
+            f"round {r}: open for masked updates from {len(body['participants'])} sites (U2)"
+        )
 
     def _request_unmasking(
         self, r: int, submitted: list[str], expected: list[str], progress: Progress
     ) -> None:
-        body = secure.fix_survivors(self.fed, r, submitted)
+        body, refused = secure.fix_survivors(self.fed, r, submitted)
+        progress.reject(r, "submission", refused)
         self.fed.put("unmask-request", r, {**body, "opened_at": timestamp()})
+        submitted = list(body["survivors"])
         dropped = sorted(set(expected) - set(submitted))
         note = f"; dropped: {', '.join(dropped)}" if dropped else ""
         progress.events.append(f"round {r}: {len(submitted)} updates in, unmasking requested{note}")
         self._open_round(r + 1, progress)
 
-    def _finalize(self, r: int, survivors: list[str], progress: Progress) -> None:
+    def _finalize(
+        self, r: int, survivors: list[str], progress: Progress, *, revealed: list[str] | None = None
+    ) -> None:
         """Unmask and merge once, persist the outcome privately, then publish it.
 
         The outcome (new model, sealed merged heads, result, FedReMa's next state) is computed
@@ -347,7 +397,7 @@ class Coordinator:
         crash anywhere is repaired by running `aggregate` again: it republishes the identical
         files and commits the same merge state, never a second, different merge.
         """
-        plan = self._finalize_plan(r, survivors)
+        plan = self._finalize_plan(r, survivors, revealed or [])
         self.fed.put(
             "model",
             r + 1,
@@ -366,13 +416,13 @@ class Coordinator:
         progress.finished.append(r)
         if self.config.secure:
             if r < self.config.rounds and self.fed.exists("key-roster", r + 1):
-                shared = self.fed.sites_with("shares", r + 1)
+                shared = self._acted("shares", r + 1, progress)
                 if len(shared) >= self.fed.require_roster().threshold:
                     self._fix_masking_roster(r + 1, shared, progress)
         else:
             self._open_round(r + 1, progress)
 
-    def _finalize_plan(self, r: int, survivors: list[str]) -> dict[str, Any]:
+    def _finalize_plan(self, r: int, survivors: list[str], revealed: list[str]) -> dict[str, Any]:
         if self.state.exists(_pending(r)):
             return dict(self.state.read_json(_pending(r)))
         method = METHODS[self.config.method]
@@ -380,7 +430,7 @@ class Coordinator:
         total_weight = 0.0
         if method.shared_part is not None:
             if self.config.secure:
-                summed, total_weight = secure.unmask_sum(self.fed, r)
+                summed, total_weight = secure.unmask_sum(self.fed, r, revealed)
             else:
                 summed, total_weight = exchange.plain_sum(self.fed, r, survivors)
             params = exchange.apply_mean_update(params, method.shared_part, summed, total_weight)

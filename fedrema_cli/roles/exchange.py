@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
+from safetensors import SafetensorError
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
@@ -90,15 +91,24 @@ def plain_update(weighted_delta: np.ndarray, weight: float) -> dict[str, bytes]:
     }
 
 
+def read_plain_update(fed: Federation, r: int, site: str) -> tuple[np.ndarray, float]:
+    """One site's plaintext update of round r (no secure aggregation): weight * delta, weight."""
+    art = fed.get("submission", r, site=site, attachments=(UPDATE,))
+    try:
+        arrays = st_load(art.attachments[UPDATE])
+        vec, w = arrays["weighted_delta"], float(arrays["weight"][0])
+    except (SafetensorError, KeyError, IndexError, TypeError, ValueError) as exc:
+        raise IntegrityError(f"round {r}: the update from {site} cannot be read ({exc})") from None
+    if not np.all(np.isfinite(vec)) or not np.isfinite(w) or w <= 0:
+        raise IntegrityError(f"round {r}: the update from {site} is not finite")
+    return vec, w
+
+
 def plain_sum(fed: Federation, r: int, sites: list[str]) -> tuple[np.ndarray, float]:
     total: np.ndarray | None = None
     weight = 0.0
     for site in sites:
-        art = fed.get("submission", r, site=site, attachments=(UPDATE,))
-        arrays = st_load(art.attachments[UPDATE])
-        vec, w = arrays["weighted_delta"], float(arrays["weight"][0])
-        if not np.all(np.isfinite(vec)) or not np.isfinite(w) or w <= 0:
-            raise IntegrityError(f"round {r}: the update from {site} is not finite")
+        vec, w = read_plain_update(fed, r, site)
         total = vec.copy() if total is None else total + vec
         weight += w
     assert total is not None

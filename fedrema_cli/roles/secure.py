@@ -9,11 +9,12 @@ bytes. Secrets of a round are deleted once its result is out (forward secrecy).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from crypto.errors import SecAggError
+from crypto.errors import MalformedMessage, SecAggError
 from crypto.secagg import (
     AwaitingKeyRoster,
     AwaitingMaskingRoster,
@@ -132,6 +133,53 @@ def _message(fed: Federation, kind: str, r: int, site: str, name: str, cls: type
     return msg
 
 
+_MESSAGES: dict[str, tuple[type, str]] = {
+    "shares": (ShareKeysMsg, MSG),
+    "submission": (MaskedInput, MASKED),
+    "reveal": (UnmaskShares, MSG),
+}
+
+
+def read_message(fed: Federation, kind: str, r: int, site: str) -> Any:
+    """One site's protocol message of round r, signature checked and parsed.
+
+    Raises IntegrityError or a SecAggError when the file is not acceptable; the coordinator
+    then treats it as never sent.
+    """
+    if kind == "key-advert":
+        return _advert(fed, r, site)
+    cls, name = _MESSAGES[kind]
+    return _message(fed, kind, r, site, name, cls)
+
+
+Rejected = dict[str, str]
+"""Site -> why the protocol refused its message at a barrier."""
+
+
+def _without_refused(
+    fed: Federation, sites: list[str], build: Callable[[list[str]], Any]
+) -> tuple[Any, Rejected]:
+    """``build(sites)``, leaving out every site whose message the protocol refuses.
+
+    The server functions name the author of a message they cannot accept (a ciphertext
+    missing for a peer, a key of small order, a second different message); that message is
+    dropped as if it had never arrived, as Bonawitz et al. prescribe, and the barrier is
+    computed again from the others (fewer than t left: InsufficientSurvivors).
+    """
+    sites, rejected = list(sites), {}
+    while True:
+        try:
+            return build(sites), rejected
+        except MalformedMessage as e:
+            if e.party is None:
+                raise
+            name = fed.require_roster().by_index(e.party).name
+            if name not in sites:
+                raise
+            sites.remove(name)
+            rejected[name] = str(e)
+
+
 def key_roster(fed: Federation, r: int) -> KeyRoster:
     return KeyRoster.from_bytes(unb64(str(fed.get("key-roster", r).body["roster"]), what="U1"))
 
@@ -170,53 +218,79 @@ def key_roster_parties(fed: Federation, r: int) -> list[str]:
     return list(fed.get("key-roster", r).body["parties"])
 
 
-def fix_key_roster(fed: Federation, r: int, advertised: list[str]) -> dict[str, Any]:
-    roster = _fix_key_roster(_ctx(fed, r), [_advert(fed, r, s) for s in advertised])
-    return {"round": r, "parties": _names(fed, roster.parties), "roster": b64(roster.to_bytes())}
+def _read_all(fed: Federation, kind: str, r: int, sites: list[str]) -> list[Any]:
+    return [read_message(fed, kind, r, s) for s in sites]
 
 
-def _shares(fed: Federation, r: int, sites: list[str]) -> list[ShareKeysMsg]:
-    return [_message(fed, "shares", r, s, MSG, ShareKeysMsg) for s in sites]
+def fix_key_roster(
+    fed: Federation, r: int, advertised: list[str]
+) -> tuple[dict[str, Any], Rejected]:
+    roster, rejected = _without_refused(
+        fed,
+        advertised,
+        lambda sites: _fix_key_roster(_ctx(fed, r), _read_all(fed, "key-advert", r, sites)),
+    )
+    body = {"round": r, "parties": _names(fed, roster.parties), "roster": b64(roster.to_bytes())}
+    return body, rejected
 
 
-def fix_masking_roster(fed: Federation, r: int, shared: list[str]) -> dict[str, Any]:
+def fix_masking_roster(
+    fed: Federation, r: int, shared: list[str]
+) -> tuple[dict[str, Any], Rejected]:
     u1 = set(key_roster_parties(fed, r))
-    shared = [s for s in shared if s in u1]
-    roster = _fix_masking_roster(_ctx(fed, r), key_roster(fed, r), _shares(fed, r, shared))
-    return {
+    roster, rejected = _without_refused(
+        fed,
+        [s for s in shared if s in u1],
+        lambda sites: _fix_masking_roster(
+            _ctx(fed, r), key_roster(fed, r), _read_all(fed, "shares", r, sites)
+        ),
+    )
+    body = {
         "round": r,
         "participants": _names(fed, roster.participants),
         "roster": b64(roster.to_bytes()),
     }
+    return body, rejected
 
 
-def _masked(fed: Federation, r: int, sites: list[str]) -> list[MaskedInput]:
-    return [_message(fed, "submission", r, s, MASKED, MaskedInput) for s in sites]
-
-
-def fix_survivors(fed: Federation, r: int, submitted: list[str]) -> dict[str, Any]:
-    request = _fix_survivors(_ctx(fed, r), masking_roster(fed, r), _masked(fed, r, submitted))
-    return {
+def fix_survivors(fed: Federation, r: int, submitted: list[str]) -> tuple[dict[str, Any], Rejected]:
+    request, rejected = _without_refused(
+        fed,
+        submitted,
+        lambda sites: _fix_survivors(
+            _ctx(fed, r), masking_roster(fed, r), _read_all(fed, "submission", r, sites)
+        ),
+    )
+    body = {
         "round": r,
         "survivors": _names(fed, request.survivors),
         "dropped": _names(fed, request.dropped),
         "request": b64(request.to_bytes()),
     }
+    return body, rejected
 
 
-def unmask_sum(fed: Federation, r: int) -> tuple[np.ndarray, float]:
-    """The sum over survivors of weight * delta, and the sum of weights (nothing else)."""
+def unmask_sum(fed: Federation, r: int, revealed: list[str]) -> tuple[np.ndarray, float]:
+    """The sum over survivors of weight * delta, and the sum of weights (nothing else).
+
+    ``revealed``: the survivors whose unmasking shares were accepted; any the protocol still
+    refuses are left out, and t of the rest suffice.
+    """
     ctx = _ctx(fed, r)
     request = unmask_request(fed, r)
     survivors = _names(fed, request.survivors)
-    revealed = [s for s in fed.sites_with("reveal", r) if s in survivors]
-    total = finalize(
-        ctx,
-        key_roster(fed, r),
-        masking_roster(fed, r),
-        request,
-        _masked(fed, r, survivors),
-        [_message(fed, "reveal", r, s, MSG, UnmaskShares) for s in revealed],
+    masked = _read_all(fed, "submission", r, survivors)
+    total, _ = _without_refused(
+        fed,
+        [s for s in revealed if s in survivors],
+        lambda sites: finalize(
+            ctx,
+            key_roster(fed, r),
+            masking_roster(fed, r),
+            request,
+            masked,
+            _read_all(fed, "reveal", r, sites),
+        ),
     )
     return decode_aggregate(ctx.params, total)
 
@@ -366,7 +440,7 @@ def _submit_masked(site: Site, r: int, secrets: _Secrets, actions: Actions) -> N
         rng=np.random.default_rng(int.from_bytes(os.urandom(16), "big")),
     )
     senders = [s for s in _names(fed, roster.participants) if s != site.name]
-    inbox = route_ciphertexts(roster, _shares(fed, r, senders), me)
+    inbox = route_ciphertexts(roster, _read_all(fed, "shares", r, senders), me)
     step = secrets.client.handle(roster, inbox=inbox, x=x)
     if r < fed.config.rounds and step[1] is not None:
         advertise(fed, site.state, r + 1)  # keys for the next round travel with this update

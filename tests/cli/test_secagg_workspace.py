@@ -162,6 +162,37 @@ def test_a_tampered_masked_update_is_rejected_and_nothing_is_lost(federation: Fe
     out = run("aggregate", "-s", fed.coordinator)
     assert out.exit_code == 3 and "does not match its signed hash" in out.stderr
     assert snapshot(fed.workspace) == before
+    # The refused update counts as never sent: the round closes without va, it is not stuck.
+    out = run("aggregate", "-s", fed.coordinator, "--close", "--json")
+    assert out.exit_code == 0, out.stderr
+    assert "round 1: va's submission" in out.json()["rejected"]
+    body = json.loads((fed.workspace / "rounds/0001/unmask-request.json").read_text())["body"]
+    assert body["survivors"] == list(SITES[:-1]) and body["dropped"] == ["va"]
+
+
+def test_a_file_from_one_site_the_protocol_refuses_does_not_stall_the_round(
+    federation: Fed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key advert of small order (signed by its site, so it passes every file check) would
+    make every honest site abort; the coordinator leaves that site out of the key roster."""
+    from crypto.secagg import KeyAdvert
+
+    fed = federation
+    submit_all(fed)  # round-1 key adverts
+    real = secure.read_message
+
+    def small_order_va(f, kind, r, site):  # type: ignore[no-untyped-def]
+        msg = real(f, kind, r, site)
+        if kind == "key-advert" and site == "va":
+            return KeyAdvert(msg.party, msg.round, bytes(32), msg.s_pk)
+        return msg
+
+    monkeypatch.setattr(secure, "read_message", small_order_va)
+    out = run("aggregate", "-s", fed.coordinator, "--json")
+    assert out.exit_code == 0, out.stderr
+    assert "small order" in out.json()["rejected"]["round 1: va's key-advert"]
+    roster = json.loads((fed.workspace / "rounds/0001/key-roster.json").read_text())["body"]
+    assert roster["parties"] == list(SITES[:-1])
 
 
 def test_a_file_replayed_from_another_round_is_rejected(federation: Fed) -> None:

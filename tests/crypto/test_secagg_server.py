@@ -87,6 +87,12 @@ def test_bad_adverts() -> None:
         "conflict": [*adverts, dataclasses.replace(adverts[4], c_pk=b"\x03" * 32)],
         "reuse": [*adverts[:4], dataclasses.replace(adverts[4], s_pk=adverts[0].c_pk)],
         "same-pair": [*adverts[:4], dataclasses.replace(adverts[4], s_pk=adverts[4].c_pk)],
+        # Points of small order (RFC 7748: 0 and 1 among them): every exchange gives zero.
+        "small-order-c": [*adverts[:4], dataclasses.replace(adverts[4], c_pk=bytes(32))],
+        "small-order-s": [
+            *adverts[:4],
+            dataclasses.replace(adverts[4], s_pk=(1).to_bytes(32, "little")),
+        ],
     }
     for name, bad in cases.items():
         with pytest.raises(MalformedMessage) as info:
