@@ -13,6 +13,7 @@ import typer
 from typer.core import TyperGroup
 
 from fedrema_cli.errors import (
+    BUDGET_SPENT,
     BudgetError,
     ConfigError,
     FedremaError,
@@ -24,8 +25,10 @@ from fedrema_cli.errors import (
 EPILOG = (
     "Exit codes: 0 done · 1 bad input or wrong order · 2 usage · 3 integrity failure "
     "(forged/tampered/replayed file) · 4 privacy budget exceeded · 5 secure aggregation "
-    "aborted · 75 nothing to do yet: waiting on other parties."
+    "aborted · 75 nothing to do yet: waiting on other parties · 130 interrupted (Ctrl-C)."
 )
+
+INTERRUPTED = "fedrema: interrupted; nothing half-written, run the command again"
 
 
 def translate(exc: BaseException) -> FedremaError | None:
@@ -47,7 +50,7 @@ def translate(exc: BaseException) -> FedremaError | None:
     from privacy import errors as pe
 
     if isinstance(exc, pe.BudgetExceededError):
-        return BudgetError(str(exc))
+        return BudgetError(str(exc), hint=BUDGET_SPENT)
     if isinstance(exc, pe.LedgerIntegrityError):
         return IntegrityError(str(exc))
     if isinstance(exc, pe.PrivacyError):
@@ -62,6 +65,9 @@ class FedremaGroup(TyperGroup):
         configure_runtime()
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt:  # every write is atomic: an interrupted command is re-run
+            typer.echo(INTERRUPTED, err=True)
+            raise typer.Exit(130) from None
         except Exception as exc:
             err = translate(exc)
             if err is None:

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fedrema_cli.data import ImageSchema, TabularSchema
+from fedrema_cli.defaults import DEFAULT_EPSILON
 from fedrema_cli.errors import ConfigError, UsageError
 from fedrema_cli.merging import METHODS
 from fedrema_cli.modelspec import ModelSpec
@@ -186,6 +187,15 @@ def checked_options() -> Iterator[None]:
             for err in e.errors()
         )
         raise UsageError(problems) from None
+
+
+def target_epsilon(epsilon: float | None, *, no_dp: bool) -> float | None:
+    """The budget --epsilon and --no-dp ask for (None: no DP); both at once are refused."""
+    if no_dp and epsilon is not None:
+        raise UsageError("--no-dp and --epsilon contradict each other")
+    if no_dp:
+        return None
+    return DEFAULT_EPSILON if epsilon is None else epsilon
 
 
 def finetune_rounds(config: FederationConfig) -> int:

@@ -9,6 +9,7 @@ Exit codes (also in `fedrema --help` and the README):
     5  protocol aborted: too few sites survived the round
    75  nothing could be done yet: other parties must act first (or a `--wait` ran out of
        time); run the same command again later
+  130  interrupted (Ctrl-C): nothing is half-written; run the same command again
 """
 
 from __future__ import annotations
@@ -54,6 +55,13 @@ class BudgetError(FedremaError):
     """Training this round would spend more privacy budget than the policy allows."""
 
     exit_code = 4
+
+
+#: What a site whose budget is spent can still do: BudgetError's hint, and its `status`.
+BUDGET_SPENT = (
+    "this site can train no more rounds; `fedrema personalize` builds its model from the "
+    "rounds so far"
+)
 
 
 class ProtocolAbortedError(FedremaError):

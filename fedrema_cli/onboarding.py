@@ -158,14 +158,17 @@ def approve(
     *, state: Path, workspace: str | None, sites: list[str] | None, all_sites: bool
 ) -> dict[str, Any]:
     coord = Coordinator(state, workspace=workspace)
+    already = coord.fed.roster is not None
     approved_now: list[str] = []
     if sites or all_sites:
         roster = coord.approve(None if all_sites else sites)
-        approved_now = list(roster.names)
+        approved_now = [] if already else list(roster.names)
     roster = coord.fed.roster
     return {
         "federation": coord.config.federation_id,
         "roster_approved": roster is not None,
+        "unchanged": already and bool(sites or all_sites),
+        "roster": list(roster.names) if roster else [],
         "threshold": roster.threshold if roster else None,
         "approved_now": approved_now,
         "enrollments": [

@@ -86,22 +86,26 @@ def fmt(value: Any) -> str:
 
 def wait_for(
     step: Callable[[], tuple[bool, str]], *, timeout: float, poll: float = 1.0, quiet: bool = False
-) -> None:
-    """Call ``step`` until it reports done; show what is awaited; raise NotYetError at the end."""
+) -> NotYetError | None:
+    """Call ``step`` until it reports done; show what is awaited.
+
+    Returns None when done, or, when ``timeout`` ran out, the NotYetError the command raises
+    once it has printed what it did (a script reading --json still gets it).
+    """
     deadline = time.monotonic() + timeout
     done, waiting = step()
     if done:
-        return
+        return None
     with err_console.status(waiting, spinner="dots") as status:
         while True:
             if time.monotonic() >= deadline:
-                raise NotYetError(
+                return NotYetError(
                     f"gave up after {timeout:.0f}s; still waiting for {waiting}",
                     hint="run the same command again later",
                 )
             time.sleep(poll)
             done, waiting = step()
             if done:
-                return
+                return None
             if not quiet:
                 status.update(waiting)

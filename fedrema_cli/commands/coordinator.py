@@ -56,7 +56,7 @@ def aggregate(
         finished = not wait or coord.current_round() > start_round or coord.complete()
         return finished, waiting
 
-    ui.wait_for(step, timeout=timeout)
+    gave_up = ui.wait_for(step, timeout=timeout)
     if json_out:
         ui.emit_json(
             {
@@ -65,10 +65,13 @@ def aggregate(
                 "round": coord.current_round(),
                 "complete": coord.complete(),
                 "waiting_for": coord.waiting_for(),
+                "timed_out": gave_up is not None,
             }
         )
     elif coord.complete():
         ui.say("[bold]federation complete[/]: sites run `fedrema personalize`")
+    if gave_up is not None:
+        raise gave_up
     if not events and not coord.complete():
         if rejected:  # a refused file is all that happened: say so, loudly
             what, why = next(iter(rejected.items()))

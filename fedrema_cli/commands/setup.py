@@ -122,9 +122,10 @@ def init(
     epsilon: Annotated[
         float | None,
         typer.Option(
-            help="Record-level privacy budget per site (DP-SGD).", rich_help_panel="Privacy"
+            help=f"Record-level privacy budget per site (DP-SGD; default {DEFAULT_EPSILON:g}).",
+            rich_help_panel="Privacy",
         ),
-    ] = DEFAULT_EPSILON,
+    ] = None,
     delta: Annotated[float, typer.Option(rich_help_panel="Privacy")] = 1e-5,
     max_grad_norm: Annotated[
         float, typer.Option(help="DP-SGD per-sample clipping norm.", rich_help_panel="Privacy")
@@ -182,6 +183,7 @@ def init(
       fedrema init -w /shared/heart -s cleveland --site cleveland --train c.csv --test c_test.csv
     """
     from fedrema_cli import onboarding as actions
+    from fedrema_cli.config import target_epsilon
 
     if site is not None:
         out = actions.join(
@@ -215,7 +217,7 @@ def init(
         batch_size=batch_size,
         lr=lr,
         seed=seed,
-        epsilon=None if no_dp else epsilon,
+        epsilon=target_epsilon(epsilon, no_dp=no_dp),
         delta=delta,
         max_grad_norm=max_grad_norm,
         threshold=threshold,
@@ -269,6 +271,8 @@ def approve(
             f"(secure-aggregation threshold {out['threshold']})"
         )
         ui.say("  next: each site runs `fedrema submit` (key exchange), then `fedrema train-local`")
+    elif out["unchanged"]:
+        ui.say(f"  the roster is already signed for {', '.join(out['roster'])}; nothing changed")
     elif not out["roster_approved"]:
         ui.say("  approve with `fedrema approve --all` or `fedrema approve SITE ...`")
     return None

@@ -100,14 +100,9 @@ def simulate(
       fedrema simulate heart-disease --method fedavg --no-dp --no-secure-aggregation
     """
     from fedrema_cli import simulate as sim
-    from fedrema_cli.config import TrainingConfig, checked_options
-    from fedrema_cli.defaults import DEFAULT_EPSILON
-    from fedrema_cli.errors import UsageError
+    from fedrema_cli.config import TrainingConfig, checked_options, target_epsilon
 
-    if no_dp and epsilon is not None:
-        raise UsageError("--no-dp and --epsilon contradict each other")
-    if not no_dp and epsilon is None:
-        epsilon = DEFAULT_EPSILON
+    epsilon = target_epsilon(epsilon, no_dp=no_dp)
     methods = [m.strip() for m in method.split(",") if m.strip()]
     drops = tuple(sim.Drop.parse(d) for d in (drop or []))
     with checked_options():

@@ -83,12 +83,21 @@ def submit(
         finished = not wait or site.round_part_done()
         return finished, "; ".join(waiting) or "the coordinator"
 
-    ui.wait_for(step, timeout=timeout)
+    gave_up = ui.wait_for(step, timeout=timeout)
     if json_out:
-        ui.emit_json({"site": site.name, "done": done, "waiting_for": waiting})
-    else:
+        ui.emit_json(
+            {
+                "site": site.name,
+                "done": done,
+                "waiting_for": waiting,
+                "timed_out": gave_up is not None,
+            }
+        )
+    elif gave_up is None:
         for line in waiting:
             ui.say(f"  waiting for {line}")
+    if gave_up is not None:
+        raise gave_up
     if not done and not site.complete():
         raise NotYetError(
             f"{site.name}: nothing to send yet; waiting for "

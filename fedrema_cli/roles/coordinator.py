@@ -172,13 +172,22 @@ class Coordinator:
         return out
 
     def approve(self, sites: list[str] | None = None) -> Roster:
-        """Sign the roster (all enrolled sites, or the named ones) and open round 1."""
-        if self.fed.roster is not None:
-            raise UsageError(
-                "the roster is already approved; sites cannot be added to a running federation yet"
-            )
+        """Sign the roster (all enrolled sites, or the named ones) and open round 1.
+
+        Once it is signed, approving the same sites again changes nothing; other sites are
+        refused (a running federation's sites cannot change).
+        """
         enrolled = {e.site: e for e in self.enrollments()}
         chosen = sorted(enrolled) if not sites else sorted(set(sites))
+        if self.fed.roster is not None:
+            signed = sorted(self.fed.roster.names)
+            if chosen == signed:
+                return self.fed.roster
+            raise UsageError(
+                f"the roster is already signed for {', '.join(signed)}, not "
+                f"{', '.join(chosen)}; sites cannot be added to or removed from a running "
+                "federation; nothing was changed"
+            )
         unknown = [s for s in chosen if s not in enrolled]
         if unknown:
             raise UsageError(

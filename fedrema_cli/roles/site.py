@@ -23,7 +23,7 @@ from fedrema_cli.data import (
     load_npz,
     load_table,
 )
-from fedrema_cli.errors import ConfigError, IntegrityError, UsageError
+from fedrema_cli.errors import BUDGET_SPENT, ConfigError, IntegrityError, UsageError
 from fedrema_cli.identity import unb64
 from fedrema_cli.merging import METHODS
 from fedrema_cli.params import Params, load_params, params_hash, save_params
@@ -108,11 +108,21 @@ class Site:
         self.name: str = self.meta["site"]
         self.fed = Federation(ws, config, me=self.name, identity=self.state.identity())
         roster = self.fed.load_roster(pinned_sha256=self.meta.get("roster_sha256"))
-        if roster is not None and "roster_sha256" not in self.meta:
-            if self.name not in roster.names:
-                raise ConfigError(f"the coordinator's roster does not include {self.name}")
+        #: The coordinator signed a roster without this site: only `status` has anything to say.
+        self.left_out = roster is not None and self.name not in roster.names
+        if roster is not None and "roster_sha256" not in self.meta and not self.left_out:
             self.meta["roster_sha256"] = self.fed.ws.raw_sha256("roster")
             self.state.write_json(META, self.meta)
+
+    def _not_admitted(self) -> ConfigError:
+        return ConfigError(
+            f"the coordinator's roster does not include {self.name}",
+            hint="ask the coordinator; sites cannot join a running federation yet",
+        )
+
+    def _check_admitted(self) -> None:
+        if self.left_out:
+            raise self._not_admitted()
 
     # -- joining ----------------------------------------------------------------------------
 
@@ -218,6 +228,7 @@ class Site:
         `submit` release anything.
         """
         self.fed.require_roster()
+        self._check_admitted()
         repaired = self._repair_ledger()
         ledger = self._sync_ledger()
         r = current_round(self.fed)
@@ -495,6 +506,21 @@ class Site:
         entries = list(self._ledger().entries)
         return float(entries[-1].epsilon_after) if entries else 0.0
 
+    def budget_refusal(self, r: int) -> Any:
+        """The BudgetExceededError `train-local` would raise for round r, or None."""
+        from privacy import BudgetExceededError
+
+        if self.config.privacy is None or not METHODS[self.config.method].trains:
+            return None
+        ledger = self._ledger()
+        if not ledger.entries:  # nothing spent yet: the policy's plan fits the budget
+            return None
+        try:
+            self._privacy_gate(ledger, r, len(self.data().y_train))
+        except BudgetExceededError as exc:
+            return exc
+        return None
+
     def _check_participant(self, r: int) -> None:
         if not self.config.secure:
             return
@@ -543,6 +569,7 @@ class Site:
     def submit(self) -> Actions:
         """Do every protocol step this site can do now (idempotent; safe to re-run)."""
         self.fed.require_roster()
+        self._check_admitted()
         self._sync_ledger()  # an update leaves only once its privacy spend is on record
         actions = Actions()
         r = current_round(self.fed)
@@ -624,6 +651,7 @@ class Site:
 
         # A run cut off after training a round but before its ledger append (here: the last
         # fine-tuning round) must not export that model before its spend is on record.
+        self._check_admitted()
         self._repair_ledger()
         params, last = self.personalized_params()
         secure.forget_secrets(self.state, before=last + 1)  # finished rounds need no secrets
@@ -683,9 +711,18 @@ class Site:
 
     def next_step(self, status: dict[str, Any]) -> str:
         """This site's next command, refining the workspace view with private knowledge."""
+        if self.left_out:
+            err = self._not_admitted()
+            return f"not admitted: {err}; {err.hint}"
         if status["phase"] in ("enrolling", "done"):
             return status["next_for"].get("each site", "wait for the coordinator to approve")
         r = status["round"]
+        if not self.trained(r) and (spent := self.budget_refusal(r)) is not None:
+            return (
+                f"privacy budget spent (epsilon {spent.epsilon_now:.3f} of "
+                f"{spent.target_epsilon:g}; round {r} would take it to "
+                f"{spent.epsilon_after:.3f}): {BUDGET_SPENT}"
+            )
         if status["phase"] == "collect" and self.name in status["missing"]:
             return (
                 "`fedrema submit`"

@@ -204,3 +204,52 @@ def test_a_federation_over_your_own_table(tmp_path: Path) -> None:
         "init", "-w", tmp_path / "ws2", "-s", tmp_path / "c2", "--features", "age", "--label", "y"
     )
     _one_line_error(out, 1, "--classes")
+
+
+def test_ctrl_c_says_what_happened_and_exits_130(
+    federation: Fed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fedrema_cli import status_view
+
+    def interrupted(**kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(status_view, "federation_status", interrupted)
+    out = run("status", "-s", federation.site("va"))
+    assert out.exit_code == 130
+    assert out.stderr.splitlines() == [
+        "fedrema: interrupted; nothing half-written, run the command again"
+    ]
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert "| 130 | interrupted" in readme
+
+
+def test_the_readme_lists_every_command_and_one_benchmark_time() -> None:
+    import re
+
+    import typer
+
+    from fedrema_cli.app import app
+
+    root = Path(__file__).resolve().parents[2]
+    readme = (root / "README.md").read_text()
+    rows = [line for line in readme.splitlines() if line.startswith("| ") and "`fedrema " in line]
+
+    def names(group, prefix: str = "") -> list[str]:
+        out = []
+        for name, command in group.commands.items():
+            if command.hidden:
+                continue
+            sub = getattr(command, "commands", None)
+            out += names(command, f"{prefix}{name} ") if sub else [f"{prefix}{name}"]
+        return out
+
+    commands = names(typer.main.get_command(app))
+    assert "privacy report" in commands
+    missing = [c for c in commands if not any(f"`fedrema {c} " in row for row in rows)]
+    assert not missing, f"README's command table misses {missing}"
+    readme_min = re.search(r"`make bench-accuracy`,\s+(\d+) min", readme)
+    makefile_min = re.search(
+        r"about (\d+) min.*\n.*\nbench-accuracy:", (root / "Makefile").read_text()
+    )
+    assert readme_min and makefile_min and readme_min[1] == makefile_min[1]

@@ -80,3 +80,17 @@ def test_init_refuses_a_privacy_policy_out_of_range(
     assert out.exit_code == 1, out.stderr
     assert named in out.stderr
     assert not (tmp_path / "ws" / "federation.json").exists()
+
+
+@pytest.mark.parametrize("command", ["init", "simulate"])
+def test_no_dp_with_an_epsilon_is_refused_the_same_way(tmp_path: Path, command: str) -> None:
+    where = (
+        ("init", "-w", tmp_path / "ws", "-s", tmp_path / "coord", "--preset", "heart-disease")
+        if command == "init"
+        else ("simulate", "heart-disease", "--rounds", "1")
+    )
+    out = run(*where, "--no-dp", "--epsilon", "5")
+    assert out.exit_code == 1, (out.stdout, out.stderr)
+    refusal = "fedrema: error: --no-dp and --epsilon contradict each other"
+    assert out.stderr.splitlines() == [refusal]
+    assert not (tmp_path / "ws").exists()

@@ -75,7 +75,22 @@ def test_the_budget_gate_refuses_a_round_that_would_cross_it(private_fed: Fed) -
     out = run("train-local", "-s", fed.site("va"))
     assert out.exit_code == 4, out.stderr
     assert "epsilon" in out.stderr and "budget" in out.stderr.lower()
+    assert "(next: this site can train no more rounds; `fedrema personalize`" in out.stderr
+    # status says the same, instead of sending the site back to `train-local`
+    status = run("status", "-s", fed.site("va"), "--json").json()
+    assert status["next"].startswith("privacy budget spent") and "train-local" not in status["next"]
+    assert "`fedrema personalize`" in status["next"]
     assert (snapshot(fed.site("va")), snapshot(fed.workspace)) == before
+    assert "budget spent" in run("status", "-s", fed.site("va")).stdout
+    # ... and once the round closes without it, status does not ask it to rejoin
+    for s in ("cleveland", "hungary", "switzerland"):
+        assert run("train-local", "-s", fed.site(s)).exit_code == 0
+        assert run("submit", "-s", fed.site(s)).exit_code == 0
+    assert run("aggregate", "-s", fed.coordinator, "--close").exit_code == 0
+    status = run("status", "-s", fed.site("va"), "--json").json()
+    assert status["next"].startswith("privacy budget spent") and "rejoin" not in status["next"]
+    out = run("personalize", "-s", fed.site("va"), "--json")  # what it can still do
+    assert out.exit_code == 0 and out.json()["after_round"] == 1, out.stderr
 
 
 def test_a_site_restarted_without_its_cache_continues_its_spend(private_fed: Fed) -> None:

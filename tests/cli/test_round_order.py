@@ -97,3 +97,21 @@ def test_the_documented_unattended_line_reveals_after_an_interrupted_wait(federa
     env = {**os.environ, "PYTHONPATH": str(ROOT)}  # this checkout's code, from any folder
     subprocess.run(["bash", "-c", script], cwd=fed.root, env=env, capture_output=True, timeout=120)
     assert (fed.workspace / "rounds" / "0001" / "reveals" / "cleveland.json").exists()
+
+
+def test_approve_twice_changes_nothing_but_another_set_of_sites_is_refused(
+    tmp_path: Path,
+) -> None:
+    fed = make_federation(tmp_path, "--no-dp", sites=("cleveland", "hungary", "va"), approve=False)
+    assert run("approve", "-s", fed.coordinator, "--all").exit_code == 0
+    before = snapshot(fed.workspace), snapshot(fed.coordinator)
+    out = run("approve", "-s", fed.coordinator, "--all")  # safe to re-run, like every command
+    assert out.exit_code == 0, out.stderr
+    assert "nothing changed" in out.stdout
+    out = run("approve", "-s", fed.coordinator, "va", "hungary", "cleveland", "--json")
+    assert out.exit_code == 0 and out.json()["unchanged"] and not out.json()["approved_now"]
+    out = run("approve", "-s", fed.coordinator, "cleveland", "hungary")
+    assert out.exit_code == 1, out.stdout
+    assert "already signed for cleveland, hungary, va" in out.stderr
+    assert "nothing was changed" in out.stderr
+    assert (snapshot(fed.workspace), snapshot(fed.coordinator)) == before

@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.cli.conftest import SITES, make_federation
+from tests.cli.conftest import SITES, make_federation, run
 
 FEDREMA = shutil.which("fedrema", path=os.path.dirname(sys.executable)) or "fedrema"
 
@@ -52,3 +52,20 @@ def test_one_round_with_every_party_waiting_in_parallel(tmp_path: Path) -> None:
     assert "finished with 4 sites" in outputs["coordinator"][0]
     for s in SITES:
         assert "unmasking shares revealed" in outputs[s][0]
+
+
+def test_a_wait_that_times_out_still_prints_its_json(tmp_path: Path) -> None:
+    """A script reading --json learns what was sent even when the wait ran out (exit 75)."""
+    fed = make_federation(tmp_path, "--no-dp", sites=("cleveland", "hungary"))
+    out = run("submit", "-s", fed.site("cleveland"), "--wait", "--timeout", "1", "--json")
+    assert out.exit_code == 75, (out.stdout, out.stderr)
+    body = out.json()
+    assert body["timed_out"] is True and body["site"] == "cleveland"
+    assert body["done"] and body["waiting_for"]  # its keys went out; it waits for the coordinator
+    assert "gave up after 1s" in out.stderr
+    out = run("aggregate", "-s", fed.coordinator, "--wait", "--timeout", "1", "--json")
+    assert out.exit_code == 75, (out.stdout, out.stderr)
+    body = out.json()
+    assert body["timed_out"] is True and "hungary" in body["waiting_for"]
+    out = run("submit", "-s", fed.site("hungary"), "--json")  # no --wait: nothing timed out
+    assert out.exit_code == 0 and out.json()["timed_out"] is False
