@@ -52,9 +52,9 @@ def translate(exc: BaseException) -> FedremaError | None:
     if isinstance(exc, pe.BudgetExceededError):
         return BudgetError(str(exc), hint=BUDGET_SPENT)
     if isinstance(exc, pe.LedgerIntegrityError):
-        return IntegrityError(str(exc))
+        return IntegrityError(str(exc), hint=exc.hint)
     if isinstance(exc, pe.PrivacyError):
-        return ConfigError(str(exc))
+        return ConfigError(str(exc), hint=exc.hint)
     return None
 
 

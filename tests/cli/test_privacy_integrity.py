@@ -79,6 +79,8 @@ def test_a_site_that_lost_its_ledger_does_not_start_its_spend_again(
     out = run("train-local", "-s", site)
     assert out.exit_code == 3, out.stdout + out.stderr  # not a fresh accountant for round 2
     assert not (site / "rounds" / "0002" / "training.json").exists()
+    if anchor == "published copies":  # the one line says how to recover
+        assert "(next: restore ledger.jsonl" in out.stderr, out.stderr
 
 
 @pytest.mark.parametrize("anchor", ["accountant cache", "published copies"])
