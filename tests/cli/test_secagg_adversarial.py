@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,9 +18,27 @@ from tests.cli.conftest import (
     key_exchange,
     make_federation,
     run,
+    snapshot,
     submit_all,
     train_and_submit,
 )
+
+
+def equivocate_to_va(monkeypatch: pytest.MonkeyPatch) -> Callable[..., object]:
+    """Show va alone an unmask request that claims cleveland dropped (as an equivocating
+    coordinator or storage would: va would reveal cleveland's key); returns the real reader."""
+    real = secure.unmask_request
+
+    def shown_to_va(f, r):  # type: ignore[no-untyped-def]
+        request = real(f, r)
+        if f.me != "va":
+            return request
+        return type(request)(
+            request.round, request.survivors[1:], (*request.dropped, request.survivors[0])
+        )
+
+    monkeypatch.setattr(secure, "unmask_request", shown_to_va)
+    return real
 
 
 def test_a_site_refuses_keys_in_the_key_roster_that_their_site_did_not_sign(
@@ -66,18 +85,7 @@ def test_the_consistency_check_counts_signatures_of_sites_this_view_calls_droppe
     train_and_submit(fed)
     assert run("aggregate", "-s", fed.coordinator).exit_code == 0  # U3 published
     assert run("submit", "-s", fed.site("cleveland")).exit_code == 0  # signs the real U3
-    real = secure.unmask_request
-
-    def shown_to_va(f, r):  # type: ignore[no-untyped-def]
-        request = real(f, r)
-        if f.me != "va":
-            return request
-        # cleveland is claimed dropped to va only; cleveland already signed the real set.
-        return type(request)(
-            request.round, request.survivors[1:], (*request.dropped, request.survivors[0])
-        )
-
-    monkeypatch.setattr(secure, "unmask_request", shown_to_va)
+    equivocate_to_va(monkeypatch)  # cleveland already signed the real set
     out = run("submit", "-s", fed.site("va"))
     assert out.exit_code == 3 and "different survivor set" in out.stderr
     reveals = fed.workspace / "rounds/0001/reveals"
@@ -96,3 +104,24 @@ def test_no_round_secrets_are_left_once_the_federation_is_complete(federation: F
     assert run("personalize", "-s", fed.site("cleveland")).exit_code == 0
     for s in ("va", "cleveland"):
         assert sorted((fed.site(s) / "secagg").glob("*.json")) == [], s
+
+
+def test_the_consistency_check_catches_a_coordinator_that_equivocates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fed = make_federation(tmp_path, "--no-dp", "--consistency-check")
+    key_exchange(fed)
+    train_and_submit(fed)
+    assert run("aggregate", "-s", fed.coordinator).exit_code == 0  # U3 published
+    real = equivocate_to_va(monkeypatch)  # va is shown a different survivor set
+    assert run("submit", "-s", fed.site("va")).exit_code == 0  # signs what it saw, then waits
+    assert (fed.workspace / "rounds/0001/consistency/va.json").exists()
+    monkeypatch.setattr(secure, "unmask_request", real)
+    before = snapshot(fed.workspace)
+    out = run("submit", "-s", fed.site("cleveland"))
+    assert out.exit_code == 3 and "different survivor set" in out.stderr
+    reveals = fed.workspace / "rounds/0001/reveals"
+    assert not reveals.exists() or not any(reveals.iterdir())  # nobody revealed anything
+    assert sorted(set(snapshot(fed.workspace)) - set(before)) == [
+        "rounds/0001/consistency/cleveland.json"
+    ]
