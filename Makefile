@@ -34,7 +34,7 @@ bench-secagg: $(STAMP)
 bench-dp: $(STAMP)
 	$(BIN)/python benchmarks/dp.py
 
-# FedReMa vs the baselines, 2 datasets x 4 privacy levels x 5 seeds (about 19 min on 2 cores);
+# FedReMa vs the baselines, 2 datasets x 4 privacy levels x 5 seeds (about 13 min on 2 cores);
 # tables and plots in benchmarks/results/accuracy/. ARGS=--quick: 2 seeds.
 bench-accuracy: $(STAMP)
 	$(BIN)/python benchmarks/accuracy.py $(ARGS)

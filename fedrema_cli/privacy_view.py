@@ -49,12 +49,10 @@ def _own_ledger_anchors(site: Any, text: str, verify: Callable[[bytes, bytes], N
     except PrivacyError as exc:
         out.append(f"{site.name}: {ACCOUNTANT}: {exc}")
     if site.fed.roster is not None:
-        recorded = {e.round for e in entries}
         out += [
             f"{site.name}: round {r}: published as ledger/{site.name}/{r:04d}.json but "
             "missing from the site's own ledger (entries dropped?)"
-            for r in site.fed.ledger_rounds(site.name)
-            if r not in recorded
+            for r in site.published_not_in(entries)
         ]
     return out
 

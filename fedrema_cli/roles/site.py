@@ -409,8 +409,7 @@ class Site:
             parsed = self._ledger()
             entries = list(parsed.entries)
         if self.fed.roster is not None:
-            recorded = {e.round for e in entries}
-            lost = [r for r in self.fed.ledger_rounds(self.name) if r not in recorded]
+            lost = self.published_not_in(entries)
             if lost:  # published only after the local append, so the local ledger lost them
                 raise LedgerIntegrityError(
                     f"this site published ledger entries for rounds {lost} that its own "
@@ -498,6 +497,15 @@ class Site:
             self.state.write_json(FINGERPRINT_KEY, {"hmac_sha256_key": os.urandom(32).hex()})
         key = bytes.fromhex(self.state.read_json(FINGERPRINT_KEY)["hmac_sha256_key"])
         return hmac.new(key, bytes.fromhex(file_sha256), hashlib.sha256).hexdigest()
+
+    def published_not_in(self, entries: Any) -> list[int]:
+        """Rounds this site published a ledger entry for that ``entries`` lack.
+
+        Entries are published only after the local append, so any such round means the local
+        ledger lost its last entries (a shorter chain still verifies on its own).
+        """
+        recorded = {e.round for e in entries}
+        return [r for r in self.fed.ledger_rounds(self.name) if r not in recorded]
 
     def epsilon_spent(self) -> float | None:
         """Record-level epsilon this site has spent so far, from its ledger (None without DP)."""
