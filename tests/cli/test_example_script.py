@@ -1,0 +1,31 @@
+"""The four-hospital example script runs end to end: every command, as operators type them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_run_sh_drives_every_command_for_one_round(tmp_path: Path) -> None:
+    work = tmp_path / "run"
+    env = {**os.environ, "FEDREMA": f"{sys.executable} -m fedrema_cli"}
+    out = subprocess.run(
+        ["bash", str(ROOT / "examples/heart_disease/run.sh"), str(work), "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    status = json.loads((work / "workspace" / "rounds" / "0001" / "result.json").read_text())
+    assert status["body"]["survivors"] == ["cleveland", "hungary", "switzerland", "va"]
+    assert (work / "privacy-report.html").exists()
+    assert "every ledger verifies" in out.stdout
+    exported = sorted(p.name for p in (work / "models").iterdir())
+    assert exported == ["cleveland", "hungary", "switzerland", "va"], exported
