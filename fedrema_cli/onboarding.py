@@ -151,6 +151,8 @@ def join(
         "site": site,
         "federation": s.config.federation_id,
         "fingerprint": fingerprint(s.fed.identity.public.sign_pk),
+        "coordinator_fingerprint": fingerprint(s.config.coordinator.sign_pk),
+        "coordinator_fingerprint_checked": coordinator_fingerprint is not None,
     }
 
 

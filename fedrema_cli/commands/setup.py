@@ -200,6 +200,12 @@ def init(
         ui.say(
             f"  site key fingerprint: [bold]{out['fingerprint']}[/] (read it to the coordinator)"
         )
+        if not out["coordinator_fingerprint_checked"]:
+            ui.warn(
+                "the coordinator's key was taken from the workspace unchecked (no "
+                f"--coordinator-fingerprint): it is {out['coordinator_fingerprint']}; compare it "
+                "with the one the coordinator gave you before you train"
+            )
         ui.say("  next: the coordinator runs `fedrema approve`; then `fedrema submit`")
         return None
     out = actions.create(

@@ -157,6 +157,19 @@ def test_joining_with_the_wrong_coordinator_fingerprint_is_refused(tmp_path: Pat
     _one_line_error(out, 3, "fingerprint")
 
 
+def test_joining_without_a_fingerprint_shows_the_unchecked_one(tmp_path: Path) -> None:
+    fed = make_federation(tmp_path, "--no-dp", sites=("cleveland",), approve=False)
+    coord = run("status", "-w", fed.workspace, "--json").json()["coordinator_fingerprint"]
+    join = ("init", "-w", fed.workspace, "--site", "va", "--train", fed.data("va"))
+    out = run(*join[:3], "-s", tmp_path / "va", *join[3:])
+    assert out.exit_code == 0, out.stderr
+    assert "unchecked" in out.stderr and coord in out.stderr.replace("\n", "")
+    checked = run(*join[:3], "-s", tmp_path / "hu", "--site", "hungary", "--train",
+                  fed.data("hungary"), "--coordinator-fingerprint", coord, "--json")  # fmt: skip
+    assert checked.exit_code == 0 and "unchecked" not in checked.stderr
+    assert checked.json()["coordinator_fingerprint_checked"] is True
+
+
 @pytest.mark.parametrize("name", ["../escape", "Cleveland Clinic", "a/b", ""])
 def test_a_site_name_that_could_escape_the_workspace_is_refused(tmp_path: Path, name: str) -> None:
     fed = make_federation(tmp_path, "--no-dp", sites=("cleveland",), approve=False)
