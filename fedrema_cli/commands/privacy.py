@@ -75,7 +75,7 @@ def report(
         for path in (html, pdf):
             if path is not None:
                 ui.say(f"written: {path}")
-    if not rep.verified or extra:
+    if not rep.verified:  # workspace problems (extra) are folded into rep
         raise IntegrityError(
             "the privacy ledgers do not all verify (see the report)",
             hint="`fedrema audit` names the site and entry",

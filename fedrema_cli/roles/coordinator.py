@@ -108,6 +108,8 @@ class Coordinator:
             )
         self.fed = Federation(ws, config, me=COORDINATOR, identity=identity)
         self.fed.load_roster()
+        #: (kind, round, site) -> None (accepted) or why refused; `--wait` polls re-use it
+        self._verdicts: dict[tuple[str, int, str], str | None] = {}
 
     # -- creation and approval ------------------------------------------------------------
 
@@ -297,12 +299,17 @@ class Coordinator:
         for site in self.fed.sites_with(kind, r):
             if among is not None and site not in among:
                 continue
-            try:
-                self._read(kind, r, site)
-            except (IntegrityError, SecAggError) as exc:
-                refused[site] = str(exc)
-            else:
+            key = (kind, r, site)
+            if key not in self._verdicts:  # write-once files: checked once per process
+                try:
+                    self._read(kind, r, site)
+                    self._verdicts[key] = None
+                except (IntegrityError, SecAggError) as exc:
+                    self._verdicts[key] = str(exc)
+            if (why := self._verdicts[key]) is None:
                 acted.append(site)
+            else:
+                refused[site] = why
         progress.reject(r, kind, refused)
         return acted
 

@@ -120,7 +120,9 @@ class Site:
             hint="ask the coordinator; sites cannot join a running federation yet",
         )
 
-    def _check_admitted(self) -> None:
+    def _require_admitted(self) -> None:
+        """The roster is signed (else: wait for it) and lists this site (else: ask)."""
+        self.fed.require_roster()
         if self.left_out:
             raise self._not_admitted()
 
@@ -227,8 +229,7 @@ class Site:
         the ledger entry is appended (a re-run appends a missing one), and only then can
         `submit` release anything.
         """
-        self.fed.require_roster()
-        self._check_admitted()
+        self._require_admitted()
         repaired = self._repair_ledger()
         ledger = self._sync_ledger()
         r = current_round(self.fed)
@@ -576,12 +577,11 @@ class Site:
 
     def submit(self) -> Actions:
         """Do every protocol step this site can do now (idempotent; safe to re-run)."""
-        self.fed.require_roster()
-        self._check_admitted()
+        self._require_admitted()
         self._sync_ledger()  # an update leaves only once its privacy spend is on record
         actions = Actions()
         r = current_round(self.fed)
-        if r > self.config.rounds:
+        if self.complete():
             secure.forget_secrets(self.state, before=r)  # the last rounds' secrets too
             actions.waiting.append("nothing: the federation is complete; run `fedrema personalize`")
             return actions
@@ -659,7 +659,7 @@ class Site:
 
         # A run cut off after training a round but before its ledger append (here: the last
         # fine-tuning round) must not export that model before its spend is on record.
-        self._check_admitted()
+        self._require_admitted()
         self._repair_ledger()
         params, last = self.personalized_params()
         secure.forget_secrets(self.state, before=last + 1)  # finished rounds need no secrets
