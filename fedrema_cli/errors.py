@@ -59,8 +59,8 @@ class BudgetError(FedremaError):
 
 #: What a site whose budget is spent can still do: BudgetError's hint, and its `status`.
 BUDGET_SPENT = (
-    "this site can train no more rounds; `fedrema personalize` builds its model from the "
-    "rounds so far"
+    "this site can train no more rounds; `fedrema withdraw` tells the coordinator to stop "
+    "waiting for it, and `fedrema personalize` builds its model from the rounds so far"
 )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from fedrema_cli import ui
 
@@ -30,7 +31,8 @@ def aggregate(
 
     Fixes who takes part, closes the round when every site (or, after the deadline, at least
     the threshold of sites) has submitted, unmasks the sum of the updates, merges the heads
-    with FedReMa and publishes the next round. Exit 75 when nothing could move yet.
+    with FedReMa and publishes the next round. Sites that ran `fedrema withdraw` are not
+    waited for. Exit 75 when nothing could move yet.
 
       fedrema aggregate -s coord --wait
     """
@@ -40,6 +42,7 @@ def aggregate(
     coord = Coordinator(state, workspace=workspace)
     events: list[str] = []
     rejected: dict[str, str] = {}
+    withdrawn: dict[str, dict[str, object]] = {}
     start_round = coord.current_round()
 
     def step() -> tuple[bool, str]:
@@ -51,7 +54,14 @@ def aggregate(
                     ui.warn(f"{what} refused, the site is left out of that step: {why}")
             for e in progress.events:
                 ui.say(f"[green]✓[/] {e}")
+            for site, notice in progress.withdrawn.items():
+                if site not in withdrawn:
+                    ui.say(
+                        f"  not waiting for {site}: withdrew from round "
+                        f"{notice['from_round']} on ({escape(str(notice['reason']))})"
+                    )
         rejected.update(progress.rejected)
+        withdrawn.update(progress.withdrawn)
         waiting = coord.waiting_for()
         finished = not wait or coord.current_round() > start_round or coord.complete()
         return finished, waiting
@@ -62,6 +72,7 @@ def aggregate(
             {
                 "events": events,
                 "rejected": rejected,
+                "withdrawn": withdrawn,
                 "round": coord.current_round(),
                 "complete": coord.complete(),
                 "waiting_for": coord.waiting_for(),

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from fedrema_cli import ui
 
@@ -14,6 +15,7 @@ def register(app: typer.Typer) -> None:
     app.command(name="train-local")(train_local)
     app.command(name="submit")(submit)
     app.command(name="personalize")(personalize)
+    app.command(name="withdraw")(withdraw)
 
 
 def train_local(
@@ -139,4 +141,56 @@ def personalize(
         )
     if out.get("exported"):
         ui.say(f"  exported to {out['exported']}")
+    return None
+
+
+def withdraw(
+    state: ui.StateOpt,
+    yes: Annotated[
+        bool, typer.Option("--yes", help="Confirm: a withdrawal cannot be undone.")
+    ] = False,
+    reason: Annotated[
+        str | None,
+        typer.Option(
+            help="One line the coordinator and auditors see. Default: 'privacy budget spent' "
+            "when it is, else 'withdrawn by the site operator'."
+        ),
+    ] = None,
+    workspace: ui.WorkspaceOpt = None,
+    json_out: ui.JsonOpt = False,
+) -> None:
+    """Leave the federation for good, so the coordinator stops waiting for this site.
+
+    For a site whose privacy budget is spent, or that must stop taking part. Without it the
+    coordinator waits out every phase's deadline for the missing site, every round. A round
+    that already holds this site's masked update still gets its unmasking shares from the
+    next `fedrema submit`; every later round goes on without it, and `fedrema personalize`
+    keeps working. Re-running it changes nothing.
+
+      fedrema withdraw -s cleveland --yes
+    """
+    from fedrema_cli.errors import UsageError
+    from fedrema_cli.roles.common import current_round
+    from fedrema_cli.roles.site import Site
+
+    site = Site(state, workspace=workspace)
+    notice, new = site.withdraw(reason, dry_run=not yes)
+    if new and not yes:
+        raise UsageError(
+            f"withdrawing {site.name} from round {notice.from_round} on cannot be undone: the "
+            "federation goes on without it; nothing was changed",
+            hint="run again with --yes",
+        )
+    if json_out:
+        return ui.emit_json({"site": site.name, "new": new, **notice.to_json()})
+    what = "withdrew" if new else "had already withdrawn"
+    ui.say(
+        f"[green]✓[/] {site.name} {what} from round {notice.from_round} on: {escape(notice.reason)}"
+    )
+    if site.config.secure and notice.from_round > current_round(site.fed):
+        ui.say(
+            f"  round {notice.from_round - 1} holds this site's update: "
+            "`fedrema submit` once more to reveal its unmasking shares"
+        )
+    ui.say("  next: `fedrema personalize` builds this site's model from the rounds so far")
     return None

@@ -55,6 +55,11 @@ def status(
             f"  to {out['action']}: done {len(out['acted'])}/{len(out['expected'])}"
             + (f"; waiting for {', '.join(out['missing'])}" if out["missing"] else "")
         )
+    if out.get("withdrawn"):
+        ui.say(
+            "  withdrawn: "
+            + ", ".join(f"{s} (from round {k})" for s, k in sorted(out["withdrawn"].items()))
+        )
     if out.get("you"):
         ui.say(f"  you are [bold]{out['you']}[/]: next → {out['next']}")
     else:

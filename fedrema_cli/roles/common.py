@@ -98,3 +98,33 @@ def model_attachment(params: Mapping[str, np.ndarray]) -> dict[str, bytes]:
 
 def part_of(params: Mapping[str, np.ndarray], part: str) -> Params:
     return {k: v for k, v in params.items() if part == "all" or k.startswith(part + ".")}
+
+
+@dataclass(frozen=True)
+class Withdrawal:
+    """A site's signed notice that it takes part in no round from ``from_round`` on."""
+
+    site: str
+    from_round: int
+    reason: str
+    at: str
+
+    def to_json(self) -> dict[str, object]:
+        return {"from_round": self.from_round, "reason": self.reason, "at": self.at}
+
+
+def read_withdrawal(fed: Federation, site: str) -> Withdrawal | None:
+    """The site's withdrawal if it posted one, checked against its roster key."""
+    if not fed.exists("withdrawal", 0, site=site):
+        return None
+    body = fed.get("withdrawal", 0, site=site).body
+    from_round, reason, at = body.get("from_round"), body.get("reason"), body.get("at")
+    if (
+        not isinstance(from_round, int)
+        or isinstance(from_round, bool)
+        or from_round < 1
+        or not isinstance(reason, str)
+        or not isinstance(at, str)
+    ):
+        raise IntegrityError(f"{site}'s withdrawal does not match the withdrawal schema")
+    return Withdrawal(site=site, from_round=from_round, reason=reason, at=at)

@@ -6,8 +6,9 @@ marks a phase boundary (see docs/architecture.md, "One round of secure aggregati
 
     key-roster(r)  ->  masking-roster(r)  ->  unmask-request(r)  ->  result(r), model(r+1)
 
-A phase closes when every expected site has acted, or when its deadline has passed (or the
-operator passes ``close=True``) and at least ``threshold`` sites have acted.
+A phase closes when every expected site has acted (or withdrew: `Site.withdraw`), or when its
+deadline has passed (or the operator passes ``close=True``) and at least ``threshold`` sites
+have acted.
 """
 
 from __future__ import annotations
@@ -29,12 +30,14 @@ from fedrema_cli.params import head_logits, save_params
 from fedrema_cli.roles import exchange, secure
 from fedrema_cli.roles.common import (
     PARAMS,
+    Withdrawal,
     current_round,
     initial_params,
     model_attachment,
     parse_time,
     phase_of,
     read_model,
+    read_withdrawal,
     timestamp,
     utcnow,
 )
@@ -75,6 +78,8 @@ class Progress:
     finished: list[int] = field(default_factory=list)
     #: "round r: SITE's KIND" -> why it was refused; that site is treated as not having acted
     rejected: dict[str, str] = field(default_factory=dict)
+    #: site -> its withdrawal notice, for every site no phase of this call waited for
+    withdrawn: dict[str, dict[str, object]] = field(default_factory=dict)
 
     def reject(self, r: int, kind: str, refused: dict[str, str]) -> None:
         for site, why in refused.items():
@@ -110,6 +115,8 @@ class Coordinator:
         self.fed.load_roster()
         #: (kind, round, site) -> None (accepted) or why refused; `--wait` polls re-use it
         self._verdicts: dict[tuple[str, int, str], str | None] = {}
+        #: site -> its withdrawal, or why it was refused (write-once, so read once)
+        self._withdrawals: dict[str, Withdrawal | str | None] = {}
 
     # -- creation and approval ------------------------------------------------------------
 
@@ -266,22 +273,61 @@ class Coordinator:
             return self.fed.require_roster().approved_at
         return str(self.fed.get(kind, r).body["opened_at"])
 
+    def _withdrawn(self, r: int, progress: Progress) -> set[str]:
+        """Sites whose signed withdrawal covers round r: no phase of r waits for them.
+
+        A withdrawal that fails its signature or schema is refused (reported, and the site
+        is waited for as usual): only the site itself can take itself out.
+        """
+        gone, refused = set(), {}
+        for site in self.fed.withdrawn_sites():
+            if site not in self._withdrawals:
+                try:
+                    self._withdrawals[site] = read_withdrawal(self.fed, site)
+                except IntegrityError as exc:
+                    self._withdrawals[site] = str(exc)
+            notice = self._withdrawals[site]
+            if isinstance(notice, str):
+                refused[site] = notice
+            elif notice is not None and notice.from_round <= r:
+                gone.add(site)
+                progress.withdrawn[site] = notice.to_json()
+        progress.reject(r, "withdrawal", refused)
+        return gone
+
     def _ready(
-        self, acted: list[str], expected: list[str], opened_at: str, r: int, close: bool, what: str
+        self,
+        acted: list[str],
+        expected: list[str],
+        opened_at: str,
+        r: int,
+        close: bool,
+        what: str,
+        gone: set[str],
     ) -> bool:
-        """All expected sites acted, or the deadline passed with at least t of them."""
-        if set(expected) <= set(acted):
-            return True
-        deadline = parse_time(opened_at) + dt.timedelta(seconds=self.config.round.timeout_seconds)
-        if not close and utcnow() < deadline:
-            return False
+        """Every expected site acted or withdrew, or the deadline passed; and t acted."""
+        if set(expected) - set(acted) - gone:
+            deadline = parse_time(opened_at) + dt.timedelta(
+                seconds=self.config.round.timeout_seconds
+            )
+            if not close and utcnow() < deadline:
+                return False
         t = self.fed.require_roster().threshold
         if len(acted) < t:
-            missing = sorted(set(expected) - set(acted))
+            missing = sorted(set(expected) - set(acted) - gone)
+            left = sorted((set(expected) - set(acted)) & gone)
+            hint = "wait for more sites and run `fedrema aggregate` again"
+            if len(set(self.fed.require_roster().names) - gone) < t:
+                hint = (
+                    "too few sites remain after withdrawals for this threshold: the federation "
+                    "cannot go on; sites run `fedrema personalize` for their models so far"
+                )
             raise ProtocolAbortedError(
                 f"round {r}: only {len(acted)} of {len(expected)} sites {what} "
-                f"(missing: {', '.join(missing)}); secure aggregation needs at least {t}",
-                hint="wait for more sites and run `fedrema aggregate` again",
+                f"(missing: {', '.join(missing) or 'none'}"
+                f"{'; withdrawn: ' + ', '.join(left) if left else ''}); "
+                f"secure aggregation needs at least {t}",
+                hint=hint,
             )
         return True
 
@@ -327,26 +373,27 @@ class Coordinator:
 
     def _step(self, r: int, roster: Roster, close: bool, progress: Progress) -> None:
         phase = phase_of(self.fed, r).name
+        gone = self._withdrawn(r, progress)
         if phase == "waiting":
             advertised = self._acted("key-advert", r, progress)
             opened = (
                 self._opened_at("roster", 0) if r == 1 else self._opened_at("unmask-request", r - 1)
             )
-            if self._ready(advertised, list(roster.names), opened, r, close, "advertised keys"):
+            if self._ready(
+                advertised, list(roster.names), opened, r, close, "advertised keys", gone
+            ):
                 self._open_round(r, progress)
         elif phase == "keys":
             expected = secure.key_roster_parties(self.fed, r)
             acted = self._acted("shares", r, progress)
-            if self._ready(
-                acted, expected, self._opened_at("key-roster", r), r, close, "shared their keys"
-            ):
+            opened = self._opened_at("key-roster", r)
+            if self._ready(acted, expected, opened, r, close, "shared their keys", gone):
                 self._fix_masking_roster(r, acted, progress)
         elif phase == "collect":
             expected = list(self.fed.get("masking-roster", r).body["participants"])
             acted = self._acted("submission", r, progress, among=expected)
-            if self._ready(
-                acted, expected, self._opened_at("masking-roster", r), r, close, "submitted"
-            ):
+            opened = self._opened_at("masking-roster", r)
+            if self._ready(acted, expected, opened, r, close, "submitted", gone):
                 if self.config.secure:
                     self._request_unmasking(r, acted, expected, progress)
                 else:
@@ -357,7 +404,8 @@ class Coordinator:
             body = self.fed.get("unmask-request", r).body
             expected = list(body["survivors"])
             acted = self._acted("reveal", r, progress, among=expected)
-            if self._ready(acted, expected, str(body["opened_at"]), r, close, "revealed shares"):
+            opened = str(body["opened_at"])
+            if self._ready(acted, expected, opened, r, close, "revealed shares", gone):
                 self._finalize(r, expected, progress, revealed=acted)
 
     def _open_round(self, r: int, progress: Progress) -> None:

@@ -369,7 +369,7 @@ def advertise(fed: Federation, state: PartyState, r: int) -> None:
 def site_steps(site: Site, r: int, actions: Actions) -> None:
     """Every SecAgg step this site can take now, for round r and the next round."""
     fed, state = site.fed, site.state
-    last = fed.config.rounds
+    last = site.last_round()
     for rr in (r, r + 1):
         if rr > last:
             break
@@ -386,16 +386,16 @@ def site_steps(site: Site, r: int, actions: Actions) -> None:
         _submit_masked(site, rr, secrets, actions)
         _reveal(site, rr, secrets, actions)
     forget_secrets(state, before=r)
-    _rejoin(site, r, actions)
+    _rejoin(site, r, last, actions)
 
 
-def forget_secrets(state: PartyState, *, before: int) -> None:
-    """Delete the protocol state of every round before ``before``: all have their result.
+def forget_secrets(state: PartyState, *, before: int, start: int = 1) -> None:
+    """Delete the protocol state of rounds ``start`` .. ``before - 1``: none will be needed.
 
     A state still waiting for an unmask request holds every peer's shares of b_v and
     s_v^SK; with the masked inputs in the workspace those unmask single updates later.
     """
-    for rr in range(1, before):
+    for rr in range(start, before):
         state.delete(_secrets(rr))
 
 
@@ -442,7 +442,7 @@ def _submit_masked(site: Site, r: int, secrets: _Secrets, actions: Actions) -> N
     senders = [s for s in _names(fed, roster.participants) if s != site.name]
     inbox = route_ciphertexts(roster, _read_all(fed, "shares", r, senders), me)
     step = secrets.client.handle(roster, inbox=inbox, x=x)
-    if r < fed.config.rounds and step[1] is not None:
+    if r < site.last_round() and step[1] is not None:
         advertise(fed, site.state, r + 1)  # keys for the next round travel with this update
     secrets.advance(fed, step, "submission", site.submission_body(r, trained), MASKED)
     actions.done.append(f"round {r}: masked update submitted")
@@ -500,9 +500,9 @@ def _consistent(site: Site, r: int, request: UnmaskRequest, actions: Actions) ->
     return True
 
 
-def _rejoin(site: Site, r: int, actions: Actions) -> None:
+def _rejoin(site: Site, r: int, last: int, actions: Actions) -> None:
     """A site left out of every open round advertises keys for the next round it can join."""
-    fed, last = site.fed, site.fed.config.rounds
+    fed = site.fed
     if any(site.state.exists(_secrets(k)) and not _left_out(site, k) for k in range(r, last + 1)):
         return  # still part of a round in progress
     for rr in range(r, last + 1):

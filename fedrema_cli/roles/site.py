@@ -29,11 +29,13 @@ from fedrema_cli.merging import METHODS
 from fedrema_cli.params import Params, load_params, params_hash, save_params
 from fedrema_cli.roles import exchange, secure
 from fedrema_cli.roles.common import (
+    Withdrawal,
     current_round,
     derive_seed,
     part_of,
     phase_of,
     read_model,
+    read_withdrawal,
     timestamp,
 )
 from fedrema_cli.store.envelope import canonical, sha256
@@ -238,6 +240,7 @@ class Site:
                 f"the federation finished its {self.config.rounds} rounds",
                 hint="run `fedrema personalize` to get your model",
             )
+        self._require_active(r)
         if self.state.exists(_record(r)):
             if repaired:  # the previous run was cut off after training: it is now complete
                 return {**self.state.read_json(_record(r)), "completed_after_crash": True}
@@ -585,6 +588,7 @@ class Site:
             secure.forget_secrets(self.state, before=r)  # the last rounds' secrets too
             actions.waiting.append("nothing: the federation is complete; run `fedrema personalize`")
             return actions
+        self._require_active(r)
         if self.config.secure:
             secure.site_steps(self, r, actions)
         else:
@@ -635,6 +639,58 @@ class Site:
         self.fed.put("submission", r, self.submission_body(r, trained), attachments=attachments)
         actions.done.append(f"round {r}: update submitted (plaintext; secure aggregation is off)")
         actions.waiting.append(f"round {r}: the coordinator to aggregate")
+
+    # -- withdrawing ------------------------------------------------------------------------
+
+    def withdrawal(self) -> Withdrawal | None:
+        return read_withdrawal(self.fed, self.name)
+
+    def last_round(self) -> int:
+        """The last round this site takes part in: the federation's, or the one before it left."""
+        w = self.withdrawal()
+        return self.config.rounds if w is None else min(self.config.rounds, w.from_round - 1)
+
+    def _require_active(self, r: int) -> None:
+        if (w := self.withdrawal()) is not None and r >= w.from_round:
+            raise UsageError(
+                f"{self.name} withdrew from the federation from round {w.from_round} on "
+                f"({w.reason}); it sends nothing more",
+                hint="`fedrema personalize` builds this site's model from the rounds so far",
+            )
+
+    def withdraw(
+        self, reason: str | None = None, *, dry_run: bool = False
+    ) -> tuple[Withdrawal, bool]:
+        """Post a signed notice that this site takes part in no further round; (notice, new?).
+
+        The coordinator then stops waiting for it instead of waiting out every phase's
+        deadline. A round whose sum already holds this site's masked update still needs its
+        unmasking shares, so then the withdrawal starts with the next round and `submit`
+        finishes the current one. Irreversible: the federation goes on without this site.
+        ``dry_run``: check and return the notice without posting it.
+        """
+        self._require_admitted()
+        if (existing := self.withdrawal()) is not None:
+            return existing, False
+        r = current_round(self.fed)
+        if r > self.config.rounds:
+            raise UsageError(
+                "the federation is complete: there is nothing to withdraw from",
+                hint="run `fedrema personalize` to get your model",
+            )
+        if reason is None:
+            spent = not self.trained(r) and self.budget_refusal(r) is not None
+            reason = "privacy budget spent" if spent else "withdrawn by the site operator"
+        if not reason.strip() or len(reason) > 200 or not reason.isprintable():
+            raise UsageError("the reason must be one printable line of at most 200 characters")
+        in_sum = self.fed.exists("submission", r, site=self.name)
+        notice = Withdrawal(self.name, r + 1 if in_sum else r, reason, timestamp())
+        if dry_run:
+            return notice, True
+        self.fed.put("withdrawal", 0, notice.to_json())
+        # Keys made for rounds this site will not join protect nothing now.
+        secure.forget_secrets(self.state, start=notice.from_round, before=self.config.rounds + 1)
+        return notice, True
 
     # -- personalizing ----------------------------------------------------------------------
 
@@ -704,7 +760,7 @@ class Site:
     def round_part_done(self) -> bool:
         """True when nothing more is needed from this site for the current round."""
         r = current_round(self.fed)
-        if r > self.config.rounds:
+        if r > self.last_round():
             return True
         phase = phase_of(self.fed, r).name
         if phase == "unmask" or (phase == "collect" and not self.config.secure):
@@ -725,6 +781,11 @@ class Site:
         if status["phase"] in ("enrolling", "done"):
             return status["next_for"].get("each site", "wait for the coordinator to approve")
         r = status["round"]
+        if (w := self.withdrawal()) is not None and r >= w.from_round:
+            return (
+                f"withdrew from round {w.from_round} on ({w.reason}): nothing more to send; "
+                "`fedrema personalize` builds its model from the rounds so far"
+            )
         if not self.trained(r) and (spent := self.budget_refusal(r)) is not None:
             return (
                 f"privacy budget spent (epsilon {spent.epsilon_now:.3f} of "

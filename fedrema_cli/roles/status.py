@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from fedrema_cli.errors import IntegrityError
 from fedrema_cli.identity import fingerprint
-from fedrema_cli.roles.common import current_round, phase_of
+from fedrema_cli.roles.common import current_round, phase_of, read_withdrawal
 from fedrema_cli.store.federation import Federation
 
 #: For each phase: (who is expected, the artifact that counts as having acted, what it means).
@@ -33,6 +34,8 @@ class RoundStatus:
     expected: list[str] = field(default_factory=list)
     acted: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    #: site -> the round from which it withdrew (only signed, valid notices)
+    withdrawn: dict[str, int] = field(default_factory=dict)
     action: str = ""
     next_for: dict[str, str] = field(default_factory=dict)
 
@@ -50,6 +53,20 @@ def _expected(fed: Federation, r: int, phase: str) -> list[str]:
     if phase == "unmask":
         return list(fed.get("unmask-request", r).body["survivors"])
     return []
+
+
+def withdrawals(fed: Federation) -> dict[str, int]:
+    """Site -> first round it is out of, for every withdrawal that verifies (others: ignored,
+    as the coordinator refuses them too)."""
+    out = {}
+    for site in fed.withdrawn_sites():
+        try:
+            notice = read_withdrawal(fed, site)
+        except IntegrityError:
+            continue
+        if notice is not None:
+            out[site] = notice.from_round
+    return out
 
 
 def round_status(fed: Federation) -> RoundStatus:
@@ -84,6 +101,7 @@ def round_status(fed: Federation) -> RoundStatus:
             phase="done",
             phase_label="federation complete",
             complete=True,
+            withdrawn=withdrawals(fed),
             **base,
             next_for={
                 "coordinator": "nothing; the federation is complete",
@@ -94,7 +112,9 @@ def round_status(fed: Federation) -> RoundStatus:
     kind, action = _ACTS[phase.name]
     expected = _expected(fed, r, phase.name)
     acted = [s for s in fed.sites_with(kind, r) if s in expected]
-    missing = [s for s in expected if s not in acted]
+    withdrawn = withdrawals(fed)
+    gone = {s for s, k in withdrawn.items() if k <= r}
+    missing = [s for s in expected if s not in acted and s not in gone]
     status = RoundStatus(
         round=r,
         phase=phase.name,
@@ -103,6 +123,7 @@ def round_status(fed: Federation) -> RoundStatus:
         expected=expected,
         acted=acted,
         missing=missing,
+        withdrawn=withdrawn,
         action=action,
         **base,
     )
@@ -112,7 +133,11 @@ def round_status(fed: Federation) -> RoundStatus:
         else f"wait for {', '.join(missing)} (or `fedrema aggregate --close` after enough)"
     )
     for site in fed.require_roster().names:
-        status.next_for[site] = _site_next(site, phase.name, expected, acted)
+        status.next_for[site] = (
+            f"withdrew from round {withdrawn[site]} on: nothing more to send"
+            if site in gone
+            else _site_next(site, phase.name, expected, acted)
+        )
     return status
 
 

@@ -44,6 +44,7 @@ KINDS: dict[str, Kind] = {
     "reveal": Kind("reveals", "", True),
     "result": Kind("", "result", False),
     "ledger-entry": Kind("", "", True),  # ledger/<site>/<r>, see _base
+    "withdrawal": Kind("", "", True),  # withdrawals/<site>, once per federation (round 0)
 }
 
 
@@ -194,6 +195,9 @@ class Federation:
         if kind == "ledger-entry":
             assert site is not None
             return f"ledger/{site}/{r:04d}", site_author(site)
+        if kind == "withdrawal":
+            assert site is not None and r == 0
+            return f"withdrawals/{site}", site_author(site)
         if spec.folder:
             if site is None:
                 raise ValueError(f"{kind} artifacts are per site")
@@ -252,3 +256,12 @@ class Federation:
 
     def ledger_rounds(self, site: str) -> list[int]:
         return sorted(int(n) for n in self.ws.names(f"ledger/{site}") if n.isdigit())
+
+    def withdrawn_sites(self) -> list[str]:
+        """Roster sites that posted a withdrawal (a listing: read each with ``get`` to trust it).
+
+        One listing of ``withdrawals/``, so every status and coordinator step can afford it,
+        also on remote storage.
+        """
+        present = set(self.ws.names("withdrawals"))
+        return [s for s in self.require_roster().names if s in present]

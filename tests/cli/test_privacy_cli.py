@@ -75,7 +75,7 @@ def test_the_budget_gate_refuses_a_round_that_would_cross_it(private_fed: Fed) -
     out = run("train-local", "-s", fed.site("va"))
     assert out.exit_code == 4, out.stderr
     assert "epsilon" in out.stderr and "budget" in out.stderr.lower()
-    assert "(next: this site can train no more rounds; `fedrema personalize`" in out.stderr
+    assert "(next: this site can train no more rounds; `fedrema withdraw`" in out.stderr
     # status says the same, instead of sending the site back to `train-local`
     status = run("status", "-s", fed.site("va"), "--json").json()
     assert status["next"].startswith("privacy budget spent") and "train-local" not in status["next"]
@@ -83,12 +83,17 @@ def test_the_budget_gate_refuses_a_round_that_would_cross_it(private_fed: Fed) -
     assert (snapshot(fed.site("va")), snapshot(fed.workspace)) == before
     assert "budget spent" in run("status", "-s", fed.site("va")).stdout
     # ... and once the round closes without it, status does not ask it to rejoin
-    for s in ("cleveland", "hungary", "switzerland"):
+    others = ("cleveland", "hungary", "switzerland")
+    for s in others:
         assert run("train-local", "-s", fed.site(s)).exit_code == 0
         assert run("submit", "-s", fed.site(s)).exit_code == 0
-    assert run("aggregate", "-s", fed.coordinator, "--close").exit_code == 0
+    assert run("aggregate", "-s", fed.coordinator).exit_code == 75  # va is waited for ...
+    out = run("withdraw", "-s", fed.site("va"), "--yes", "--json")  # ... until it withdraws
+    assert out.exit_code == 0 and out.json()["reason"] == "privacy budget spent", out.stderr
+    out = run("aggregate", "-s", fed.coordinator)
+    assert out.exit_code == 0 and "not waiting for va" in out.stdout, out.stderr
     status = run("status", "-s", fed.site("va"), "--json").json()
-    assert status["next"].startswith("privacy budget spent") and "rejoin" not in status["next"]
+    assert status["next"].startswith("withdrew from round 2") and "rejoin" not in status["next"]
     out = run("personalize", "-s", fed.site("va"), "--json")  # what it can still do
     assert out.exit_code == 0 and out.json()["after_round"] == 1, out.stderr
 

@@ -1,0 +1,129 @@
+"""`fedrema withdraw`: a site leaves for good and the coordinator stops waiting for it.
+
+Without it, a hospital that stops taking part (budget spent, or told to stop) costs every
+phase of every later round its full deadline (24 h by default) unless the coordinator
+passes `--close` each time.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from tests.cli.conftest import (
+    SITES,
+    Fed,
+    full_round,
+    key_exchange,
+    run,
+    snapshot,
+    submit_all,
+    train_and_submit,
+)
+
+OTHERS = SITES[:-1]  # va withdraws
+
+
+def _body(fed: Fed, path: str) -> dict:
+    return json.loads((fed.workspace / path).read_text())["body"]
+
+
+def _finish_round_without_close(fed: Fed, sites: tuple[str, ...]) -> None:
+    """Drive the open round to its result with `aggregate` never given --close."""
+    r = run("status", "-s", fed.coordinator, "--json").json()["round"]
+    for _ in range(6):
+        submit_all(fed, sites)
+        out = run("aggregate", "-s", fed.coordinator)
+        assert out.exit_code in (0, 75), out.stderr
+        if (fed.workspace / f"rounds/{r:04d}/result.json").exists():
+            return
+    raise AssertionError(f"round {r} did not finish without --close")
+
+
+def test_a_withdrawn_site_is_not_waited_for(federation: Fed) -> None:
+    fed = federation
+    key_exchange(fed)
+    full_round(fed)
+    out = run("withdraw", "-s", fed.site("va"), "--yes", "--json")
+    assert out.exit_code == 0, out.stderr
+    assert out.json()["from_round"] == 2 and out.json()["new"] is True
+    assert run("status", "-w", fed.workspace, "--json").json()["withdrawn"] == {"va": 2}
+    # va can send nothing more, and says why
+    for cmd in ("train-local", "submit"):
+        out = run(cmd, "-s", fed.site("va"))
+        assert out.exit_code == 1 and "withdrew from the federation from round 2" in out.stderr
+    train_and_submit(fed, OTHERS)
+    _finish_round_without_close(fed, OTHERS)
+    result = _body(fed, "rounds/0002/result.json")
+    assert result["survivors"] == list(OTHERS)
+    status = run("status", "-s", fed.site("va"), "--json").json()
+    assert status["complete"] and status["withdrawn"] == {"va": 2}
+    out = run("personalize", "-s", fed.site("va"), "--json")
+    assert out.exit_code == 0 and out.json()["complete"], out.stderr
+
+
+def test_a_site_whose_update_is_in_the_sum_reveals_before_it_leaves(federation: Fed) -> None:
+    fed = federation
+    key_exchange(fed)
+    train_and_submit(fed)  # round 1: every masked update is in, va's too
+    out = run("withdraw", "-s", fed.site("va"), "--yes")
+    assert out.exit_code == 0 and "`fedrema submit` once more" in out.stdout, out.stderr
+    assert _body(fed, "withdrawals/va.json")["from_round"] == 2
+    # the keys va advertised for round 2 alongside its update are of no use any more
+    assert not (fed.site("va") / "secagg" / "0002.json").exists()
+    assert run("aggregate", "-s", fed.coordinator).exit_code == 0
+    submit_all(fed)  # va reveals its shares for round 1: the sum holds its update
+    assert run("aggregate", "-s", fed.coordinator).exit_code == 0
+    assert _body(fed, "rounds/0001/result.json")["survivors"] == list(SITES)
+    train_and_submit(fed, OTHERS)
+    _finish_round_without_close(fed, OTHERS)
+    assert _body(fed, "rounds/0002/result.json")["survivors"] == list(OTHERS)
+    assert not (fed.workspace / "rounds/0002/shares/va.msg.bin").exists()
+
+
+def test_too_few_sites_left_stops_with_a_clear_error(federation: Fed) -> None:
+    fed = federation  # 4 sites, t = 3
+    key_exchange(fed)
+    full_round(fed)
+    for s in ("switzerland", "va"):
+        assert run("withdraw", "-s", fed.site(s), "--yes").exit_code == 0
+    train_and_submit(fed, SITES[:2])
+    before = snapshot(fed.workspace)
+    out = run("aggregate", "-s", fed.coordinator)
+    assert out.exit_code == 5, out.stderr
+    assert "withdrawn: switzerland, va" in out.stderr and "needs at least 3" in out.stderr
+    assert "cannot go on" in out.stderr
+    assert snapshot(fed.workspace) == before
+
+
+def test_a_withdrawal_another_party_wrote_is_refused(federation: Fed) -> None:
+    fed = federation
+    key_exchange(fed)
+    full_round(fed)
+    assert run("withdraw", "-s", fed.site("hungary"), "--yes").exit_code == 0
+    # Someone with write access to the storage tries to take va out with hungary's notice.
+    shutil.move(fed.workspace / "withdrawals/hungary.json", fed.workspace / "withdrawals/va.json")
+    assert run("status", "-w", fed.workspace, "--json").json()["withdrawn"] == {}
+    train_and_submit(fed, OTHERS)
+    out = run("aggregate", "-s", fed.coordinator, "--json")
+    assert out.json()["rejected"] and "va's withdrawal" in next(iter(out.json()["rejected"]))
+    assert "va" in out.json()["waiting_for"]  # still waited for: only va can withdraw va
+
+
+def test_withdraw_asks_for_yes_and_re_running_changes_nothing(federation: Fed) -> None:
+    fed = federation
+    key_exchange(fed)
+    before = snapshot(fed.workspace)
+    out = run("withdraw", "-s", fed.site("va"))
+    assert out.exit_code == 1 and "cannot be undone" in out.stderr
+    assert snapshot(fed.workspace) == before
+    out = run("withdraw", "-s", fed.site("va"), "--yes", "--reason", "[red]x\nmore")
+    assert out.exit_code == 1 and "reason must be one printable line" in out.stderr
+    assert snapshot(fed.workspace) == before
+    out = run("withdraw", "-s", fed.site("va"), "--yes", "--reason", "ethics approval ended")
+    assert out.exit_code == 0, out.stderr
+    after = snapshot(fed.workspace)
+    out = run("withdraw", "-s", fed.site("va"), "--yes", "--json")
+    assert out.exit_code == 0 and out.json()["new"] is False
+    assert out.json()["reason"] == "ethics approval ended"
+    assert snapshot(fed.workspace) == after
