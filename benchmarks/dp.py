@@ -9,11 +9,14 @@ For each model (a tabular MLP 13 -> 32 -> 16 -> head 16 -> 2, and a small GroupN
 - the time per step of Opacus DP-SGD (Poisson loader, per-sample clipping, noise, accounting
   hook) for each grad_sample_mode,
 
-and reports the ratio. Every mode is also checked for correctness first: with noise 0 and an
-active clipping bound, one step must equal a hand-computed per-sample clip-and-average of
-``torch.autograd`` gradients on the same batch. Modes that fail (or crash on the empty batches
-Poisson sampling produces) are reported with the reason. The fastest correct mode that also
-survives empty batches is recommended as the default.
+and reports the ratio. Then, for the recommended mode, where the time of one step goes
+(loading, forward, backward, optimizer step) with and without DP, and the ratio as the batch
+grows (Opacus's overhead is mostly fixed per step, so it shrinks with the batch). Every mode
+is also checked for correctness first: with noise 0 and an active clipping bound, one step
+must equal a hand-computed per-sample clip-and-average of ``torch.autograd`` gradients on the
+same batch. Modes that fail (or crash on the empty batches Poisson sampling produces) are
+reported with the reason. The fastest correct mode that also survives empty batches is
+recommended as the default.
 
 The models are the project's own (``fedrema_cli.models.build_model``).
 """
@@ -87,6 +90,18 @@ def _dataset(kind: str, n: int) -> TensorDataset:
         x = torch.randn(n, 1, 28, 28, generator=g)
         y = torch.randint(0, 10, (n,), generator=g)
     return TensorDataset(x, y)
+
+
+def _plain(
+    factory: Callable[[], nn.Module], dataset: TensorDataset, batch: int
+) -> tuple[nn.Module, Any, Any, Any]:
+    """Non-private training: plain SGD over shuffled mini-batches of the same size."""
+    model = factory()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    loader = DataLoader(
+        dataset, batch_size=batch, shuffle=True, generator=torch.Generator().manual_seed(1)
+    )
+    return model, opt, nn.CrossEntropyLoss(), loader
 
 
 def _private(
@@ -190,6 +205,71 @@ def _time_loop(model: nn.Module, opt: Any, crit: Any, loader: Any, steps: int) -
     return (time.perf_counter() - start) / steps
 
 
+_PHASES = ("load", "zero_grad", "forward", "backward", "step")
+
+
+def _phase_times(
+    model: nn.Module, opt: Any, crit: Any, loader: Any, steps: int
+) -> dict[str, float]:
+    """Milliseconds per step spent in each phase of the training loop, after a warm-up."""
+    total = dict.fromkeys(_PHASES, 0.0)
+    done = -3
+    while done < steps:
+        t0 = time.perf_counter()
+        for xb, yb in loader:
+            t1 = time.perf_counter()
+            opt.zero_grad()
+            t2 = time.perf_counter()
+            loss = crit(model(xb), yb)
+            t3 = time.perf_counter()
+            loss.backward()
+            t4 = time.perf_counter()
+            opt.step()
+            t5 = time.perf_counter()
+            if done >= 0:
+                spans = (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)
+                for k, dt in zip(_PHASES, spans, strict=True):
+                    total[k] += dt
+            done += 1
+            if done >= steps:
+                break
+            t0 = time.perf_counter()
+    return {k: v / steps * 1e3 for k, v in total.items()}
+
+
+def phase_breakdown(
+    factory: Callable[[], nn.Module], mode: str, *, batch: int, steps: int, repeats: int
+) -> dict[str, dict[str, float]]:
+    """Median ms per phase, non-private vs DP-SGD, interleaved like `bench_model`."""
+    data = _dataset("mlp", 2048)
+    runs: dict[str, list[dict[str, float]]] = {"non-private": [], "dp-sgd": []}
+    for _ in range(repeats):
+        runs["non-private"].append(_phase_times(*_plain(factory, data, batch), steps))
+        pm, po, crit, pdl = _private(factory(), data, mode=mode, batch=batch, sigma=1.0, clip=1.0)
+        runs["dp-sgd"].append(_phase_times(pm, po, crit, pdl, steps))
+    return {
+        name: {k: statistics.median(r[k] for r in rs) for k in _PHASES} for name, rs in runs.items()
+    }
+
+
+def batch_sweep(
+    factory: Callable[[], nn.Module], mode: str, *, batches: tuple[int, ...], repeats: int
+) -> list[dict[str, float]]:
+    """DP/non-private ratio of the MLP step as the (expected) batch grows, N = 4096."""
+    data = _dataset("mlp", 4096)
+    out = []
+    for b in batches:
+        steps = max(40, 4096 // b * 4)
+        base, dp = [], []
+        for _ in range(repeats):
+            base.append(_time_loop(*_plain(factory, data, b), steps))
+            pm, po, crit, pdl = _private(factory(), data, mode=mode, batch=b, sigma=1.0, clip=1.0)
+            dp.append(_time_loop(pm, po, crit, pdl, steps))
+        nb, nd = statistics.median(base), statistics.median(dp)
+        out.append({"batch": b, "ms_nonprivate": nb * 1e3, "ms_dp": nd * 1e3, "ratio": nd / nb})
+    return out
+
+
 def bench_model(
     name: str,
     factory: Callable[[], nn.Module],
@@ -216,12 +296,7 @@ def bench_model(
     base_times: list[float] = []
     mode_times: dict[str, list[float]] = {m: [] for m in MODES}
     for _ in range(repeats):
-        model = factory()
-        opt = torch.optim.SGD(model.parameters(), lr=0.05)
-        loader = DataLoader(
-            data, batch_size=batch, shuffle=True, generator=torch.Generator().manual_seed(1)
-        )
-        base_times.append(_time_loop(model, opt, nn.CrossEntropyLoss(), loader, steps))
+        base_times.append(_time_loop(*_plain(factory, data, batch), steps))
         for mode in MODES:
             if results[mode].error and not results[mode].error.startswith("empty"):
                 continue
@@ -293,9 +368,17 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
     )
     overall = overall.mode if overall else None
+    phases = sweep = None
+    if overall:
+        phases = phase_breakdown(mlp, overall, batch=32, steps=args.steps * 3,
+                                 repeats=args.repeats)  # fmt: skip
+        sweep = batch_sweep(mlp, overall, batches=(32, 128, 512, 1024, 2048),
+                            repeats=args.repeats)  # fmt: skip
     if args.json:
         print(json.dumps({"meta": meta, "recommended_default": overall,
-                          "results": [asdict(r) for r in results]}, indent=2))  # fmt: skip
+                          "results": [asdict(r) for r in results],
+                          "mlp_batch32_ms_per_phase": phases,
+                          "mlp_batch_sweep": sweep}, indent=2))  # fmt: skip
         return 0
     print(f"DP-SGD step time vs non-private (models: {source}; torch {meta['torch']}, "
           f"opacus {meta['opacus']}, {meta['threads']} threads)")  # fmt: skip
@@ -318,6 +401,19 @@ def main(argv: list[str] | None = None) -> int:
         f"\nrecommended default grad_sample_mode: {overall} "
         f"({mlp_ratio or math.nan:.2f}x on the MLP at batch 32; {verdict} the 1.5x target)"
     )
+    if phases:
+        print(f"\nwhere one step's time goes (MLP, batch 32, mode {overall}), ms per step:")
+        print(f"  {'phase':<11}{'non-private':>12}{'DP-SGD':>10}{'extra':>9}")
+        for k in _PHASES:
+            a, b = phases["non-private"][k], phases["dp-sgd"][k]
+            print(f"  {k:<11}{a:>12.3f}{b:>10.3f}{b - a:>+9.3f}")
+        a, b = sum(phases["non-private"].values()), sum(phases["dp-sgd"].values())
+        print(f"  {'total':<11}{a:>12.3f}{b:>10.3f}{b - a:>+9.3f}")
+    if sweep:
+        print(f"\nratio as the batch grows (MLP, N=4096, mode {overall}; loader included):")
+        for row in sweep:
+            print(f"  batch {row['batch']:>5}: {row['ms_nonprivate']:7.3f} vs {row['ms_dp']:7.3f} "
+                  f"ms/step = {row['ratio']:.2f}x")  # fmt: skip
     print(
         "note: on a 1k-parameter model the per-step cost is dominated by Opacus's fixed "
         "Python overhead (hooks, per-parameter clipping and noise), not by arithmetic."

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DataError",
+    "FeatureRanges",
     "ImageSchema",
     "Standardizer",
     "TabularSchema",
@@ -54,10 +55,44 @@ def _check_classes(classes: Sequence[Any]) -> None:
         raise ValueError("classes must be ints or strings, not booleans")
 
 
+class FeatureRanges(BaseModel):
+    """A plausible ``[low, high]`` per feature, fixed by the federation from public knowledge.
+
+    Each site maps ``[low, high]`` to ``[-1, 1]``. The map is the same for every dataset, so
+    the DP-SGD guarantee covers preprocessing as well; statistics fitted on a site's records
+    (`Standardizer.fit`) are a function of those records that no privacy accounting covers.
+    The ranges must come from domain knowledge (clinical reference ranges, a code book), never
+    from the records themselves. Values outside a range are kept, not clipped: per-sample
+    gradient clipping already bounds what one record can do.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    ranges: tuple[tuple[float, float], ...] = Field(min_length=1)
+    source: str = Field(min_length=1)
+
+    @field_validator("ranges")
+    @classmethod
+    def _ordered(cls, v: tuple[tuple[float, float], ...]) -> tuple[tuple[float, float], ...]:
+        for k, (lo, hi) in enumerate(v):
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+                raise ValueError(f"range {k + 1} must have finite low < high, got [{lo}, {hi}]")
+        return v
+
+    def standardizer(self) -> Standardizer:
+        """The ``(x - centre) / half-width`` map, as the Standardizer every site applies."""
+        return Standardizer(
+            mean=tuple((lo + hi) / 2 for lo, hi in self.ranges),
+            std=tuple((hi - lo) / 2 for lo, hi in self.ranges),
+        )
+
+
 class TabularSchema(BaseModel):
     """Which columns are features (in model input order), which is the label, which labels exist.
 
-    The label's position in ``classes`` is the class index the model predicts.
+    The label's position in ``classes`` is the class index the model predicts. With
+    ``feature_ranges`` every site scales features by the same public ranges; without, each
+    site standardizes with its own training statistics (FLamby's way, not covered by DP).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -65,6 +100,7 @@ class TabularSchema(BaseModel):
     features: tuple[str, ...] = Field(min_length=1)
     label: str
     classes: tuple[int | str, ...]
+    feature_ranges: FeatureRanges | None = None
 
     @field_validator("classes")
     @classmethod
@@ -78,7 +114,28 @@ class TabularSchema(BaseModel):
             raise ValueError("feature names must be unique")
         if self.label in self.features:
             raise ValueError(f"label {self.label!r} is also listed as a feature")
+        if self.feature_ranges and len(self.feature_ranges.ranges) != len(self.features):
+            raise ValueError(
+                f"feature_ranges has {len(self.feature_ranges.ranges)} ranges for "
+                f"{len(self.features)} features"
+            )
         return self
+
+    @property
+    def fixed_preprocessing(self) -> str | None:
+        """What sites do to records before training if it depends on no record, else None."""
+        if self.feature_ranges is None:
+            return None
+        return (
+            "every feature scaled from the federation's public ranges to [-1, 1] "
+            f"(ranges from: {self.feature_ranges.source})"
+        )
+
+    def standardizer(self, x_train: np.ndarray) -> Standardizer:
+        """The public ranges' map if the federation fixed them, else ``x_train``'s statistics."""
+        if self.feature_ranges is not None:
+            return self.feature_ranges.standardizer()
+        return Standardizer.fit(x_train)
 
     @property
     def num_features(self) -> int:
@@ -109,6 +166,11 @@ class ImageSchema(BaseModel):
         if any(d < 1 for d in v):
             raise ValueError(f"input_shape must be positive, got {v}")
         return v
+
+    @property
+    def fixed_preprocessing(self) -> str:
+        """Images go in as stored (float32 pixels): nothing is fitted on any record."""
+        return "none: images are used as stored, as float32 pixel values"
 
     @property
     def num_classes(self) -> int:

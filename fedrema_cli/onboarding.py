@@ -7,8 +7,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from fedrema_cli.config import TrainingConfig, checked_options, make_config
-from fedrema_cli.data import ImageSchema, TabularSchema
+from fedrema_cli.config import FederationConfig, TrainingConfig, checked_options, make_config
+from fedrema_cli.data import FeatureRanges, ImageSchema, TabularSchema
 from fedrema_cli.datasets import get_dataset
 from fedrema_cli.errors import UsageError
 from fedrema_cli.identity import fingerprint
@@ -27,6 +27,7 @@ def create(
     classes: str | None,
     hidden: str | None,
     federation_id: str | None,
+    feature_ranges: str | None = None,
     method: str,
     rounds: int,
     epochs: int,
@@ -41,7 +42,7 @@ def create(
     consistency_check: bool = False,
     round_timeout: float,
 ) -> dict[str, Any]:
-    schema, model = _task(preset, features, label, classes, hidden)
+    schema, model = _task(preset, features, label, classes, hidden, feature_ranges)
     with checked_options():
         config = make_config(
             federation_id=federation_id or preset or "federation",
@@ -72,7 +73,50 @@ def create(
             else "off"
         ),
         "secure_aggregation": c.secagg.enabled,
+        "warnings": _warnings(c),
     }
+
+
+def _warnings(config: FederationConfig) -> list[str]:
+    """What the coordinator should know before sites join (a federation cannot be changed)."""
+    out = []
+    if config.privacy is not None and config.data.fixed_preprocessing is None:
+        out.append(
+            "each site will standardize features with its own training statistics, which "
+            "the DP guarantee does not cover (the privacy report says so); to close that gap, "
+            "create the federation with --feature-ranges from public knowledge"
+        )
+    return out
+
+
+def _ranges(text: str, features: tuple[str, ...]) -> FeatureRanges:
+    """``name=low:high,...`` for every feature, in any order."""
+    given: dict[str, tuple[float, float]] = {}
+    for item in (t.strip() for t in text.split(",")):
+        name, _, span = item.partition("=")
+        low, _, high = span.partition(":")
+        try:
+            given[name.strip()] = (float(low), float(high))
+        except ValueError:
+            raise UsageError(
+                f"--feature-ranges: {item!r} is not NAME=LOW:HIGH (e.g. age=20:80)"
+            ) from None
+    unknown = sorted(set(given) - set(features))
+    missing = [f for f in features if f not in given]
+    if unknown or missing:
+        raise UsageError(
+            "--feature-ranges must give one range for every feature"
+            + (f"; not features: {', '.join(unknown)}" if unknown else "")
+            + (f"; missing: {', '.join(missing)}" if missing else "")
+        )
+    try:
+        return FeatureRanges(
+            ranges=tuple(given[f] for f in features),
+            source="given by the coordinator at `fedrema init` (--feature-ranges)",
+        )
+    except ValidationError as e:
+        msg = e.errors()[0]["msg"].removeprefix("Value error, ")
+        raise UsageError(f"--feature-ranges: {msg}") from None
 
 
 def _ints(text: str, what: str) -> tuple[int, ...]:
@@ -88,11 +132,14 @@ def _task(
     label: str | None,
     classes: str | None,
     hidden: str | None,
+    feature_ranges: str | None = None,
 ) -> tuple[TabularSchema | ImageSchema, ModelSpec]:
     """The data schema and model: a bundled preset, or a table described on the command line."""
     if preset is not None:
         if features or label or classes:
             raise UsageError("give either --preset or --features/--label/--classes, not both")
+        if feature_ranges:
+            raise UsageError("--feature-ranges is for your own table; a preset has its own")
         info = get_dataset(preset)
         model = info.model_spec
         if hidden is not None:
@@ -108,10 +155,12 @@ def _task(
         c = c.strip()
         parsed.append(int(c) if c.lstrip("-").isdigit() else c)
     try:
+        names = tuple(f.strip() for f in features.split(",") if f.strip())
         schema = TabularSchema(
-            features=tuple(f.strip() for f in features.split(",") if f.strip()),
+            features=names,
             label=label,
             classes=tuple(parsed),
+            feature_ranges=_ranges(feature_ranges, names) if feature_ranges else None,
         )
         model = ModelSpec.mlp(
             in_features=schema.num_features,

@@ -140,6 +140,7 @@ def build(*, state: Path | None, workspace: str | None) -> tuple[Any, list[str]]
         ledgers = {site.name: text}
         verifiers = {site.name: _verifier(site.fed.identity.public.sign_pk)}
         federation = site.config.federation_id
+        config = site.config
         extra += _own_ledger_anchors(site, text, verifiers[site.name])
     else:
         if workspace is None:
@@ -173,6 +174,7 @@ def build(*, state: Path | None, workspace: str | None) -> tuple[Any, list[str]]
         verifiers=verifiers,
         federation=federation,
         generated_at=timestamp(),
+        preprocessing=config.data.fixed_preprocessing,
     )
     if extra:
         report = dataclasses.replace(

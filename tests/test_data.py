@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from fedrema_cli.data import (
+    FeatureRanges,
     ImageSchema,
     Standardizer,
     TabularSchema,
@@ -294,3 +295,38 @@ def test_fingerprint(tmp_path: Path) -> None:
     assert fingerprint(path) == hashlib.sha256(GOOD.encode()).hexdigest()
     with pytest.raises(DataError, match="no such file"):
         fingerprint(tmp_path / "missing.csv")
+
+
+def test_public_feature_ranges_map_to_minus_one_one_whatever_the_records() -> None:
+    ranges = FeatureRanges(ranges=((20, 80), (0, 1)), source="a code book")
+    schema = TabularSchema(
+        features=("age", "smoker"), label="y", classes=(0, 1), feature_ranges=ranges
+    )
+    a = np.array([[20.0, 0.0], [80.0, 1.0], [50.0, 1.0]])
+    b = np.array([[31.0, 1.0], [33.0, 1.0]])
+    assert schema.standardizer(a) == schema.standardizer(b)  # no record moves the map
+    np.testing.assert_allclose(schema.standardizer(a).transform(a), [[-1, -1], [1, 1], [0, 1]])
+    assert "a code book" in (schema.fixed_preprocessing or "")
+    plain = TabularSchema(features=("age", "smoker"), label="y", classes=(0, 1))
+    assert plain.fixed_preprocessing is None
+    assert plain.standardizer(a) != plain.standardizer(b)  # fitted: depends on the records
+
+
+@pytest.mark.parametrize(
+    ("ranges", "message"),
+    [
+        (((1, 1), (0, 1)), "low < high"),
+        (((0, float("inf")), (0, 1)), "finite"),
+        (((0, 1),), "1 ranges for 2 features"),
+    ],
+)
+def test_feature_ranges_that_cannot_scale_are_refused(
+    ranges: tuple[tuple[float, float], ...], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        TabularSchema(
+            features=("a", "b"),
+            label="y",
+            classes=(0, 1),
+            feature_ranges=FeatureRanges(ranges=ranges, source="x"),
+        )

@@ -43,6 +43,7 @@ def aggregate(
     events: list[str] = []
     rejected: dict[str, str] = {}
     withdrawn: dict[str, dict[str, object]] = {}
+    bad_withdrawals: dict[str, str] = {}
     start_round = coord.current_round()
 
     def step() -> tuple[bool, str]:
@@ -54,6 +55,9 @@ def aggregate(
                     ui.warn(f"{what} refused, the site is left out of that step: {why}")
             for e in progress.events:
                 ui.say(f"[green]✓[/] {e}")
+            for site, why in progress.bad_withdrawals.items():
+                if site not in bad_withdrawals:
+                    ui.warn(f"{site}'s withdrawal refused, {site} is still waited for: {why}")
             for site, notice in progress.withdrawn.items():
                 if site not in withdrawn:
                     ui.say(
@@ -62,6 +66,7 @@ def aggregate(
                     )
         rejected.update(progress.rejected)
         withdrawn.update(progress.withdrawn)
+        bad_withdrawals.update(progress.bad_withdrawals)
         waiting = coord.waiting_for()
         finished = not wait or coord.current_round() > start_round or coord.complete()
         return finished, waiting
@@ -73,6 +78,7 @@ def aggregate(
                 "events": events,
                 "rejected": rejected,
                 "withdrawn": withdrawn,
+                "refused_withdrawals": bad_withdrawals,
                 "round": coord.current_round(),
                 "complete": coord.complete(),
                 "waiting_for": coord.waiting_for(),

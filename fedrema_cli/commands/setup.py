@@ -92,6 +92,16 @@ def init(
             rich_help_panel="Creating a federation",
         ),
     ] = None,
+    feature_ranges: Annotated[
+        str | None,
+        typer.Option(
+            help="With --features: a plausible range per feature from public knowledge "
+            "(reference values, a code book; never the records), e.g. age=20:80,lactate=0:20. "
+            "Every site then scales by these instead of its own statistics, so DP covers "
+            "preprocessing too.",
+            rich_help_panel="Creating a federation",
+        ),
+    ] = None,
     federation_id: Annotated[
         str | None,
         typer.Option(
@@ -216,6 +226,7 @@ def init(
         label=label,
         classes=classes,
         hidden=hidden,
+        feature_ranges=feature_ranges,
         federation_id=federation_id,
         method=method,
         rounds=rounds,
@@ -239,6 +250,8 @@ def init(
         f"  method {out['method']}, {out['rounds']} rounds, privacy: {out['privacy']}, "
         f"secure aggregation: {'on' if out['secure_aggregation'] else 'OFF'}"
     )
+    for w in out["warnings"]:
+        ui.warn(w)
     ui.say("  next: each site runs `fedrema init --site NAME ...`, then you run `fedrema approve`")
     return None
 

@@ -170,7 +170,6 @@ def withdraw(
       fedrema withdraw -s cleveland --yes
     """
     from fedrema_cli.errors import UsageError
-    from fedrema_cli.roles.common import current_round
     from fedrema_cli.roles.site import Site
 
     site = Site(state, workspace=workspace)
@@ -187,7 +186,7 @@ def withdraw(
     ui.say(
         f"[green]✓[/] {site.name} {what} from round {notice.from_round} on: {escape(notice.reason)}"
     )
-    if site.config.secure and notice.from_round > current_round(site.fed):
+    if site.reveals_before_leaving(notice):
         ui.say(
             f"  round {notice.from_round - 1} holds this site's update: "
             "`fedrema submit` once more to reveal its unmasking shares"

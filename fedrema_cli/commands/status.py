@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from fedrema_cli import ui
 
@@ -61,8 +62,8 @@ def status(
             + ", ".join(f"{s} (from round {k})" for s, k in sorted(out["withdrawn"].items()))
         )
     if out.get("you"):
-        ui.say(f"  you are [bold]{out['you']}[/]: next → {out['next']}")
+        ui.say(f"  you are [bold]{out['you']}[/]: next → {escape(out['next'])}")
     else:
         for who, what in out["next_for"].items():
-            ui.say(f"  {who}: {what}")
+            ui.say(f"  {who}: {escape(what)}")
     return None

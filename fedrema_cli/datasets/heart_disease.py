@@ -14,8 +14,10 @@ the description in ``examples/heart_disease/data/PROVENANCE.md``; no FLamby code
    table, where every category occurs, so fixed categories give identical columns);
 5. label ``target`` = ``num > 0``.
 
-Standardisation is left to each site (`fedrema_cli.data.Standardizer`) with its own train
-statistics, as FLamby does per centre.
+Scaling is where we differ from FLamby, which standardizes each centre with its own train
+statistics: those are a function of the records that no DP accounting covers. Here every site
+maps the same public range per feature (`RANGES`, clinical reference values and the UCI code
+book, not fitted to any record) to [-1, 1], so the DP guarantee covers preprocessing too.
 
 >>> SITES
 ('cleveland', 'hungary', 'switzerland', 'va')
@@ -32,7 +34,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from fedrema_cli.data import TabularSchema
+from fedrema_cli.data import FeatureRanges, TabularSchema
 from fedrema_cli.errors import DataError
 from fedrema_cli.modelspec import ModelSpec
 
@@ -86,7 +88,28 @@ EXPECTED_SPLIT: dict[str, tuple[int, int]] = {
     "va": (85, 45),
 }
 
-SCHEMA = TabularSchema(features=FEATURES, label=LABEL, classes=(0, 1))
+# Plausible values for adult cardiology patients, from clinical reference values and the UCI
+# code book (heart-disease.names), fixed without fitting anything to the records: age in years;
+# resting systolic blood pressure in mmHg (hypotension below 90, stage-2 hypertension from 140);
+# serum cholesterol in mg/dl, where these files write 0 for "not measured" (desirable below
+# 200, high from 240); the maximum heart rate reached in bpm (age-predicted maximum 220 - age);
+# exercise-induced ST depression in mm; 0/1 for the binary and one-hot columns.
+RANGES: dict[str, tuple[float, float]] = {
+    "age": (20, 80), "sex": (0, 1), "trestbps": (80, 200), "chol": (0, 600),
+    "fbs": (0, 1), "thalach": (60, 220), "exang": (0, 1), "oldpeak": (0, 6),
+    **{f"{col}_{v}": (0, 1) for col, values in ONE_HOT.items() for v in values},
+}  # fmt: skip
+
+SCHEMA = TabularSchema(
+    features=FEATURES,
+    label=LABEL,
+    classes=(0, 1),
+    feature_ranges=FeatureRanges(
+        ranges=tuple(RANGES[f] for f in FEATURES),
+        source="clinical reference values and the UCI heart-disease code book "
+        "(fedrema_cli/datasets/heart_disease.py RANGES)",
+    ),
+)
 
 # Small on purpose: Switzerland trains on 30 rows. The 16-d extractor output is shared through
 # secure aggregation; the head (Linear 16→2) is personalised by FedReMa.

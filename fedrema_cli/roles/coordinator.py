@@ -80,6 +80,8 @@ class Progress:
     rejected: dict[str, str] = field(default_factory=dict)
     #: site -> its withdrawal notice, for every site no phase of this call waited for
     withdrawn: dict[str, dict[str, object]] = field(default_factory=dict)
+    #: site -> why a file posing as its withdrawal was refused (that site is waited for)
+    bad_withdrawals: dict[str, str] = field(default_factory=dict)
 
     def reject(self, r: int, kind: str, refused: dict[str, str]) -> None:
         for site, why in refused.items():
@@ -279,7 +281,7 @@ class Coordinator:
         A withdrawal that fails its signature or schema is refused (reported, and the site
         is waited for as usual): only the site itself can take itself out.
         """
-        gone, refused = set(), {}
+        gone = set()
         for site in self.fed.withdrawn_sites():
             if site not in self._withdrawals:
                 try:
@@ -288,11 +290,10 @@ class Coordinator:
                     self._withdrawals[site] = str(exc)
             notice = self._withdrawals[site]
             if isinstance(notice, str):
-                refused[site] = notice
+                progress.bad_withdrawals[site] = notice
             elif notice is not None and notice.from_round <= r:
                 gone.add(site)
                 progress.withdrawn[site] = notice.to_json()
-        progress.reject(r, "withdrawal", refused)
         return gone
 
     def _ready(
@@ -326,7 +327,8 @@ class Coordinator:
                 f"round {r}: only {len(acted)} of {len(expected)} sites {what} "
                 f"(missing: {', '.join(missing) or 'none'}"
                 f"{'; withdrawn: ' + ', '.join(left) if left else ''}); "
-                f"secure aggregation needs at least {t}",
+                f"{'secure aggregation' if self.config.secure else 'a round'} needs at "
+                f"least {t}",
                 hint=hint,
             )
         return True
@@ -405,7 +407,8 @@ class Coordinator:
             expected = list(body["survivors"])
             acted = self._acted("reveal", r, progress, among=expected)
             opened = str(body["opened_at"])
-            if self._ready(acted, expected, opened, r, close, "revealed shares", gone):
+            # A survivor's update is in the sum: it is waited for even if it withdrew since.
+            if self._ready(acted, expected, opened, r, close, "revealed shares", set()):
                 self._finalize(r, expected, progress, revealed=acted)
 
     def _open_round(self, r: int, progress: Progress) -> None:

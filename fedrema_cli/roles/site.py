@@ -7,10 +7,12 @@ only), SecAgg key material, and signed copies of privacy-ledger entries.
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import numpy as np
 
@@ -67,6 +69,21 @@ class SiteData:
     y_test: np.ndarray | None
     standardizer: Standardizer | None
     train_fingerprint: str
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _exclusive(method: Callable[Concatenate[Site, _P], _R]) -> Callable[Concatenate[Site, _P], _R]:
+    """Run a site command holding its state folder (see `PartyState.exclusive`)."""
+
+    @functools.wraps(method)
+    def held(self: Site, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with self.state.exclusive():
+            return method(self, *args, **kwargs)
+
+    return held
 
 
 @dataclass
@@ -223,6 +240,7 @@ class Site:
 
     # -- training ---------------------------------------------------------------------------
 
+    @_exclusive
     def train_local(self) -> dict[str, Any]:
         """Train this round's update (once per round) and keep it here until `submit`.
 
@@ -578,6 +596,7 @@ class Site:
 
     # -- submitting -------------------------------------------------------------------------
 
+    @_exclusive
     def submit(self) -> Actions:
         """Do every protocol step this site can do now (idempotent; safe to re-run)."""
         self._require_admitted()
@@ -643,21 +662,36 @@ class Site:
     # -- withdrawing ------------------------------------------------------------------------
 
     def withdrawal(self) -> Withdrawal | None:
-        return read_withdrawal(self.fed, self.name)
+        """This site's withdrawal notice. A file in its place that does not verify as one
+        (damaged, or written by someone else) is no withdrawal: the coordinator refuses it
+        too, so the site goes on as before; `withdraw` reports it."""
+        try:
+            return read_withdrawal(self.fed, self.name)
+        except IntegrityError:
+            return None
 
     def last_round(self) -> int:
-        """The last round this site takes part in: the federation's, or the one before it left."""
+        """The last round this site takes part in: the federation's, or the one before its
+        withdrawal (or the withdrawal's own round, if the site's update is in that sum)."""
         w = self.withdrawal()
-        return self.config.rounds if w is None else min(self.config.rounds, w.from_round - 1)
+        if w is None:
+            return self.config.rounds
+        in_sum = self.fed.exists("submission", w.from_round, site=self.name)
+        return min(self.config.rounds, w.from_round if in_sum else w.from_round - 1)
 
     def _require_active(self, r: int) -> None:
-        if (w := self.withdrawal()) is not None and r >= w.from_round:
+        if r > self.last_round():
+            w = self.withdrawal()
+            assert w is not None
+            # Every round this site took part in has its result: no secret is needed now.
+            secure.forget_secrets(self.state, before=self.config.rounds + 1)
             raise UsageError(
                 f"{self.name} withdrew from the federation from round {w.from_round} on "
                 f"({w.reason}); it sends nothing more",
                 hint="`fedrema personalize` builds this site's model from the rounds so far",
             )
 
+    @_exclusive
     def withdraw(
         self, reason: str | None = None, *, dry_run: bool = False
     ) -> tuple[Withdrawal, bool]:
@@ -670,7 +704,19 @@ class Site:
         ``dry_run``: check and return the notice without posting it.
         """
         self._require_admitted()
-        if (existing := self.withdrawal()) is not None:
+        if self.fed.exists("withdrawal", 0, site=self.name):
+            try:
+                existing = read_withdrawal(self.fed, self.name)
+            except IntegrityError as exc:
+                raise IntegrityError(
+                    f"withdrawals/{self.name}.json is there but is not {self.name}'s signed "
+                    f"notice ({exc}); nobody treats it as a withdrawal",
+                    hint="have whoever runs the storage remove that file, then withdraw again",
+                ) from None
+            assert existing is not None
+            if not dry_run:  # a run cut off between posting and forgetting: finish it
+                last = self.last_round()
+                secure.forget_secrets(self.state, start=last + 1, before=self.config.rounds + 1)
             return existing, False
         r = current_round(self.fed)
         if r > self.config.rounds:
@@ -692,6 +738,16 @@ class Site:
         secure.forget_secrets(self.state, start=notice.from_round, before=self.config.rounds + 1)
         return notice, True
 
+    def reveals_before_leaving(self, notice: Withdrawal) -> bool:
+        """Whether one more `submit` is owed: a withdrawal round's sum holds this update."""
+        r = notice.from_round - 1
+        if not self.config.secure or r < 1 or current_round(self.fed) != r:
+            return False
+        if self.fed.exists("reveal", r, site=self.name):
+            return False
+        closed = self.fed.exists("unmask-request", r)
+        return not closed or self.name in self.fed.get("unmask-request", r).body["survivors"]
+
     # -- personalizing ----------------------------------------------------------------------
 
     def personalized_params(self) -> tuple[Params, int]:
@@ -709,6 +765,7 @@ class Site:
             params = self._finetuned(params)
         return params, last
 
+    @_exclusive
     def personalize(self, export: str | Path | None = None) -> dict[str, Any]:
         from fedrema_cli.models import build_model, set_part
         from fedrema_cli.training import evaluate
@@ -822,7 +879,7 @@ def _load_data(config: FederationConfig, paths: dict[str, str | None]) -> SiteDa
         raise ConfigError("no training data configured")
     if isinstance(schema, TabularSchema):
         x_tr, y_tr = load_table(train, schema)
-        std = Standardizer.fit(x_tr)
+        std = schema.standardizer(x_tr)
         x_tr = std.transform(x_tr)
         x_te = y_te = None
         if test:

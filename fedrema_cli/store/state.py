@@ -6,7 +6,12 @@ so a crash leaves either the old or the new version of every file.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +73,33 @@ class PartyState:
 
     def list(self, folder: str) -> list[str]:
         return self.storage.list(folder)
+
+    @contextlib.contextmanager
+    def exclusive(self, *, wait_seconds: float = 60.0) -> Iterator[None]:
+        """Hold this folder for one command: a second command on it waits, then gives up.
+
+        Without it a `submit` and a `withdraw` (or two `train-local`s) started at the same
+        time could each act on what the other is about to change. The lock is the kernel's
+        (flock on the folder itself, released when the process dies): no lock file to go
+        stale, nothing written.
+        """
+        fd = os.open(self.root, os.O_RDONLY)
+        try:
+            deadline = time.monotonic() + wait_seconds
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise StoreError(
+                            f"{self.root} is in use by another fedrema command",
+                            hint="wait for it to finish, then run this again",
+                        ) from None
+                    time.sleep(0.05)
+            yield
+        finally:
+            os.close(fd)
 
     def identity(self) -> Identity:
         if not self.exists(IDENTITY):

@@ -147,8 +147,21 @@ class Assumptions:
     caveats: tuple[str, ...]
 
 
-def default_assumptions(policy: PrivacyPolicy) -> Assumptions:
-    """The assumptions every fedrema privacy report states."""
+#: Not covered when each site fits its preprocessing on its own records.
+FITTED_PREPROCESSING = (
+    "data-dependent preprocessing statistics (the per-feature mean and std of the site's "
+    "training records): computed without DP, applied to every record before DP-SGD and "
+    "written into exported models, so the guarantee holds for these statistics taken as given"
+)
+
+
+def default_assumptions(policy: PrivacyPolicy, *, preprocessing: str | None = None) -> Assumptions:
+    """The assumptions every fedrema privacy report states.
+
+    ``preprocessing``: what is done to records before DP-SGD when that is the same fixed map
+    for every dataset (then the guarantee covers it); None when each site fits it on its own
+    records (then it is listed as not covered).
+    """
     accountant = {
         "rdp": "Renyi DP of the sampled Gaussian mechanism (Mironov et al. 2019), converted "
         "with Balle et al. 2020 Thm 21 (Opacus RDPAccountant)",
@@ -179,14 +192,16 @@ def default_assumptions(policy: PrivacyPolicy) -> Assumptions:
             "local fine-tuning rounds after the federation's last round (head-only DP-SGD, "
             "listed as the rounds numbered after it) and the personalised model built from "
             "them",
+            *(
+                (f"preprocessing, a fixed map that depends on no record: {preprocessing}",)
+                if preprocessing
+                else ()
+            ),
         ),
         not_covered=(
             "evaluation on the site's hold-out (test) records: accuracy/AUC are computed "
             "without DP and shown to the operator and written into exported model cards",
-            "data-dependent preprocessing statistics (the per-feature mean and std of the "
-            "site's training records): computed without DP, applied to every record before "
-            "DP-SGD and written into exported models, so the guarantee holds for these "
-            "statistics taken as given",
+            *(() if preprocessing else (FITTED_PREPROCESSING,)),
             "the number of training records: it weights every update (sent in the clear "
             "without secure aggregation, inside the masked sum with it) and sets the sample "
             "rate and steps the published ledger shows",
@@ -411,8 +426,11 @@ def build_report(
     expected_heads: Mapping[str, str] | None = None,
     pld_discretization: float = REPORT_PLD_DISCRETIZATION,
     independent_check: bool = True,
+    preprocessing: str | None = None,
 ) -> PrivacyReport:
     """Build the federation's report from each site's ledger and verifier (sites sorted).
+
+    ``preprocessing``: see `default_assumptions`.
 
     A report with no site does not verify: an empty report must not look like a clean one.
     """
@@ -438,7 +456,7 @@ def build_report(
         generated_at=generated_at,
         policy=policy.model_dump(mode="json"),
         sites=sites,
-        assumptions=default_assumptions(policy),
+        assumptions=default_assumptions(policy, preprocessing=preprocessing),
         tool_versions=library_versions(),
         pld_discretization=pld_discretization,
         problems=problems,

@@ -9,7 +9,15 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
+import time
 
+import pytest
+
+from fedrema_cli.errors import StoreError
+from fedrema_cli.roles import secure
+from fedrema_cli.roles.site import Site
+from fedrema_cli.store.state import PartyState
 from tests.cli.conftest import (
     SITES,
     Fed,
@@ -75,6 +83,13 @@ def test_a_site_whose_update_is_in_the_sum_reveals_before_it_leaves(federation: 
     submit_all(fed)  # va reveals its shares for round 1: the sum holds its update
     assert run("aggregate", "-s", fed.coordinator).exit_code == 0
     assert _body(fed, "rounds/0001/result.json")["survivors"] == list(SITES)
+    # round 1 is finished: va owes nothing more, and the next refused command forgets the
+    # shares of its peers' secrets it held for round 1
+    assert (fed.site("va") / "secagg" / "0001.json").exists()
+    assert run("submit", "-s", fed.site("va")).exit_code == 1
+    assert not (fed.site("va") / "secagg").exists() or not list(
+        (fed.site("va") / "secagg").iterdir()
+    )
     train_and_submit(fed, OTHERS)
     _finish_round_without_close(fed, OTHERS)
     assert _body(fed, "rounds/0002/result.json")["survivors"] == list(OTHERS)
@@ -106,8 +121,14 @@ def test_a_withdrawal_another_party_wrote_is_refused(federation: Fed) -> None:
     assert run("status", "-w", fed.workspace, "--json").json()["withdrawn"] == {}
     train_and_submit(fed, OTHERS)
     out = run("aggregate", "-s", fed.coordinator, "--json")
-    assert out.json()["rejected"] and "va's withdrawal" in next(iter(out.json()["rejected"]))
+    assert out.exit_code == 75 and list(out.json()["refused_withdrawals"]) == ["va"]
     assert "va" in out.json()["waiting_for"]  # still waited for: only va can withdraw va
+    out = run("aggregate", "-s", fed.coordinator)
+    assert "va's withdrawal refused, va is still waited for" in out.stderr
+    # va itself carries on as before, and is told why it cannot withdraw until the file goes
+    assert run("train-local", "-s", fed.site("va")).exit_code == 0
+    out = run("withdraw", "-s", fed.site("va"), "--yes")
+    assert out.exit_code == 3 and "is not va's signed notice" in out.stderr
 
 
 def test_withdraw_asks_for_yes_and_re_running_changes_nothing(federation: Fed) -> None:
@@ -127,3 +148,59 @@ def test_withdraw_asks_for_yes_and_re_running_changes_nothing(federation: Fed) -
     assert out.exit_code == 0 and out.json()["new"] is False
     assert out.json()["reason"] == "ethics approval ended"
     assert snapshot(fed.workspace) == after
+
+
+def test_a_withdrawal_cut_off_before_forgetting_its_keys_finishes_when_re_run(
+    federation: Fed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fed = federation
+    key_exchange(fed)
+    full_round(fed)  # and round 2's keys are shared: va holds secrets for round 2
+    assert (fed.site("va") / "secagg" / "0002.json").exists()
+
+    def crash(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(secure, "forget_secrets", crash)
+    with pytest.raises(KeyboardInterrupt):
+        Site(fed.site("va")).withdraw()
+    monkeypatch.undo()
+    assert (fed.site("va") / "secagg" / "0002.json").exists()  # posted, not yet forgotten
+    assert run("withdraw", "-s", fed.site("va"), "--yes").exit_code == 0
+    assert not (fed.site("va") / "secagg" / "0002.json").exists()
+
+
+def test_a_reason_is_shown_as_text_never_as_markup(federation: Fed) -> None:
+    fed = federation
+    key_exchange(fed)
+    reason = "budget [/] spent [bold]"
+    assert run("withdraw", "-s", fed.site("va"), "--yes", "--reason", reason).exit_code == 0
+    out = run("status", "-s", fed.site("va"))
+    assert out.exit_code == 0 and reason in out.stdout, out.stderr
+
+
+def test_two_commands_on_one_state_folder_take_turns(federation: Fed) -> None:
+    fed = federation
+    key_exchange(fed)
+    state = PartyState(fed.site("va"))
+    with (
+        state.exclusive(),
+        pytest.raises(StoreError, match="in use by another fedrema"),
+        PartyState(fed.site("va")).exclusive(wait_seconds=0.2),
+    ):
+        pass
+    held = threading.Event()
+
+    def hold() -> None:
+        with state.exclusive():
+            held.set()
+            time.sleep(0.5)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert held.wait(5)
+    started = time.monotonic()
+    out = run("train-local", "-s", fed.site("va"))  # waits for the holder, then trains
+    holder.join()
+    assert out.exit_code == 0, out.stderr
+    assert time.monotonic() - started >= 0.3
