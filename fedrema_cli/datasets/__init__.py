@@ -80,7 +80,7 @@ DATASETS: dict[str, DatasetInfo] = {
         name="heart-disease",
         description=(
             "UCI Heart Disease, 4 real hospitals (Cleveland, Hungary, Switzerland, VA), "
-            "13 features, binary label; FLamby's preprocessing and train/test split"
+            "13 features, binary label; FLamby's train/test split, scaled by public ranges"
         ),
         kind="tabular",
         schema=heart_disease.SCHEMA,

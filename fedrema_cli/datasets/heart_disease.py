@@ -1,4 +1,4 @@
-"""Fed-Heart-Disease: the four UCI hospitals with FLamby's exact preprocessing and split.
+"""Fed-Heart-Disease: the four UCI hospitals with FLamby's exact cleaning and split.
 
 Reproducing FLamby's split row for row is what makes our accuracies comparable with FLamby's
 published table (Ogier du Terrail et al., NeurIPS 2022 D&B, arXiv:2210.04620). The steps follow
