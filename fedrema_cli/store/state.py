@@ -7,6 +7,7 @@ so a crash leaves either the old or the new version of every file.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -90,7 +91,11 @@ class PartyState:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     break
-                except BlockingIOError:
+                except OSError as exc:
+                    if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+                        break  # a file system without locks: go on as before locks existed
+                    if not isinstance(exc, BlockingIOError):
+                        raise StoreError(f"cannot lock {self.root}: {exc.strerror}") from None
                     if time.monotonic() >= deadline:
                         raise StoreError(
                             f"{self.root} is in use by another fedrema command",

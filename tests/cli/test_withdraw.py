@@ -204,3 +204,17 @@ def test_two_commands_on_one_state_folder_take_turns(federation: Fed) -> None:
     holder.join()
     assert out.exit_code == 0, out.stderr
     assert time.monotonic() - started >= 0.3
+
+
+def test_a_file_system_without_locks_still_runs_commands(
+    federation: Fed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import fcntl
+
+    def no_locks(fd: int, op: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    key_exchange(federation)
+    assert run("train-local", "-s", federation.site("va")).exit_code == 0
