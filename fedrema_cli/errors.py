@@ -74,3 +74,7 @@ class NotYetError(FedremaError):
     """Nothing could be done yet because other parties must act first (or --wait timed out)."""
 
     exit_code = 75
+
+
+class StateBusyError(NotYetError):
+    """Another fedrema command holds this party's state folder; run again once it is done."""

@@ -92,8 +92,10 @@ def _warnings(config: FederationConfig) -> list[str]:
 def _ranges(text: str, features: tuple[str, ...]) -> FeatureRanges:
     """``name=low:high,...`` for every feature, in any order."""
     given: dict[str, tuple[float, float]] = {}
-    for item in (t.strip() for t in text.split(",")):
+    for item in (t.strip() for t in text.split(",") if t.strip()):
         name, _, span = item.partition("=")
+        if name.strip() in given:
+            raise UsageError(f"--feature-ranges gives {name.strip()!r} twice")
         low, _, high = span.partition(":")
         try:
             given[name.strip()] = (float(low), float(high))

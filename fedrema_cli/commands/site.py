@@ -63,7 +63,7 @@ def submit(
 
       fedrema submit -s cleveland --wait
     """
-    from fedrema_cli.errors import NotYetError, UsageError
+    from fedrema_cli.errors import NotYetError, StateBusyError, UsageError
     from fedrema_cli.roles.site import Site
 
     site = Site(state, workspace=workspace)
@@ -71,7 +71,12 @@ def submit(
     waiting: list[str] = []
 
     def step() -> tuple[bool, str]:
-        actions = site.submit()
+        try:
+            actions = site.submit()
+        except StateBusyError:
+            if not wait:
+                raise
+            return False, "another fedrema command on this state folder to finish"
         done.extend(actions.done)
         if not json_out:
             for line in actions.done:

@@ -1,8 +1,9 @@
 """Export a site's personalized model: weights (safetensors) plus a model card (JSON).
 
 The card carries what a deployment needs besides the weights: the model spec, the feature
-order and the site's own standardization statistics (which never left the site), and where
-the model came from (federation, round, method, hash).
+order and the scaling applied to inputs (the federation's public feature ranges, or, for a
+federation without them, the site's own standardization statistics), and where the model came
+from (federation, round, method, hash).
 """
 
 from __future__ import annotations

@@ -838,7 +838,7 @@ class Site:
         if status["phase"] in ("enrolling", "done"):
             return status["next_for"].get("each site", "wait for the coordinator to approve")
         r = status["round"]
-        if (w := self.withdrawal()) is not None and r >= w.from_round:
+        if (w := self.withdrawal()) is not None and r > self.last_round():
             return (
                 f"withdrew from round {w.from_round} on ({w.reason}): nothing more to send; "
                 "`fedrema personalize` builds its model from the rounds so far"

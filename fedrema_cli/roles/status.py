@@ -113,7 +113,8 @@ def round_status(fed: Federation) -> RoundStatus:
     expected = _expected(fed, r, phase.name)
     acted = [s for s in fed.sites_with(kind, r) if s in expected]
     withdrawn = withdrawals(fed)
-    gone = {s for s, k in withdrawn.items() if k <= r}
+    # as the coordinator does: a survivor's reveal is awaited even after it withdrew
+    gone = {s for s, k in withdrawn.items() if k <= r} if phase.name != "unmask" else set()
     missing = [s for s in expected if s not in acted and s not in gone]
     status = RoundStatus(
         round=r,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import os
 import time
@@ -16,11 +15,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from fedrema_cli.errors import ConfigError, StoreError
+from fedrema_cli.errors import ConfigError, StateBusyError, StoreError
 from fedrema_cli.identity import Identity
 from fedrema_cli.store.storage import LocalStorage
 
 IDENTITY = "identity.json"
+
+#: How long a command waits for another one holding the same state folder.
+LOCK_WAIT_SECONDS = 60.0
 
 
 class PartyState:
@@ -76,17 +78,21 @@ class PartyState:
         return self.storage.list(folder)
 
     @contextlib.contextmanager
-    def exclusive(self, *, wait_seconds: float = 60.0) -> Iterator[None]:
+    def exclusive(self, *, wait_seconds: float | None = None) -> Iterator[None]:
         """Hold this folder for one command: a second command on it waits, then gives up.
 
         Without it a `submit` and a `withdraw` (or two `train-local`s) started at the same
         time could each act on what the other is about to change. The lock is the kernel's
         (flock on the folder itself, released when the process dies): no lock file to go
-        stale, nothing written.
+        stale, nothing written. It excludes commands on this machine only: a state folder is
+        one party's private folder, not something two hosts should share.
         """
+        import fcntl  # POSIX only; imported here so the rest of the module stays portable
+
         fd = os.open(self.root, os.O_RDONLY)
         try:
-            deadline = time.monotonic() + wait_seconds
+            wait = LOCK_WAIT_SECONDS if wait_seconds is None else wait_seconds
+            deadline = time.monotonic() + wait
             while True:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -97,7 +103,7 @@ class PartyState:
                     if not isinstance(exc, BlockingIOError):
                         raise StoreError(f"cannot lock {self.root}: {exc.strerror}") from None
                     if time.monotonic() >= deadline:
-                        raise StoreError(
+                        raise StateBusyError(
                             f"{self.root} is in use by another fedrema command",
                             hint="wait for it to finish, then run this again",
                         ) from None

@@ -26,7 +26,7 @@ def _init(tmp_path: Path, *extra: str) -> tuple[int, str, str]:
 
 def test_public_ranges_are_part_of_the_signed_federation(tmp_path: Path) -> None:
     code, stdout, _ = _init(
-        tmp_path, "--epsilon", "3", "--feature-ranges", "thalach=60:220, age=20:80,chol=0:600",
+        tmp_path, "--epsilon", "3", "--feature-ranges", "thalach=60:220, age=20:80,chol=0:600,",
         "--json",
     )  # fmt: skip
     assert code == 0 and json.loads(stdout)["warnings"] == []
@@ -50,6 +50,7 @@ def test_dp_with_fitted_statistics_is_created_with_a_warning(tmp_path: Path) -> 
         ("age=20:80,chol=0:600,thalach=60:220,bmi=10:60", "not features: bmi"),
         ("age=20-80,chol=0:600,thalach=60:220", "'age=20-80' is not NAME=LOW:HIGH"),
         ("age=80:20,chol=0:600,thalach=60:220", "finite low < high"),
+        ("age=20:80,age=30:70,chol=0:600,thalach=60:220", "gives 'age' twice"),
     ],
 )
 def test_bad_ranges_get_one_line_and_nothing_is_written(

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from fedrema_cli.errors import StoreError
+from fedrema_cli.errors import StateBusyError
 from fedrema_cli.roles import secure
 from fedrema_cli.roles.site import Site
 from fedrema_cli.store.state import PartyState
@@ -185,7 +185,7 @@ def test_two_commands_on_one_state_folder_take_turns(federation: Fed) -> None:
     state = PartyState(fed.site("va"))
     with (
         state.exclusive(),
-        pytest.raises(StoreError, match="in use by another fedrema"),
+        pytest.raises(StateBusyError, match="in use by another fedrema"),
         PartyState(fed.site("va")).exclusive(wait_seconds=0.2),
     ):
         pass
@@ -218,3 +218,18 @@ def test_a_file_system_without_locks_still_runs_commands(
     monkeypatch.setattr(fcntl, "flock", no_locks)
     key_exchange(federation)
     assert run("train-local", "-s", federation.site("va")).exit_code == 0
+
+
+def test_a_busy_state_folder_means_later_not_failed(
+    federation: Fed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fedrema_cli.store import state as state_module
+
+    fed = federation
+    monkeypatch.setattr(state_module, "LOCK_WAIT_SECONDS", 0.2)
+    with PartyState(fed.site("va")).exclusive():
+        out = run("submit", "-s", fed.site("va"))
+        assert out.exit_code == 75 and "in use by another fedrema command" in out.stderr
+        out = run("submit", "-s", fed.site("va"), "--wait", "--timeout", "1", "--json")
+        assert out.exit_code == 75 and out.json()["timed_out"]  # waited, as --timeout said
+    assert run("submit", "-s", fed.site("va")).exit_code == 0  # free again: it goes on
