@@ -142,3 +142,10 @@ def full_round(fed: Fed) -> None:
     assert run("aggregate", "-s", fed.coordinator).exit_code == 0
     submit_all(fed)
     assert run("aggregate", "-s", fed.coordinator).exit_code == 0
+
+
+def run_rounds(fed: Fed, rounds: int) -> None:
+    """Round 1's key exchange, then ``rounds`` full rounds with every site."""
+    key_exchange(fed)
+    for _ in range(rounds):
+        full_round(fed)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from fedrema_cli.store import storage
-from tests.cli.conftest import SITES, full_round, key_exchange, make_federation, run
+from tests.cli.conftest import SITES, make_federation, run, run_rounds
 
 
 class Crash(BaseException):
@@ -21,8 +21,7 @@ def test_export_after_a_crash_in_the_last_finetuning_round_is_on_the_ledger(
     fed = make_federation(
         tmp_path, "--epsilon", "3", "--method", "fedavg-ft", "--rounds", "1", sites=SITES
     )
-    key_exchange(fed)
-    full_round(fed)
+    run_rounds(fed, 1)
     site = fed.site("va")
     last = 1 + 5  # one federated round, then fedavg-ft's five fine-tuning rounds
     original = storage.LocalStorage.replace

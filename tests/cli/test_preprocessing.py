@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from fedrema_cli.datasets import heart_disease
-from tests.cli.conftest import SITES, Fed, full_round, key_exchange, run
+from tests.cli.conftest import SITES, Fed, run, run_rounds
 
 TABLE = ("--features", "age,chol,thalach", "--label", "target", "--classes", "0,1")
 
@@ -70,8 +70,7 @@ def test_a_preset_brings_its_own_ranges(tmp_path: Path) -> None:
 
 def test_every_hospital_scales_alike_and_the_report_says_it_is_covered(private_fed: Fed) -> None:
     fed = private_fed
-    key_exchange(fed)
-    full_round(fed)
+    run_rounds(fed, 1)
     public = heart_disease.SCHEMA.feature_ranges
     assert public is not None
     cards = []

@@ -9,7 +9,16 @@ import pytest
 
 from privacy import PrivacyPolicy, plan_round
 from privacy.analysis import epsilon as opacus_epsilon
-from tests.cli.conftest import SITES, Fed, full_round, key_exchange, make_federation, run, snapshot
+from tests.cli.conftest import (
+    SITES,
+    Fed,
+    full_round,
+    key_exchange,
+    make_federation,
+    run,
+    run_rounds,
+    snapshot,
+)
 
 
 def _ledger_lines(fed: Fed, site: str) -> list[str]:
@@ -18,8 +27,7 @@ def _ledger_lines(fed: Fed, site: str) -> list[str]:
 
 def test_two_private_rounds_compose_and_stay_within_budget(private_fed: Fed) -> None:
     fed = private_fed
-    key_exchange(fed)
-    full_round(fed)
+    run_rounds(fed, 1)
     first = json.loads(_ledger_lines(fed, "va")[0])
     full_round(fed)
     lines = _ledger_lines(fed, "va")
@@ -64,8 +72,7 @@ def test_two_private_rounds_compose_and_stay_within_budget(private_fed: Fed) -> 
 
 def test_the_budget_gate_refuses_a_round_that_would_cross_it(private_fed: Fed) -> None:
     fed = private_fed
-    key_exchange(fed)
-    full_round(fed)
+    run_rounds(fed, 1)
     # The hospital's table shrinks to 30 records: a larger sampling rate per round, so the
     # second round would spend more than the budget has left.
     data = fed.data("va")
@@ -100,8 +107,7 @@ def test_the_budget_gate_refuses_a_round_that_would_cross_it(private_fed: Fed) -
 
 def test_a_site_restarted_without_its_cache_continues_its_spend(private_fed: Fed) -> None:
     fed = private_fed
-    key_exchange(fed)
-    full_round(fed)
+    run_rounds(fed, 1)
     (fed.site("va") / "accountant.json").unlink()  # only a cache: the ledger is the truth
     full_round(fed)
     first, second = (json.loads(line) for line in _ledger_lines(fed, "va"))
@@ -124,9 +130,7 @@ def test_a_crash_before_the_ledger_append_is_repaired_not_lost(private_fed: Fed)
 @pytest.mark.parametrize("edit", ["edit", "delete", "reorder"])
 def test_audit_names_the_line_of_a_tampered_ledger(private_fed: Fed, edit: str) -> None:
     fed = private_fed
-    key_exchange(fed)
-    full_round(fed)
-    full_round(fed)
+    run_rounds(fed, 2)
     assert run("audit", "-s", fed.site("va")).exit_code == 0
     path = fed.site("va") / "ledger.jsonl"
     lines = _ledger_lines(fed, "va")
@@ -146,8 +150,7 @@ def test_audit_names_the_line_of_a_tampered_ledger(private_fed: Fed, edit: str) 
 
 def test_audit_of_the_workspace_names_the_site_and_entry(private_fed: Fed) -> None:
     fed = private_fed
-    key_exchange(fed)
-    full_round(fed)
+    run_rounds(fed, 1)
     assert run("audit", "-w", fed.workspace).exit_code == 0
     path = fed.workspace / "ledger" / "hungary" / "0001.json"
     doc = json.loads(path.read_text())

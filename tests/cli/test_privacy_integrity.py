@@ -12,13 +12,12 @@ import json
 
 import pytest
 
-from tests.cli.conftest import Fed, full_round, key_exchange, run
+from tests.cli.conftest import Fed, run, run_rounds
 
 
 def test_a_ledger_with_bytes_that_are_not_utf8_is_named_not_a_crash(private_fed: Fed) -> None:
     fed = private_fed
-    key_exchange(fed)
-    full_round(fed)
+    run_rounds(fed, 1)
     path = fed.site("va") / "ledger.jsonl"
     raw = bytearray(path.read_bytes())
     raw[raw.index(b'"site":"va"') + 8] = 0xFF  # one flipped byte inside a signed string
@@ -31,8 +30,7 @@ def test_a_ledger_with_bytes_that_are_not_utf8_is_named_not_a_crash(private_fed:
 
 def test_audit_names_a_published_entry_holding_infinity(private_fed: Fed) -> None:
     fed = private_fed
-    key_exchange(fed)
-    full_round(fed)
+    run_rounds(fed, 1)
     path = fed.workspace / "ledger" / "va" / "0001.json"
     doc = json.loads(path.read_text())
     doc["body"]["noise_multiplier"] = float("inf")  # json writes Infinity
@@ -46,9 +44,7 @@ def test_audit_names_a_published_entry_holding_infinity(private_fed: Fed) -> Non
 
 def test_audit_of_the_workspace_catches_dropped_final_entries(private_fed: Fed) -> None:
     fed = private_fed
-    key_exchange(fed)
-    full_round(fed)
-    full_round(fed)
+    run_rounds(fed, 2)
     assert run("audit", "-w", fed.workspace).exit_code == 0
     # Whoever can write the workspace deletes va's last published entry: the remaining chain
     # is valid and shorter, so va would look as if it had spent one round less.
@@ -65,8 +61,7 @@ def test_a_site_that_lost_its_ledger_does_not_start_its_spend_again(
     private_fed: Fed, anchor: str
 ) -> None:
     fed = private_fed
-    key_exchange(fed)
-    full_round(fed)
+    run_rounds(fed, 1)
     # The site's ledger and round records are lost (a bad backup restore, a wiped folder);
     # one anchor of its spend is left: its accountant cache or its signed published copies.
     site = fed.site("va")
@@ -86,9 +81,7 @@ def test_a_site_that_lost_its_ledger_does_not_start_its_spend_again(
 @pytest.mark.parametrize("anchor", ["accountant cache", "published copies"])
 def test_audit_of_a_site_catches_its_dropped_final_entry(private_fed: Fed, anchor: str) -> None:
     fed = private_fed
-    key_exchange(fed)
-    full_round(fed)
-    full_round(fed)
+    run_rounds(fed, 2)
     assert run("audit", "-s", fed.site("va")).exit_code == 0
     path = fed.site("va") / "ledger.jsonl"
     path.write_text(path.read_text().splitlines(keepends=True)[0])  # a valid, shorter chain
@@ -105,8 +98,7 @@ def test_audit_of_a_site_catches_its_dropped_final_entry(private_fed: Fed, ancho
 
 def test_the_filed_report_is_not_green_when_a_published_envelope_fails(private_fed: Fed) -> None:
     fed = private_fed
-    key_exchange(fed)
-    full_round(fed)
+    run_rounds(fed, 1)
     path = fed.workspace / "ledger" / "va" / "0001.json"
     doc = json.loads(path.read_text())
     doc["header"]["author"] = "site:hungary"  # the envelope no longer verifies; the entry does
@@ -126,8 +118,7 @@ def test_published_ledger_entries_do_not_carry_the_raw_hash_of_the_patient_file(
     private_fed: Fed,
 ) -> None:
     fed = private_fed
-    key_exchange(fed)
-    full_round(fed)
+    run_rounds(fed, 1)
     published = json.loads((fed.workspace / "ledger" / "va" / "0001.json").read_text())["body"]
     file_hash = hashlib.sha256(fed.data("va").read_bytes()).hexdigest()
     assert published["dataset_fingerprint"] != file_hash  # not testable by a data holder
@@ -142,9 +133,7 @@ def test_audit_catches_a_deleted_last_entry_even_with_the_update_deleted_too(
     private_fed: Fed,
 ) -> None:
     fed = private_fed
-    key_exchange(fed)
-    full_round(fed)
-    full_round(fed)
+    run_rounds(fed, 2)
     # Whoever can write the workspace removes va's round-2 entry and va's round-2 update:
     # the coordinator's signed result of round 2 still says it used va's update.
     (fed.workspace / "ledger" / "va" / "0002.json").unlink()

@@ -10,10 +10,10 @@ from pathlib import Path
 
 from tests.cli.conftest import (
     Fed,
-    full_round,
     key_exchange,
     make_federation,
     run,
+    run_rounds,
     snapshot,
     train_and_submit,
 )
@@ -50,9 +50,7 @@ def test_train_local_after_the_round_closed_without_this_site(federation: Fed) -
 
 def test_submit_and_aggregate_once_the_federation_is_complete(federation: Fed) -> None:
     fed = federation
-    key_exchange(fed)
-    full_round(fed)
-    full_round(fed)
+    run_rounds(fed, 2)
     assert run("status", "-s", fed.coordinator, "--json").json()["complete"]
     out = run("aggregate", "-s", fed.coordinator)
     assert out.exit_code == 0, out.stderr

@@ -14,10 +14,10 @@ from fedrema_cli.roles import secure
 from tests.cli.conftest import (
     SITES,
     Fed,
-    full_round,
     key_exchange,
     make_federation,
     run,
+    run_rounds,
     snapshot,
     submit_all,
     train_and_submit,
@@ -77,13 +77,19 @@ def test_the_consistency_check_refuses_a_threshold_of_half_the_sites_or_less(
     assert not (fed.workspace / "roster.json").exists()
 
 
-def test_the_consistency_check_counts_signatures_of_sites_this_view_calls_dropped(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _unmask_request_published(tmp_path: Path) -> Fed:
+    """A consistency-checked federation whose round 1 has every update in and U3 out."""
     fed = make_federation(tmp_path, "--no-dp", "--consistency-check")
     key_exchange(fed)
     train_and_submit(fed)
     assert run("aggregate", "-s", fed.coordinator).exit_code == 0  # U3 published
+    return fed
+
+
+def test_the_consistency_check_counts_signatures_of_sites_this_view_calls_dropped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fed = _unmask_request_published(tmp_path)
     assert run("submit", "-s", fed.site("cleveland")).exit_code == 0  # signs the real U3
     equivocate_to_va(monkeypatch)  # cleveland already signed the real set
     out = run("submit", "-s", fed.site("va"))
@@ -94,8 +100,7 @@ def test_the_consistency_check_counts_signatures_of_sites_this_view_calls_droppe
 
 def test_no_round_secrets_are_left_once_the_federation_is_complete(federation: Fed) -> None:
     fed = federation  # 2 rounds
-    key_exchange(fed)
-    full_round(fed)
+    run_rounds(fed, 1)
     train_and_submit(fed)  # the last round ...
     assert run("aggregate", "-s", fed.coordinator).exit_code == 0
     submit_all(fed, SITES[:-1])  # ... closes before va reveals: va still holds its peers' shares
@@ -109,10 +114,7 @@ def test_no_round_secrets_are_left_once_the_federation_is_complete(federation: F
 def test_the_consistency_check_catches_a_coordinator_that_equivocates(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    fed = make_federation(tmp_path, "--no-dp", "--consistency-check")
-    key_exchange(fed)
-    train_and_submit(fed)
-    assert run("aggregate", "-s", fed.coordinator).exit_code == 0  # U3 published
+    fed = _unmask_request_published(tmp_path)
     real = equivocate_to_va(monkeypatch)  # va is shown a different survivor set
     assert run("submit", "-s", fed.site("va")).exit_code == 0  # signs what it saw, then waits
     assert (fed.workspace / "rounds/0001/consistency/va.json").exists()

@@ -23,10 +23,10 @@ from fedrema_cli.roles.site import Site
 from tests.cli.conftest import (
     SITES,
     Fed,
-    full_round,
     key_exchange,
     make_federation,
     run,
+    run_rounds,
     snapshot,
     submit_all,
     train_and_submit,
@@ -45,8 +45,7 @@ def _true_updates(fed: Fed) -> dict[str, tuple[np.ndarray, float]]:
 
 def test_the_coordinator_holds_only_the_sum(federation: Fed) -> None:
     fed = federation
-    key_exchange(fed)
-    full_round(fed)
+    run_rounds(fed, 1)
     truth = _true_updates(fed)
     ws = fed.workspace / "rounds" / "0001"
     site = Site(fed.site("va"))

@@ -24,6 +24,7 @@ from tests.cli.conftest import (
     full_round,
     key_exchange,
     run,
+    run_rounds,
     snapshot,
     submit_all,
     train_and_submit,
@@ -50,8 +51,7 @@ def _finish_round_without_close(fed: Fed, sites: tuple[str, ...]) -> None:
 
 def test_a_withdrawn_site_is_not_waited_for(federation: Fed) -> None:
     fed = federation
-    key_exchange(fed)
-    full_round(fed)
+    run_rounds(fed, 1)
     out = run("withdraw", "-s", fed.site("va"), "--yes", "--json")
     assert out.exit_code == 0, out.stderr
     assert out.json()["from_round"] == 2 and out.json()["new"] is True
@@ -98,8 +98,7 @@ def test_a_site_whose_update_is_in_the_sum_reveals_before_it_leaves(federation: 
 
 def test_too_few_sites_left_stops_with_a_clear_error(federation: Fed) -> None:
     fed = federation  # 4 sites, t = 3
-    key_exchange(fed)
-    full_round(fed)
+    run_rounds(fed, 1)
     for s in ("switzerland", "va"):
         assert run("withdraw", "-s", fed.site(s), "--yes").exit_code == 0
     train_and_submit(fed, SITES[:2])
@@ -113,8 +112,7 @@ def test_too_few_sites_left_stops_with_a_clear_error(federation: Fed) -> None:
 
 def test_a_withdrawal_another_party_wrote_is_refused(federation: Fed) -> None:
     fed = federation
-    key_exchange(fed)
-    full_round(fed)
+    run_rounds(fed, 1)
     assert run("withdraw", "-s", fed.site("hungary"), "--yes").exit_code == 0
     # Someone with write access to the storage tries to take va out with hungary's notice.
     shutil.move(fed.workspace / "withdrawals/hungary.json", fed.workspace / "withdrawals/va.json")
