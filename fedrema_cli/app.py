@@ -63,6 +63,9 @@ class FedremaGroup(TyperGroup):
 
     def invoke(self, ctx: Any) -> Any:
         configure_runtime()
+        from fedrema_cli.store.federation import IGNORED
+
+        IGNORED.clear()
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt:  # every write is atomic: an interrupted command is re-run
@@ -77,6 +80,16 @@ class FedremaGroup(TyperGroup):
                 msg += f" (next: {err.hint})"
             typer.echo(msg.replace("\n", " "), err=True)
             raise typer.Exit(err.exit_code) from None
+        finally:
+            report_ignored(IGNORED)
+
+
+def report_ignored(ignored: dict[str, str]) -> None:
+    """One line per workspace file that was present but did not verify, so was not used."""
+    from fedrema_cli import ui
+
+    for path, why in sorted(ignored.items()):
+        ui.warn(f"ignored {path}: {why}")
 
 
 app = typer.Typer(

@@ -51,6 +51,10 @@ class IntegrityError(FedremaError):
     exit_code = 3
 
 
+class UnsafeFileError(IntegrityError):
+    """A workspace file is a symlink, not a regular file, or larger than the federation allows."""
+
+
 class BudgetError(FedremaError):
     """Training this round would spend more privacy budget than the policy allows."""
 

@@ -228,4 +228,5 @@ def approve(
             {"site": e.site, "fingerprint": e.fingerprint, "approved": e.approved}
             for e in coord.enrollments()
         ],
+        "refused_enrollments": dict(coord.refused_enrollments),
     }

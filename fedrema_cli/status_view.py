@@ -22,11 +22,11 @@ def federation_status(*, state: Path | None, workspace: str | None) -> dict[str,
             coord = Coordinator(state, workspace=workspace)
             out = round_status(coord.fed).to_json()
             out["you"], out["next"] = "coordinator", out["next_for"].get("coordinator", "")
-            return out
+            return {**out, "ignored": dict(coord.fed.ignored)}
         site = Site(state, workspace=workspace)
         out = round_status(site.fed).to_json()
         out["you"], out["next"] = site.name, site.next_step(out)
-        return out
+        return {**out, "ignored": dict(site.fed.ignored)}
     if workspace is None:
         raise UsageError("say whose status: --state DIR (a party) or --workspace WS (anyone)")
     ws = Workspace.open(workspace)
@@ -37,4 +37,4 @@ def federation_status(*, state: Path | None, workspace: str | None) -> dict[str,
 
     fed = Federation(ws, config, me="observer", identity=Identity.generate())
     fed.load_roster()
-    return round_status(fed).to_json()
+    return {**round_status(fed).to_json(), "ignored": dict(fed.ignored)}

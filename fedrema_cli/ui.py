@@ -62,7 +62,7 @@ def say(text: str) -> None:
 
 def warn(text: str) -> None:
     """Something the operator should know about that did not stop the command (stderr)."""
-    err_console.print(f"[yellow]![/] {escape(text)}")
+    err_console.print(f"[yellow]![/] {escape(text)}", soft_wrap=True)
 
 
 def table(

@@ -38,7 +38,6 @@ history; publishing the head with every submission bounds that.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -49,6 +48,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from crypto.canonical import canonical_json
 from privacy import analysis
 from privacy.accountant import SiteAccountant
 from privacy.analysis import Mechanism, Triple
@@ -62,13 +62,6 @@ SignFn = Callable[[bytes], bytes]
 VerifyFn = Callable[[bytes, bytes], None]
 
 _HEX64 = r"^[0-9a-f]{64}$"
-
-
-def canonical_json(obj: Any) -> bytes:
-    """Canonical JSON bytes: sorted keys, no whitespace, UTF-8, no NaN/inf."""
-    return json.dumps(
-        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
 
 
 class LedgerBody(BaseModel):

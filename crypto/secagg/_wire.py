@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import math
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, NoReturn
 
+from crypto.canonical import canonical_json, parse_json
 from crypto.errors import InvalidShare, MalformedMessage
 from crypto.hazmat.shamir import SHARE_LEN, Share
 
@@ -23,27 +23,9 @@ __all__ = ["Reader", "b64", "canonical_json", "frozen_map", "load_canonical", "p
 _MAX_INT = 2**32 - 1
 
 
-def canonical_json(obj: Any) -> bytes:
-    """Serialize ``obj`` canonically (sorted keys, no whitespace, UTF-8, no NaN)."""
-    return json.dumps(
-        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
-
-
 def b64(data: bytes) -> str:
     """Standard base64 with padding."""
     return base64.b64encode(data).decode("ascii")
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [k for k, _ in pairs]
-    if len(set(keys)) != len(keys):
-        raise MalformedMessage("duplicate JSON key")
-    return dict(pairs)
-
-
-def _no_constant(name: str) -> NoReturn:
-    raise MalformedMessage(f"non-finite number {name} in JSON")
 
 
 def load_canonical(data: bytes, what: str) -> Reader:
@@ -51,20 +33,12 @@ def load_canonical(data: bytes, what: str) -> Reader:
     if not isinstance(data, bytes | bytearray):
         raise MalformedMessage(f"{what}: expected bytes")
     try:
-        obj = json.loads(
-            bytes(data).decode("utf-8"),
-            object_pairs_hook=_no_duplicates,
-            parse_constant=_no_constant,
-        )
-    except (ValueError, RecursionError) as exc:  # also: > 4300-digit integers
+        obj = parse_json(bytes(data))
+    except ValueError as exc:
         raise MalformedMessage(f"{what}: not JSON ({exc})") from None
     if not isinstance(obj, dict):
         raise MalformedMessage(f"{what}: expected a JSON object")
-    try:
-        canonical = canonical_json(obj)
-    except (ValueError, RecursionError):  # 1e999 (parsed as inf), lone surrogates (\ud800)
-        raise MalformedMessage(f"{what}: not in canonical encoding") from None
-    if canonical != bytes(data):
+    if canonical_json(obj) != bytes(data):
         raise MalformedMessage(f"{what}: not in canonical encoding")
     return Reader(obj, what)
 

@@ -25,13 +25,13 @@ message                    route   meaning
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
+from crypto.canonical import parse_json
 from crypto.errors import MalformedMessage
 from crypto.hazmat.prg import UIntArray
 from crypto.hazmat.shamir import Share
@@ -465,8 +465,8 @@ def parse_message(data: bytes) -> Message:
         raise MalformedMessage("expected bytes")
     header = data.split(b"\n", 1)[0]
     try:
-        kind = json.loads(header.decode("utf-8")).get("type")
-    except (ValueError, AttributeError, RecursionError):  # ValueError: also huge integers
+        kind = parse_json(header).get("type")
+    except (ValueError, AttributeError):
         raise MalformedMessage("not a fedrema-secagg message") from None
     if not isinstance(kind, str) or kind not in _TYPES:
         raise MalformedMessage(f"unknown message type {kind!r}")

@@ -284,6 +284,8 @@ def approve(
             ],
         )
     )
+    for site, why in out["refused_enrollments"].items():
+        ui.warn(f"enrollment {site!r} refused, not approved: {why}")
     if out.get("approved_now"):
         ui.say(
             f"[green]✓[/] roster signed: {', '.join(out['approved_now'])} "

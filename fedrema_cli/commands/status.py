@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -36,7 +36,21 @@ def status(
 
     out = federation_status(state=state, workspace=workspace)
     if json_out:
-        return ui.emit_json(out)
+        ui.emit_json(out)
+    else:
+        _show(out)
+    if out["ignored"]:  # the warnings themselves are printed once, by the shell
+        from fedrema_cli.errors import IntegrityError
+
+        raise IntegrityError(
+            f"{len(out['ignored'])} workspace file(s) do not verify and were ignored "
+            f"(first: {next(iter(sorted(out['ignored'])))}); the status above leaves them out",
+            hint="have whoever runs the storage remove or restore them",
+        )
+    return None
+
+
+def _show(out: dict[str, Any]) -> None:
     if out["phase"] == "enrolling":
         ui.say(
             f"[bold]{out['federation']}[/]: sites enrolling "

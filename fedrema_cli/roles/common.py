@@ -69,15 +69,24 @@ def phase_of(fed: Federation, r: int) -> Phase:
 
 
 def current_round(fed: Federation) -> int:
-    """The first round without a result; ``rounds + 1`` once the federation is complete."""
+    """The first round without a verified result; ``rounds + 1`` once the federation is complete.
+
+    Only a result that verifies moves a party forward (a planted ``result.json`` must never
+    make a site delete the secrets of a round still being unmasked). Results are written in
+    round order, so a binary search over the files *present* bounds the scan; each result
+    below that is then verified (once per process: they are write-once).
+    """
     total = fed.config.rounds
     lo, hi = 1, total + 1
-    while lo < hi:  # results are written in round order, so binary search is exact
+    while lo < hi:
         mid = (lo + hi) // 2
-        if fed.exists("result", mid):
+        if fed.present("result", mid):
             lo = mid + 1
         else:
             hi = mid
+    for r in range(1, lo):
+        if not fed.exists("result", r):
+            return r
     return lo
 
 
@@ -115,8 +124,8 @@ class Withdrawal:
 
 def read_withdrawal(fed: Federation, site: str) -> Withdrawal | None:
     """The site's withdrawal if it posted one, checked against its roster key."""
-    if not fed.exists("withdrawal", 0, site=site):
-        return None
+    if not fed.present("withdrawal", 0, site=site):
+        return None  # present but unverifiable: `get` below raises, and the caller reports it
     body = fed.get("withdrawal", 0, site=site).body
     from_round, reason, at = body.get("from_round"), body.get("reason"), body.get("at")
     if (

@@ -22,7 +22,13 @@ import numpy as np
 
 from crypto.errors import SecAggError
 from fedrema_cli.config import FederationConfig, default_threshold, parse_config
-from fedrema_cli.errors import ConfigError, IntegrityError, ProtocolAbortedError, UsageError
+from fedrema_cli.errors import (
+    ConfigError,
+    IntegrityError,
+    ProtocolAbortedError,
+    StoreError,
+    UsageError,
+)
 from fedrema_cli.identity import PublicIdentity, b64, fingerprint, unb64
 from fedrema_cli.merging import METHODS
 from fedrema_cli.merging import fedrema as fr
@@ -51,15 +57,16 @@ from fedrema_cli.store.federation import (
 )
 from fedrema_cli.store.state import PartyState
 from fedrema_cli.store.storage import lasting_location
-from fedrema_cli.store.workspace import COORDINATOR, Workspace
+from fedrema_cli.store.workspace import COORDINATOR, SITE_NAME, Workspace
 
 META = "coordinator.json"
 FEDREMA_STATE = "fedrema-state.json"
 MERGE_LOG = "merge-log.json"
 
 
-def _pending(r: int) -> str:
-    return f"pending/{r:04d}.json"
+def _outcome(r: int) -> str:
+    """Round r's outcome, kept: the one source every (re)publication of round r comes from."""
+    return f"outcomes/{r:04d}.json"
 
 
 @dataclass(frozen=True)
@@ -115,6 +122,9 @@ class Coordinator:
             )
         self.fed = Federation(ws, config, me=COORDINATOR, identity=identity)
         self.fed.load_roster()
+        self.federation_sha256 = digest
+        #: site -> why its enrollment was refused (another federation's, forged, damaged)
+        self.refused_enrollments: dict[str, str] = {}
         #: (kind, round, site) -> None (accepted) or why refused; `--wait` polls re-use it
         self._verdicts: dict[tuple[str, int, str], str | None] = {}
         #: site -> its withdrawal, or why it was refused (write-once, so read once)
@@ -174,10 +184,20 @@ class Coordinator:
         return self.fed.config
 
     def enrollments(self) -> list[Enrollment]:
+        """Enrollments that verify for this federation; the others go to ``refused``."""
         approved = set(self.fed.roster.names) if self.fed.roster else set()
         out = []
         for site in self.fed.ws.names("enrollments"):
-            art = exchange.read_enrollment(self.fed, site)
+            if not SITE_NAME.fullmatch(site):
+                self.refused_enrollments[site] = "not a valid site name"
+                continue
+            try:
+                art = exchange.read_enrollment(
+                    self.fed, site, federation_sha256=self.federation_sha256
+                )
+            except (IntegrityError, StoreError) as exc:
+                self.refused_enrollments[site] = str(exc)
+                continue
             pub = PublicIdentity.from_json(art.body["keys"])
             out.append(Enrollment(site, fingerprint(pub.sign_pk), pub, site in approved))
         return out
@@ -198,6 +218,13 @@ class Coordinator:
                 f"the roster is already signed for {', '.join(signed)}, not "
                 f"{', '.join(chosen)}; sites cannot be added to or removed from a running "
                 "federation; nothing was changed"
+            )
+        refused = [s for s in chosen if s in self.refused_enrollments]
+        if refused:
+            raise IntegrityError(
+                "; ".join(f"{s}: {self.refused_enrollments[s]}" for s in refused)
+                + "; nothing was approved",
+                hint="the site runs `fedrema init --site` against this workspace again",
             )
         unknown = [s for s in chosen if s not in enrolled]
         if unknown:
@@ -462,7 +489,9 @@ class Coordinator:
         The outcome (new model, sealed merged heads, result, FedReMa's next state) is computed
         once and kept in the coordinator's state folder before anything is published, so a
         crash anywhere is repaired by running `aggregate` again: it republishes the identical
-        files and commits the same merge state, never a second, different merge.
+        files and commits the same merge state, never a second, different merge. It stays
+        there, so a result later removed from the workspace (or replaced by a file that does
+        not verify) is republished byte for byte.
         """
         plan = self._finalize_plan(r, survivors, revealed or [])
         self.fed.put(
@@ -474,13 +503,17 @@ class Coordinator:
         for site, body in plan["heads"].items():
             self.fed.put("head", r + 1, body, site=site)
         self.fed.put("result", r, plan["result"])
-        if plan["fedrema_state"] is not None:
+        # A later round already finished: this is a republication (round r's result in the
+        # workspace was removed or damaged), and the merge state has moved on since.
+        latest = not self.fed.exists("result", r + 1)
+        if plan["fedrema_state"] is not None and latest:
             self.state.write_json(FEDREMA_STATE, plan["fedrema_state"])
             log = [e for e in self.merge_log() if e["round"] != r] + [plan["merge_log"]]
             self.state.write_json(MERGE_LOG, log)
-        self.state.delete(_pending(r))
         progress.events.extend(plan["events"])
         progress.finished.append(r)
+        if not latest:
+            return
         if self.config.secure:
             if r < self.config.rounds and self.fed.exists("key-roster", r + 1):
                 shared = self._acted("shares", r + 1, progress)
@@ -490,8 +523,8 @@ class Coordinator:
             self._open_round(r + 1, progress)
 
     def _finalize_plan(self, r: int, survivors: list[str], revealed: list[str]) -> dict[str, Any]:
-        if self.state.exists(_pending(r)):
-            return dict(self.state.read_json(_pending(r)))
+        if self.state.exists(_outcome(r)):
+            return dict(self.state.read_json(_outcome(r)))
         method = METHODS[self.config.method]
         params = read_model(self.fed, r)
         total_weight = 0.0
@@ -527,7 +560,7 @@ class Coordinator:
             "merge_log": merged["log"] if merged else None,
             "events": events,
         }
-        self.state.write_json(_pending(r), plan)
+        self.state.write_json(_outcome(r), plan)
         return plan
 
     def _expected(self, r: int) -> list[str]:

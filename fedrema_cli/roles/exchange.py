@@ -29,7 +29,10 @@ UPDATE = "update.safetensors"
 # -- enrollment ------------------------------------------------------------------------------
 
 
-def write_enrollment(ws: Workspace, *, federation_id: str, site: str, identity: Identity) -> bool:
+def write_enrollment(
+    ws: Workspace, *, federation_id: str, federation_sha256: str, site: str, identity: Identity
+) -> bool:
+    """Ask to join: the site's public keys, bound to the exact federation.json it checked."""
     pub = identity.public
     return ws.put(
         f"enrollments/{site}",
@@ -38,16 +41,30 @@ def write_enrollment(ws: Workspace, *, federation_id: str, site: str, identity: 
         round=0,
         author=site_author(site),
         identity=identity,
-        body={"site": site, "keys": pub.to_json()},
+        body={"site": site, "keys": pub.to_json(), "federation_sha256": federation_sha256},
     )
 
 
-def read_enrollment(fed: Federation, site: str) -> Artifact:
+def read_enrollment(fed: Federation, site: str, *, federation_sha256: str) -> Artifact:
+    """A site's enrollment, if it was made for *this* federation.json.
+
+    Federation ids are names people choose (two consortia may both say ``heart-disease``), so
+    the enrollment names the hash of the config the site checked: an enrollment copied from
+    another federation, even one with the same id, is refused.
+    """
+    where = f"enrollments/{site}.json"
     art = fed.ws.read_self_signed(
         f"enrollments/{site}", kind="enrollment", author=site_author(site), key_field="keys"
     )
-    if art.body.get("site") != site or art.envelope.header.get("federation") != fed.id:
-        raise IntegrityError(f"enrollments/{site}.json is for another site or federation")
+    if art.body.get("site") != site:
+        raise IntegrityError(f"{where} is {art.body.get('site')!r}'s enrollment, not {site}'s")
+    if (
+        art.envelope.header.get("federation") != fed.id
+        or art.body.get("federation_sha256") != federation_sha256
+    ):
+        raise IntegrityError(
+            f"{where} was made for another federation (a copy?), not this federation.json"
+        )
     return art
 
 

@@ -8,7 +8,6 @@ only), SecAgg key material, and signed copies of privacy-ledger entries.
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import numpy as np
 
+from crypto.canonical import canonical_json
 from fedrema_cli.config import FederationConfig, finetune_rounds
 from fedrema_cli.data import (
     ImageSchema,
@@ -40,14 +40,13 @@ from fedrema_cli.roles.common import (
     read_withdrawal,
     timestamp,
 )
-from fedrema_cli.store.envelope import canonical, sha256
-from fedrema_cli.store.federation import ROSTER, Federation, read_federation
+from fedrema_cli.store.envelope import sha256
+from fedrema_cli.store.federation import ROSTER, Federation, read_federation, round_number
 from fedrema_cli.store.state import PartyState
 from fedrema_cli.store.storage import lasting_location
-from fedrema_cli.store.workspace import Workspace
+from fedrema_cli.store.workspace import SITE_NAME, Workspace
 
 META = "site.json"
-SITE_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 LEDGER = "ledger.jsonl"
 ACCOUNTANT = "accountant.json"
 FINGERPRINT_KEY = "ledger-fingerprint-key.json"
@@ -211,7 +210,11 @@ class Site:
             },
         )
         exchange.write_enrollment(
-            ws, federation_id=config.federation_id, site=name, identity=identity
+            ws,
+            federation_id=config.federation_id,
+            federation_sha256=digest,
+            site=name,
+            identity=identity,
         )
         return cls(state_dir)
 
@@ -227,7 +230,11 @@ class Site:
                 "nothing was changed"
             )
         exchange.write_enrollment(
-            ws, federation_id=config.federation_id, site=meta["site"], identity=state.identity()
+            ws,
+            federation_id=config.federation_id,
+            federation_sha256=digest,
+            site=meta["site"],
+            identity=state.identity(),
         )
         return cls(state_dir)
 
@@ -418,8 +425,8 @@ class Site:
         entries = list(parsed.entries)
         recorded = {e.round for e in entries}
         for name in self.state.list("rounds"):
-            r = int(name)
-            if r in recorded or not self.state.exists(_record(r)):
+            r = round_number(name)
+            if r is None or r in recorded or not self.state.exists(_record(r)):
                 continue
             record = self.state.read_json(_record(r))
             if "ledger_body" not in record:  # nothing was trained (majority class): no spend
@@ -438,6 +445,14 @@ class Site:
                     "ledger no longer has: their spend would be forgotten",
                     hint=f"restore {LEDGER} (and rounds/) from a backup; the workspace's "
                     f"ledger/{self.name}/ holds signed copies of the entries",
+                )
+            unrecorded = self.unrecorded_rounds(entries)
+            if unrecorded:  # the ledger, its copies and the cache are gone: results remain
+                raise LedgerIntegrityError(
+                    f"the coordinator's signed round results show {self.name}'s update in "
+                    f"rounds {unrecorded}, which its ledger does not record: starting again "
+                    "would under-report its privacy spend",
+                    hint=f"restore {LEDGER} and {ACCOUNTANT} (and rounds/) from a backup",
                 )
             for entry in entries:
                 if not self.fed.exists("ledger-entry", entry.round, site=self.name):
@@ -482,7 +497,7 @@ class Site:
         """
         policy = self.config.privacy
         assert policy is not None
-        key = sha256(canonical({"policy": policy.model_dump(mode="json"), "n": n}))[:16]
+        key = sha256(canonical_json({"policy": policy.model_dump(mode="json"), "n": n}))[:16]
         return f"plans/{key}.json"
 
     def _ledger_body(self, dp_record: Any, private: Any, r: int, record: dict[str, Any]) -> Any:
@@ -528,6 +543,24 @@ class Site:
         """
         recorded = {e.round for e in entries}
         return [r for r in self.fed.ledger_rounds(self.name) if r not in recorded]
+
+    def unrecorded_rounds(self, entries: Any) -> list[int]:
+        """Rounds whose signed result counts this site's update but ``entries`` lack.
+
+        The coordinator's results are evidence the site cannot erase: deleting its ledger,
+        accountant, published copies and trained rounds would otherwise let it start again
+        at a lower epsilon than it really spent.
+        """
+        if not METHODS[self.config.method].trains:
+            return []
+        recorded = {e.round for e in entries}
+        return [
+            k
+            for k in range(1, current_round(self.fed))
+            if k not in recorded
+            and self.fed.exists("result", k)
+            and self.name in self.fed.get("result", k).body.get("survivors", [])
+        ]
 
     def epsilon_spent(self) -> float | None:
         """Record-level epsilon this site has spent so far, from its ledger (None without DP)."""

@@ -62,7 +62,8 @@ def withdrawals(fed: Federation) -> dict[str, int]:
     for site in fed.withdrawn_sites():
         try:
             notice = read_withdrawal(fed, site)
-        except IntegrityError:
+        except IntegrityError as exc:
+            fed.ignore(f"withdrawals/{site}.json", str(exc))
             continue
         if notice is not None:
             out[site] = notice.from_round

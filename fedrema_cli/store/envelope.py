@@ -16,17 +16,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from crypto.canonical import canonical_json, parse_json
 from fedrema_cli.errors import IntegrityError
 from fedrema_cli.identity import Identity, PublicIdentity, b64, unb64
 
 FORMAT = "fedrema/1"
-
-
-def canonical(obj: Any) -> bytes:
-    """Deterministic JSON bytes: sorted keys, no whitespace, UTF-8, no NaN."""
-    return json.dumps(
-        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
 
 
 def sha256(data: bytes) -> str:
@@ -62,13 +56,32 @@ def seal(
         "attachments": {name: sha256(data) for name, data in (attachments or {}).items()},
     }
     signed = {"header": header, "body": dict(body)}
-    signature = identity.sign(canonical(signed))
+    signature = identity.sign(canonical_json(signed))
     return (
         json.dumps(
             {**signed, "signature": b64(signature)}, sort_keys=True, indent=1, allow_nan=False
         ).encode("utf-8")
         + b"\n"
     )
+
+
+def parse_signed(raw: bytes, *, where: str) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """Split a signed file into header, body and signature, before anything trusts it.
+
+    Anyone who can write to the workspace can put anything here, so every way the bytes can
+    be unsound (not JSON, nested to exhaust the stack, non-finite numbers, wrong shape) is
+    one IntegrityError naming the file.
+    """
+    try:
+        data = parse_json(raw)
+    except ValueError as exc:
+        raise IntegrityError(f"{where} is not a fedrema signed file ({exc})") from None
+    if not isinstance(data, dict) or set(data) != {"header", "body", "signature"}:
+        raise IntegrityError(f"{where} is not a fedrema signed file (not an envelope)")
+    header, body, signature = data["header"], data["body"], data["signature"]
+    if not isinstance(header, dict) or not isinstance(body, dict) or not isinstance(signature, str):
+        raise IntegrityError(f"{where} is not a fedrema signed file (not an envelope)")
+    return header, body, signature
 
 
 def open_envelope(
@@ -82,18 +95,12 @@ def open_envelope(
     key: PublicIdentity,
 ) -> Envelope:
     """Parse and verify; ``None`` for federation or round means "any" (only for bootstrap)."""
-    try:
-        data = json.loads(raw.decode("utf-8"))
-        header, body, signature = data["header"], data["body"], data["signature"]
-        if not isinstance(header, dict) or not isinstance(body, dict):
-            raise TypeError
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-        raise IntegrityError(f"{where} is not a fedrema signed file") from None
+    header, body, signature = parse_signed(raw, where=where)
     if header.get("format") != FORMAT:
         raise IntegrityError(f"{where} has format {header.get('format')!r}, expected {FORMAT!r}")
     key.verify(
-        unb64(str(signature), what=f"signature in {where}"),
-        canonical({"header": header, "body": body}),
+        unb64(signature, what=f"signature in {where}"),
+        canonical_json({"header": header, "body": body}),
         who=f"{author} on {where}",
     )
     expected = {"kind": kind, "author": author, "federation": federation, "round": round}

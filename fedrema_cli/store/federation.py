@@ -6,20 +6,33 @@ who must have signed it, and with which key to check it. Nothing is read unverif
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from crypto.canonical import canonical_json
 from fedrema_cli.config import FederationConfig, parse_config
-from fedrema_cli.errors import ConfigError, IntegrityError, NotYetError
+from fedrema_cli.errors import (
+    ConfigError,
+    IntegrityError,
+    NotYetError,
+    StoreError,
+    WriteOnceError,
+)
 from fedrema_cli.identity import Identity, PublicIdentity, fingerprint
-from fedrema_cli.store.envelope import canonical, sha256
+from fedrema_cli.store.envelope import sha256
 from fedrema_cli.store.workspace import COORDINATOR, Artifact, Workspace, round_path, site_author
 
 FEDERATION = "federation"
 ROSTER = "roster"
+ROUND_NAME = re.compile(r"[0-9]{4,5}")
+
+#: Every file this process found where an artifact belongs but that did not verify (path ->
+#: why), across Federation objects: the shell reports them once, after the command.
+IGNORED: dict[str, str] = {}
 
 
 @dataclass(frozen=True)
@@ -90,7 +103,26 @@ class Roster(BaseModel):
     @property
     def digest(self) -> bytes:
         """Hash bound into every SecAgg session id, so a changed roster cannot be replayed."""
-        return bytes.fromhex(sha256(canonical(self.model_dump(mode="json"))))
+        return bytes.fromhex(sha256(canonical_json(self.model_dump(mode="json"))))
+
+
+def file_limit(config: FederationConfig) -> int:
+    """The largest file any artifact of this federation can need, in bytes.
+
+    Every read is capped at it, so a hostile file (a symlink to /dev/zero, a sparse 6 GB
+    file) is refused before it is read. The largest artifacts scale with the model: a masked
+    update holds 8 bytes per parameter, a model 4, a sealed head as base64 about 5.4;
+    16 bytes per parameter plus room for n-squared key shares covers them all.
+    """
+    from fedrema_cli.modelspec import part_size
+
+    return 4 * 1024 * 1024 + 16 * part_size(config.model, "all")
+
+
+def round_number(name: str) -> int | None:
+    """The round a file or folder name stands for (``0001``), or None: ASCII digits only, so
+    a stray ``backup-old`` or ``²`` is passed over instead of crashing ``int()``."""
+    return int(name) if ROUND_NAME.fullmatch(name) else None
 
 
 def read_federation(
@@ -137,6 +169,11 @@ class Federation:
         self.coordinator_key = PublicIdentity(
             sign_pk=config.coordinator.sign_pk, seal_pk=config.coordinator.seal_pk
         )
+        ws.max_bytes = file_limit(config)
+        #: artifacts read and verified by this process (write-once: they stay valid)
+        self._verified: set[str] = set()
+        #: file -> why it was ignored: present where an artifact belongs, but not verifying
+        self.ignored: dict[str, str] = {}
 
     @property
     def id(self) -> str:
@@ -219,22 +256,35 @@ class Federation:
         base, author = self._base(kind, r, site)
         if author != self.author:
             raise ValueError(f"{self.me} cannot write {kind} artifacts")
-        return self.ws.put(
-            base,
-            kind=kind,
-            federation=self.id,
-            round=r,
-            author=author,
-            identity=self.identity,
-            body=body,
-            attachments=attachments,
-        )
+
+        def write() -> bool:
+            return self.ws.put(
+                base,
+                kind=kind,
+                federation=self.id,
+                round=r,
+                author=author,
+                identity=self.identity,
+                body=body,
+                attachments=attachments,
+            )
+
+        try:
+            return write()
+        except WriteOnceError:
+            if self.exists(kind, r, site=site):
+                raise  # our own, verified, different artifact: a real conflict
+        # Whatever holds the place does not verify as this author's: nobody can have acted
+        # on it. Move it aside (kept for whoever investigates) and write the real artifact.
+        moved = self.ws.quarantine(base, tuple(attachments or ()))
+        self.ignore(f"{base}.json", f"did not verify; moved to {moved}")
+        return write()
 
     def get(
         self, kind: str, r: int, *, site: str | None = None, attachments: tuple[str, ...] = ()
     ) -> Artifact:
         base, author = self._base(kind, r, site)
-        return self.ws.get(
+        art = self.ws.get(
             base,
             kind=kind,
             federation=self.id,
@@ -243,19 +293,52 @@ class Federation:
             key=self.key_for(author),
             attachments=attachments,
         )
+        self._verified.add(base)
+        return art
 
     def exists(self, kind: str, r: int, *, site: str | None = None) -> bool:
+        """Whether a *verified* artifact of this kind is there.
+
+        Every decision (which round it is, which phase, what to delete or skip) rests on
+        this, so a file that is present but does not verify (unsigned, forged, from another
+        round, federation or author, damaged, a symlink or too large) counts as absent: it is
+        recorded in ``ignored`` for the command to report, and never acted on.
+        """
+        base, _ = self._base(kind, r, site)
+        if base in self._verified:
+            return True
+        if not self.ws.exists(base):
+            return False
+        try:
+            self.get(kind, r, site=site)
+        except (IntegrityError, StoreError) as exc:
+            self.ignore(f"{base}.json", str(exc))
+            return False
+        return True
+
+    def ignore(self, path: str, why: str) -> None:
+        """Record a file that is where an artifact belongs but does not verify."""
+        self.ignored[path] = why
+        IGNORED[path] = why
+
+    def present(self, kind: str, r: int, *, site: str | None = None) -> bool:
+        """Whether a file sits where the artifact would (verified or not): only for
+        messages that say a file is in the way, never for a decision."""
         return self.ws.exists(self._base(kind, r, site)[0])
 
     def sites_with(self, kind: str, r: int) -> list[str]:
-        """Roster sites that have written an artifact of this kind for round r."""
+        """Roster sites that have written a verified artifact of this kind for round r."""
         if kind == "ledger-entry":
             return [s for s in self.require_roster().names if self.exists(kind, r, site=s)]
         present = set(self.ws.names(round_path(r, KINDS[kind].folder)))
-        return [s for s in self.require_roster().names if s in present]
+        return [
+            s for s in self.require_roster().names if s in present and self.exists(kind, r, site=s)
+        ]
 
     def ledger_rounds(self, site: str) -> list[int]:
-        return sorted(int(n) for n in self.ws.names(f"ledger/{site}") if n.isdigit())
+        """Rounds with a file in ``ledger/<site>/`` (names parsed strictly; not verified)."""
+        rounds = (round_number(n) for n in self.ws.names(f"ledger/{site}"))
+        return sorted(r for r in rounds if r is not None)
 
     def withdrawn_sites(self) -> list[str]:
         """Roster sites that posted a withdrawal (a listing: read each with ``get`` to trust it).

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from crypto.canonical import parse_json
 from fedrema_cli.errors import ConfigError, StateBusyError, StoreError
 from fedrema_cli.identity import Identity
 from fedrema_cli.store.storage import LocalStorage
@@ -47,9 +48,9 @@ class PartyState:
     def read_json(self, name: str) -> Any:
         raw = self.storage.read_bytes(name)
         try:
-            return json.loads(raw.decode("utf-8"))
-        except (ValueError, UnicodeDecodeError):
-            raise StoreError(f"{self.root / name} is not valid JSON (edited by hand?)") from None
+            return parse_json(raw)
+        except ValueError as exc:
+            raise StoreError(f"{self.root / name} is damaged ({exc}; edited by hand?)") from None
 
     def read_meta(self, name: str, required: dict[str, type]) -> dict[str, Any]:
         """This party's own record (site.json, coordinator.json), checked before it is used."""

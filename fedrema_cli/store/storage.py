@@ -8,20 +8,24 @@ write-once: writing the same bytes again is a no-op, different bytes are refused
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import posixpath
 import secrets
+import stat
 from pathlib import Path
 from typing import Protocol
 
-from fedrema_cli.errors import StoreError, WriteOnceError
+from fedrema_cli.errors import StoreError, UnsafeFileError, WriteOnceError
 
 
 class Storage(Protocol):
     """The operations the workspace and the state folders need, nothing more."""
 
-    def read_bytes(self, path: str) -> bytes: ...
+    def read_bytes(self, path: str, *, max_bytes: int | None = None) -> bytes:
+        """The file's bytes; UnsafeFileError for a symlink, a special file or > max_bytes."""
+        ...
 
     def exists(self, path: str) -> bool: ...
 
@@ -62,14 +66,36 @@ class LocalStorage:
     def describe(self) -> str:
         return str(self.root)
 
-    def read_bytes(self, path: str) -> bytes:
+    def read_bytes(self, path: str, *, max_bytes: int | None = None) -> bytes:
         p = self._path(path)
         try:
-            return p.read_bytes()
+            fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except FileNotFoundError:
+            raise StoreError(f"missing file: {p}") from None
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise UnsafeFileError(f"{p} is a symbolic link; refusing to read it") from None
+            raise StoreError(f"cannot read {p}: {e.strerror}") from None
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise UnsafeFileError(f"{p} is not a regular file; refusing to read it")
+            if max_bytes is not None and info.st_size > max_bytes:
+                raise UnsafeFileError(
+                    f"{p} is {info.st_size} bytes, more than the {max_bytes} this federation's "
+                    "files can hold; refusing to read it"
+                )
+            with os.fdopen(os.dup(fd), "rb") as f:
+                data = f.read() if max_bytes is None else f.read(max_bytes + 1)
+            if max_bytes is not None and len(data) > max_bytes:  # it grew while we read
+                raise UnsafeFileError(f"{p} grew past {max_bytes} bytes; refusing to read it")
+            return data
         except FileNotFoundError:
             raise StoreError(f"missing file: {p}") from None
         except OSError as e:
             raise StoreError(f"cannot read {p}: {e.strerror}") from None
+        finally:
+            os.close(fd)
 
     def exists(self, path: str) -> bool:
         return self._path(path).exists()
@@ -138,7 +164,11 @@ class LocalStorage:
         return sorted(c.name for c in p.iterdir() if not c.name.startswith("."))
 
     def delete(self, path: str) -> None:
-        self._path(path).unlink(missing_ok=True)
+        p = self._path(path)
+        try:
+            p.unlink(missing_ok=True)
+        except OSError as e:
+            raise StoreError(f"cannot remove {p}: {e.strerror}") from None
 
 
 class FsspecStorage:
@@ -168,11 +198,17 @@ class FsspecStorage:
     def _path(self, path: str) -> str:
         return f"{self.root}/{_clean(path)}"
 
-    def read_bytes(self, path: str) -> bytes:
+    def read_bytes(self, path: str, *, max_bytes: int | None = None) -> bytes:
         p = self._path(path)
         try:
             with self.fs.open(p, "rb") as f:
-                return f.read()
+                data = f.read() if max_bytes is None else f.read(max_bytes + 1)
+            if max_bytes is not None and len(data) > max_bytes:
+                raise UnsafeFileError(
+                    f"{self.url}/{path} is larger than the {max_bytes} bytes this federation's "
+                    "files can hold; refusing to read it"
+                )
+            return data
         except FileNotFoundError:
             raise StoreError(f"missing file: {self.url}/{path}") from None
         except OSError as e:

@@ -20,7 +20,9 @@ The only code that knows where artifacts live. It holds public, signed files onl
 
 from __future__ import annotations
 
-import json
+import contextlib
+import datetime as dt
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +33,10 @@ from fedrema_cli.store import envelope as env
 from fedrema_cli.store.storage import Storage, open_storage
 
 COORDINATOR = "coordinator"
+#: A site's name: it becomes file and folder names in every workspace and state folder.
+SITE_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
+#: Cap on reads before the federation's own limit is known (config, enrollments, roster).
+BOOTSTRAP_MAX_BYTES = 1024 * 1024
 
 
 def site_author(site: str) -> str:
@@ -58,6 +64,8 @@ class Workspace:
 
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
+        #: every read is capped at this; the federation raises it to what its model needs
+        self.max_bytes = BOOTSTRAP_MAX_BYTES
 
     @classmethod
     def open(cls, location: str) -> Workspace:
@@ -98,6 +106,26 @@ class Workspace:
         )
         return self.storage.write_once(f"{base}.json", raw)
 
+    def quarantine(self, base: str, attachments: tuple[str, ...]) -> str:
+        """Move an artifact that does not verify (and its attachments) to ``quarantine/``.
+
+        Only for files in the place of an artifact the caller is about to write as their
+        author: nothing verified is ever moved. Returns where it went. A symlink or special
+        file is removed, not copied (its target is not ours to read).
+        """
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        dest = f"quarantine/{base.replace('/', '_')}.{stamp}"
+        for suffix in ("json", *attachments):
+            path = f"{base}.{suffix}"
+            if not self.storage.exists(path):
+                continue
+            with contextlib.suppress(IntegrityError):  # symlink, special or oversized file:
+                self.storage.write_once(  # removing it is all we do
+                    f"{dest}.{suffix}", self.storage.read_bytes(path, max_bytes=self.max_bytes)
+                )
+            self.storage.delete(path)
+        return dest
+
     def exists(self, base: str) -> bool:
         return self.storage.exists(f"{base}.json")
 
@@ -113,7 +141,7 @@ class Workspace:
         attachments: tuple[str, ...] = (),
     ) -> Artifact:
         where = f"{self.describe()}/{base}.json"
-        raw = self.storage.read_bytes(f"{base}.json")
+        raw = self.storage.read_bytes(f"{base}.json", max_bytes=self.max_bytes)
         envelope = env.open_envelope(
             raw, where=where, kind=kind, federation=federation, round=round, author=author, key=key
         )
@@ -127,7 +155,9 @@ class Workspace:
 
     def _read_attachment(self, base: str, name: str) -> bytes:
         try:
-            return self.storage.read_bytes(f"{base}.{name}")
+            return self.storage.read_bytes(f"{base}.{name}", max_bytes=self.max_bytes)
+        except IntegrityError:
+            raise
         except StoreError:
             raise IntegrityError(
                 f"{base}.json lists attachment {name!r} but it is missing"
@@ -146,16 +176,16 @@ class Workspace:
         fingerprint a person compared (``--coordinator-fingerprint``, ``approve``) or a pin.
         """
         where = f"{self.describe()}/{base}.json"
-        raw = self.storage.read_bytes(f"{base}.json")
+        raw = self.storage.read_bytes(f"{base}.json", max_bytes=self.max_bytes)
+        _, body, _ = env.parse_signed(raw, where=where)
         try:
-            body = json.loads(raw.decode("utf-8"))["body"]
             key = PublicIdentity.from_json(body[key_field])
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-            raise IntegrityError(f"{where} is not a fedrema signed file") from None
+        except (ValueError, KeyError, TypeError):
+            raise IntegrityError(f"{where} carries no valid public key") from None
         envelope = env.open_envelope(
             raw, where=where, kind=kind, federation=None, round=None, author=author, key=key
         )
         return Artifact(envelope=envelope, attachments={})
 
     def raw_sha256(self, base: str) -> str:
-        return env.sha256(self.storage.read_bytes(f"{base}.json"))
+        return env.sha256(self.storage.read_bytes(f"{base}.json", max_bytes=self.max_bytes))

@@ -123,10 +123,14 @@ def test_a_withdrawal_another_party_wrote_is_refused(federation: Fed) -> None:
     assert "va" in out.json()["waiting_for"]  # still waited for: only va can withdraw va
     out = run("aggregate", "-s", fed.coordinator)
     assert "va's withdrawal refused, va is still waited for" in out.stderr
-    # va itself carries on as before, and is told why it cannot withdraw until the file goes
+    # va itself carries on as before; when it does withdraw, the forged file is moved aside
+    # (kept under quarantine/, reported) and va's own signed notice takes its place.
     assert run("train-local", "-s", fed.site("va")).exit_code == 0
     out = run("withdraw", "-s", fed.site("va"), "--yes")
-    assert out.exit_code == 3 and "is not va's signed notice" in out.stderr
+    assert out.exit_code == 0, out.stderr
+    assert "ignored withdrawals/va.json" in out.stderr and "quarantine/" in out.stderr
+    notice = json.loads((fed.workspace / "withdrawals/va.json").read_text())
+    assert notice["header"]["author"] == "site:va"
 
 
 def test_withdraw_asks_for_yes_and_re_running_changes_nothing(federation: Fed) -> None:

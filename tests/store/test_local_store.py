@@ -145,9 +145,3 @@ def test_garbage_is_not_a_signed_file(tmp_path: Path) -> None:
             author="coordinator",
             key=me.public,
         )
-
-
-def test_canonical_json_is_stable_and_refuses_nan() -> None:
-    assert env.canonical({"b": 1, "a": [1.5, "é"]}) == '{"a":[1.5,"é"],"b":1}'.encode()
-    with pytest.raises(ValueError):
-        env.canonical({"x": float("nan")})
