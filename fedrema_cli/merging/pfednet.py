@@ -220,7 +220,7 @@ class GraphFactor:
 
     ``(I + c Q Q^T)^{-1} = P diag(1 / (1 + c sigma)) P^T`` for every c, so one factor serves
     every round and every step size eta (the tabular code changes eta every step). Products
-    with Q (two non-zeros per column) go through a sparse copy. Do not modify the arrays.
+    with Q (two non-zeros per column) go through a sparse copy; the dense arrays are read-only.
     """
 
     graph: Graph
