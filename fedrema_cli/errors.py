@@ -51,6 +51,14 @@ class IntegrityError(FedremaError):
     exit_code = 3
 
 
+class UnsafeFileError(IntegrityError):
+    """A store path is a symlink, a special file, a file where a folder should be, or too big.
+
+    Someone with write access to the store planted it (or it is not fedrema's); reading it
+    could hang, exhaust memory, or read outside the store, so it is refused unread.
+    """
+
+
 class BudgetError(FedremaError):
     """Training this round would spend more privacy budget than the policy allows."""
 
