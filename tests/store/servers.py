@@ -286,3 +286,46 @@ class FlakyProxy:
         self.cut()
         self._listener.close()
         self._thread.join(5)
+
+
+# -- servers in a process of their own (benchmarks: no GIL shared with the client) ----------
+
+
+@contextlib.contextmanager
+def sftp_server_process(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """The SFTP server above, in a child process; yields its SftpServer description."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.store.servers", "sftp", str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the SFTP server process exited with code {proc.wait(10)}")
+        info = json.loads(line)
+        yield SftpServer(Path(info["root"]), info["port"], info["host_key"], Path(info["key"]))
+    finally:
+        if proc.stdin is not None:
+            proc.stdin.close()  # the child stops when its stdin closes
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def _serve_sftp_until_stdin_closes(tmp_path: Path) -> None:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    with sftp_server(tmp_path) as s:
+        info = {"root": str(s.root), "port": s.port, "host_key": s.host_key}
+        print(json.dumps({**info, "key": str(s.client_key)}), flush=True)
+        sys.stdin.read()
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] != ["sftp"] or len(sys.argv) != 3:
+        raise SystemExit("usage: python -m tests.store.servers sftp FOLDER")
+    _serve_sftp_until_stdin_closes(Path(sys.argv[2]))
