@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    .venv/bin/python benchmarks/storage.py          # about two minutes
+    .venv/bin/python benchmarks/storage.py          # under a minute
     .venv/bin/python benchmarks/storage.py --json   # machine-readable
 
 It needs the dev extra (moto and asyncssh start the servers).
