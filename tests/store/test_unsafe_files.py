@@ -63,7 +63,7 @@ def plant_oversize(p: Path) -> None:
 HOSTILE: dict[str, tuple[Callable[[Path], None], str]] = {
     "link to /dev/zero": (plant_link("/dev/zero"), "symbolic link"),
     "link to /dev/urandom": (plant_link("/dev/urandom"), "symbolic link"),
-    "link to a real file": (plant_link("real.json"), "symbolic link"),
+    "link to a real file": (plant_link("../../real.json"), "symbolic link"),
     "FIFO": (os.mkfifo, "a FIFO"),
     "6 GB sparse file": (plant_sparse, "6,442,450,944 bytes, more than the 1,048,576"),
     "folder in place of a file": (lambda p: p.mkdir(), "is a folder"),
