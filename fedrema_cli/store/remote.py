@@ -97,6 +97,23 @@ class RemoteStorage(BaseStorage):
     #: exception families a backend call can raise (programming errors are not caught)
     _errors: tuple[type[BaseException], ...] = (OSError, EOFError)
 
+    def __init__(
+        self,
+        url: str,
+        options: dict[str, Any] | None = None,
+        *,
+        retry: Retry | None = None,
+        max_bytes: int | None = None,
+    ) -> None:
+        self.url = url
+        self.retry = retry or Retry()
+        self.max_bytes = max_bytes
+        self._open(dict(options or {}))
+
+    def _open(self, options: dict[str, Any]) -> None:
+        """Set up the backend from the connection options (and connect, if it does)."""
+        raise NotImplementedError
+
     def describe(self) -> str:
         return self.url
 
@@ -231,7 +248,7 @@ class SshTarget:
 class SftpStorage(RemoteStorage):
     """A folder on an SFTP server. The URL's path is absolute on the server.
 
-    Write-once is a plain SFTP rename, which never replaces an existing file (OpenSSH
+    Write-once is a plain SFTP rename, which by the protocol never replaces a file (OpenSSH
     implements it with link(2)); ``replace`` uses posix-rename. Each path is checked with
     lstat below the root, so a link or special file planted on the server is refused unread;
     folders found real are remembered for the rest of the command (SFTP has no openat, so
@@ -239,25 +256,14 @@ class SftpStorage(RemoteStorage):
     folders it created, now or once the connection is back.
     """
 
-    _errors: tuple[type[BaseException], ...] = (OSError, EOFError)
     io_timeout: float = 60.0
 
-    def __init__(
-        self,
-        url: str,
-        options: dict[str, Any] | None = None,
-        *,
-        retry: Retry | None = None,
-        max_bytes: int | None = None,
-    ) -> None:
+    def _open(self, options: dict[str, Any]) -> None:
         import paramiko
 
-        self.url = url
-        self.retry = retry or Retry()
-        self.max_bytes = max_bytes
         self._errors = (OSError, EOFError, paramiko.SSHException)
-        self.target = SshTarget.resolve(url, options or {})
-        self.root = posixpath.normpath(urlsplit(url).path or "/")
+        self.target = SshTarget.resolve(self.url, options)
+        self.root = posixpath.normpath(urlsplit(self.url).path or "/")
         self._client: paramiko.SSHClient | None = None
         self._ftp: paramiko.SFTPClient | None = None
         self._dirs: set[str] = set()  # folders seen to be real folders, not links
@@ -297,7 +303,10 @@ class SftpStorage(RemoteStorage):
         try:
             source = self._host_keys(client)
             client.set_missing_host_key_policy(_refuse_unknown_hosts(source))
-            client.connect(t.host, port=t.port, username=t.username, **t.connect)
+            try:
+                client.connect(t.host, port=t.port, username=t.username, **t.connect)
+            except TypeError as exc:  # an option paramiko does not take
+                raise StoreError(f"{STORAGE_OPTIONS_ENV}: {one_line(exc)}") from None
             ftp = client.open_sftp()
             ftp.get_channel().settimeout(self.io_timeout)
         except BaseException:
@@ -544,14 +553,8 @@ class S3Storage(RemoteStorage):
     cached (other parties add files all the time).
     """
 
-    def __init__(
-        self,
-        url: str,
-        options: dict[str, Any] | None = None,
-        *,
-        retry: Retry | None = None,
-        max_bytes: int | None = None,
-    ) -> None:
+    def _open(self, options: dict[str, Any]) -> None:
+        url = self.url
         try:
             import botocore.exceptions
             import s3fs
@@ -560,9 +563,6 @@ class S3Storage(RemoteStorage):
                 f"{url}: s3:// workspaces need fedrema's s3 extra",
                 hint="pip install 'fedrema[s3]'",
             ) from None
-        self.url = url
-        self.retry = retry or Retry()
-        self.max_bytes = max_bytes
         self._errors = (
             OSError,
             EOFError,
@@ -575,7 +575,7 @@ class S3Storage(RemoteStorage):
         self.bucket = u.netloc
         prefix = u.path.strip("/")
         self._base = f"{self.bucket}/{prefix}" if prefix else self.bucket
-        opts = dict(options or {})
+        opts = options
         config = {
             "retries": {"total_max_attempts": 1},  # one retry policy: ours
             "connect_timeout": 10,

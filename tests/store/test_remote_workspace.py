@@ -228,3 +228,17 @@ def test_a_whole_federation_with_the_workspace_on_sftp(
     model.write_bytes(bytes(data))
     out = run("personalize", "-s", fed.site("va"))
     assert out.exit_code == 3 and "does not match its signed hash" in out.stderr
+
+
+def test_bad_connection_options_are_one_line(sftp: SftpServer, monkeypatch) -> None:
+    monkeypatch.setenv(STORAGE_OPTIONS_ENV, sftp.options_json(no_such_option=1))
+    with pytest.raises(StoreError, match="no_such_option"):
+        open_storage(sftp.url("ws"))
+    monkeypatch.setenv(STORAGE_OPTIONS_ENV, "[1, 2]")
+    with pytest.raises(StoreError, match="must be a JSON object"):
+        open_storage(sftp.url("ws"))
+    monkeypatch.setenv(STORAGE_OPTIONS_ENV, sftp.options_json(host_key="not a key"))
+    with pytest.raises(StoreError, match="host_key must look like"):
+        open_storage(sftp.url("ws"))
+    with pytest.raises(StoreError, match="no workspace backend for gs://"):
+        open_storage("gs://bucket/heart")

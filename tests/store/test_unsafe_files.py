@@ -194,3 +194,22 @@ def test_the_private_state_folder_still_works_uncapped(tmp_path: Path) -> None:
     assert state.list("rounds") == ["0001"]
     (tmp_path / "state" / "planted.json").symlink_to("/dev/zero")
     refused_fast(lambda: state.read_bytes("planted.json"))
+
+
+@pytest.mark.parametrize("plant", [plant_link("/dev/zero"), plant_sparse, os.mkfifo])
+def test_a_command_reading_a_hostile_file_fails_in_one_line(
+    tmp_path: Path, plant: Callable[[Path], None]
+) -> None:
+    from tests.cli.conftest import run
+
+    ws, coord = tmp_path / "ws", tmp_path / "coord"
+    out = run("init", "-w", ws, "-s", coord, "--preset", "heart-disease", "--no-dp")
+    assert out.exit_code == 0, out.stderr
+    (ws / "federation.json").unlink()
+    plant(ws / "federation.json")
+    start = time.perf_counter()
+    out = run("status", "-s", coord)
+    assert time.perf_counter() - start < 5
+    assert out.exit_code == 3, out.stderr
+    assert "federation.json" in out.stderr and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) <= 2  # the error, and at most a hint
