@@ -52,7 +52,11 @@ class IntegrityError(FedremaError):
 
 
 class UnsafeFileError(IntegrityError):
-    """A workspace file is a symlink, not a regular file, or larger than the federation allows."""
+    """A store path is a symlink, a special file, a file where a folder should be, or too big.
+
+    Someone with write access to the store planted it (or it is not fedrema's); reading it
+    could hang, exhaust memory, or read outside the store, so it is refused unread.
+    """
 
 
 class BudgetError(FedremaError):
