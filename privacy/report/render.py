@@ -240,12 +240,12 @@ def to_dict(report: PrivacyReport) -> dict[str, Any]:
 
 
 def _eps_cell(s: SiteReport) -> str:
-    """Rich markup: a site's epsilon, struck through when its ledger does not verify."""
+    """A site's epsilon for the terminal; a figure that does not verify is not shown at all
+    (a plain terminal cannot strike it through), only what the verified entries prove."""
     if s.verified:
         return _fmt(s.epsilon)
     prefix = s.verified_prefix
-    floor = f" ≥{_fmt(prefix.epsilon)}" if prefix else ""
-    return f"[strike dim]{_fmt(s.epsilon)}[/] not verified{floor}"
+    return "not verified" + (f" (≥ {_fmt(prefix.epsilon)})" if prefix else "")
 
 
 def to_rich(report: PrivacyReport, *, detail: bool = False) -> Any:
@@ -273,7 +273,7 @@ def to_rich(report: PrivacyReport, *, detail: bool = False) -> Any:
     summary = Table(
         title=f"Privacy budget per site, federation {report.federation}, δ = {p.get('delta'):g}",
         caption="ε: the site's accountant; RDP*, PLD*: recomputed from the ledger with "
-        "dp-accounting; struck: computed from entries that do not verify",
+        "dp-accounting; ≥: what the verified entries alone prove was spent",
         title_justify="left",
         border_style=None if report.verified else "red",
     )
@@ -286,14 +286,17 @@ def to_rich(report: PrivacyReport, *, detail: bool = False) -> Any:
             s.status.value,
             str(len(s.rounds)),
             _eps_cell(s),
-            _fmt(s.epsilon_rdp_independent) if ok else "[strike dim]—[/]",
-            _fmt(s.epsilon_pld_independent) if ok else "[strike dim]—[/]",
+            _fmt(s.epsilon_rdp_independent) if ok else "—",
+            _fmt(s.epsilon_pld_independent) if ok else "—",
             f"{s.target_epsilon:g}",
             _fmt(s.remaining) if ok else "not verified",
             style=None if ok else "red",
         )
     parts.append(summary)
-    rounds = sorted({r.round for s in report.sites for r in s.rounds})
+    rounds = sorted(
+        {r.round for s in report.sites for r in s.rounds}
+        | {r for s in report.sites for r in s.missing_rounds}
+    )
     if rounds:
         matrix = Table(
             title="ε spent after each round (composed over all rounds so far)", title_justify="left"
@@ -306,15 +309,10 @@ def to_rich(report: PrivacyReport, *, detail: bool = False) -> Any:
             cells = []
             for s in report.sites:
                 row = by_site[s.site].get(rnd)
-                cells.append(
-                    "–"
-                    if row is None
-                    else (
-                        _fmt(row.epsilon)
-                        if row.verified
-                        else f"[red][strike]{_fmt(row.epsilon)}[/strike] not verified[/]"
-                    )
-                )
+                if row is None:
+                    cells.append("[red]missing[/]" if rnd in s.missing_rounds else "–")
+                else:
+                    cells.append(_fmt(row.epsilon) if row.verified else "[red]not verified[/]")
             matrix.add_row(str(rnd), *cells)
         parts.append(matrix)
     if detail:
@@ -329,11 +327,17 @@ def to_rich(report: PrivacyReport, *, detail: bool = False) -> Any:
                     f"{r.sample_rate:.5g}",
                     f"{r.noise_multiplier:.5g}",
                     f"{r.max_grad_norm:g}",
-                    _fmt(r.epsilon),
-                    _fmt(r.epsilon_rdp_independent),
-                    _fmt(r.epsilon_pld_independent),
-                    "yes" if r.verified else "NO",
-                    style=None if r.verified else "red strike",
+                    *(
+                        (
+                            _fmt(r.epsilon),
+                            _fmt(r.epsilon_rdp_independent),
+                            _fmt(r.epsilon_pld_independent),
+                            "yes",
+                        )
+                        if r.verified
+                        else ("—", "—", "—", "not verified")
+                    ),
+                    style=None if r.verified else "red",
                 )
             parts.append(t)
     parts.append(Text(f"report digest (SHA-256): {data['digest']}", style="dim"))

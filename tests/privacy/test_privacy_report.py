@@ -339,6 +339,9 @@ def test_forged_figures_are_struck_and_the_summary_is_red(pol, sites):
     assert f"≥ {bost.rounds[0].epsilon:.4f} verified" in summary
     data = to_dict(report)
     assert next(s for s in data["sites"] if s["site"] == "bost")["verified_through_round"] == 1
+    # A terminal cannot strike through: there the forged figure is not shown at all.
+    terminal = rich_text(to_rich(report, detail=True))
+    assert forged not in terminal and f"not verified (≥ {bost.rounds[0].epsilon:.4f})" in terminal
 
 
 def test_each_problem_is_one_plain_line_without_internal_codes(pol, sites):
