@@ -447,6 +447,19 @@ def _meaning(epsilon: float, delta: float) -> dict[str, str]:
     }
 
 
+def _rdp_pld_gap(sites: list[dict[str, Any]]) -> str | None:
+    """How far the sites' epsilon lies above dp-accounting's PLD, in this report (verified)."""
+    gaps = [
+        100 * (s["epsilon"] / s["epsilon_independent"]["pld"] - 1)
+        for s in sites
+        if s["verified"] and s["epsilon"] and s["epsilon_independent"]["pld"]
+    ]
+    if not gaps:
+        return None
+    lo, hi = min(gaps), max(gaps)
+    return f"{lo:.0f}%" if round(lo) == round(hi) else f"{lo:.0f}–{hi:.0f}%"
+
+
 def _view(report: PrivacyReport, data: dict[str, Any]) -> dict[str, Any]:
     """What the template shows, formatted, taken from ``data`` (= ``to_dict(report)``)."""
     policy = {k: f"{v:g}" if isinstance(v, float) else v for k, v in data["policy"].items()}
@@ -535,6 +548,7 @@ def _view(report: PrivacyReport, data: dict[str, Any]) -> dict[str, Any]:
             key=lambda row: row["round"],
         ),
         "generated": when(data["generated_at"]),
+        "gap": _rdp_pld_gap(data["sites"]),
         "meaning": _meaning(
             float(data["policy"]["target_epsilon"]), float(data["policy"]["delta"])
         ),
