@@ -378,6 +378,7 @@ def test_the_pdf_is_the_same_document_with_page_numbers(pol, sites):
     for n in range(1, len(pages) + 1):
         assert f"page {n} of {len(pages)}" in flat
     assert "δ = 1e-05" in flat and "What ε = 8 means" in flat
+    assert WHO["coordinator_fingerprint"] in flat  # on one line, never wrapped
     digest = to_dict(report)["digest"]
     assert digest in flat.replace(" ", "")  # full digest, in its own section
     for s in report.sites:  # every round of every site has its row
