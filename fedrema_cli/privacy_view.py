@@ -5,16 +5,22 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import crypto
-from fedrema_cli.errors import ConfigError, StoreError, UsageError
-from fedrema_cli.identity import Identity, unb64
+from fedrema_cli.errors import ConfigError, FedremaError, StoreError, UsageError
+from fedrema_cli.identity import Identity, fingerprint, unb64
 from fedrema_cli.roles.common import timestamp
 from fedrema_cli.store.federation import Federation, read_federation
 from fedrema_cli.store.workspace import Workspace
+
+if TYPE_CHECKING:
+    from fedrema_cli.config import FederationConfig
+    from privacy.policy import PrivacyPolicy
+    from privacy.report import PrivacyReport, RoundResult
 
 
 def _verifier(sign_pk_b64: str) -> Callable[[bytes, bytes], None]:
@@ -57,6 +63,49 @@ def _own_ledger_anchors(site: Any, text: str, verify: Callable[[bytes, bytes], N
     return out
 
 
+ROUND_NAME = re.compile(r"[0-9]{4}")
+
+
+def _round_numbers(fed: Federation) -> list[int]:
+    """Round folders in the workspace, by strict name (four ASCII digits; others ignored)."""
+    return sorted(int(n) for n in fed.ws.storage.list("rounds") if ROUND_NAME.fullmatch(n))
+
+
+def _round_results(fed: Federation) -> tuple[list[RoundResult], list[int], list[str]]:
+    """The coordinator's round results that verify, the rounds whose result does not, and one
+    problem line for each of those.
+
+    A result that does not verify is never used: the rounds it would vouch for are then
+    checked against nothing, so the report cannot pass (issue 14: tampered results).
+    """
+    from privacy.report import RoundResult
+
+    results: list[RoundResult] = []
+    bad: list[int] = []
+    problems: list[str] = []
+    for r in _round_numbers(fed):
+        if not fed.exists("result", r):
+            continue
+        path = f"rounds/{r:04d}/result.json"
+        try:
+            body = fed.get("result", r).body
+            survivors, finished = body["survivors"], body["finished_at"]
+            if body.get("round") != r or not isinstance(finished, str):
+                raise TypeError
+            if not isinstance(survivors, list) or not all(isinstance(x, str) for x in survivors):
+                raise TypeError
+        except (FedremaError, KeyError, TypeError, RecursionError):
+            problems.append(
+                f"{path}: the coordinator's signed result of round {r} does not verify "
+                "(changed, truncated or not signed by the coordinator); which sites trained "
+                "in that round cannot be checked"
+            )
+            bad.append(r)
+            continue
+        results.append(RoundResult(round=r, finished_at=finished, survivors=tuple(survivors)))
+    return results, bad, problems
+
+
 def _published_ledger(fed: Federation, site: str) -> tuple[str, list[str]]:
     """A site's published entries as ledger text, in round order, plus envelope problems.
 
@@ -71,10 +120,13 @@ def _published_ledger(fed: Federation, site: str) -> tuple[str, list[str]]:
             art = fed.get("ledger-entry", r, site=site)
             entry = art.body
         except (StoreError, ConfigError) as e:
-            problems.append(f"{path}: {e}")
+            problems.append(_named(path, _local(fed, e)))
             continue
         except Exception as e:  # noqa: BLE001 - an integrity failure is a finding, not a crash
-            problems.append(f"{path}: {e}")
+            readable = isinstance(e, FedremaError)
+            problems.append(
+                _named(path, _local(fed, e)) if readable else f"{path}: not a readable signed file"
+            )
             try:
                 entry = json.loads(fed.ws.storage.read_bytes(path))["body"]
             except (ValueError, KeyError, TypeError, StoreError):
@@ -85,38 +137,47 @@ def _published_ledger(fed: Federation, site: str) -> tuple[str, list[str]]:
     return "".join(lines), problems
 
 
-def _unrecorded_updates(fed: Federation, site: str) -> list[str]:
-    """Rounds that used the site's update but whose ledger entry is not in the workspace.
+def _local(fed: Federation, err: Exception) -> str:
+    """An error message with the workspace's own location left out (paths stay relative), so
+    the report and its digest do not depend on where the workspace is mounted."""
+    return str(err).replace(f"{fed.ws.describe()}/", "")
+
+
+def _named(path: str, message: str) -> str:
+    """``message`` naming ``path`` once: prefixed only if it does not name it already."""
+    return message if path in message else f"{path}: {message}"
+
+
+def _trains(fed: Federation) -> bool:
+    """Whether the method runs gradient steps: only then does a round spend budget."""
+    from fedrema_cli.merging import METHODS
+
+    return METHODS[fed.config.method].trains
+
+
+def _unrecorded_updates(fed: Federation, site: str, results: list[RoundResult]) -> list[str]:
+    """Rounds with the site's signed update in the workspace but no published ledger entry.
 
     A site publishes a round's ledger entry before it can submit that round's update, so an
     update without an entry means entries were deleted -- including the last ones, which the
-    hash chain alone cannot show missing. Two anchors, so deleting one file is not enough:
-    the site-signed submission, and the coordinator-signed result that lists its survivors.
+    hash chain alone cannot show missing. Rounds whose verified result lists the site are
+    checked by the report itself (``round_results``); this is the anchor for rounds that have
+    no result yet, so deleting the result too is not enough.
     """
-    from fedrema_cli.merging import METHODS
-
-    if not METHODS[fed.config.method].trains:  # no gradient step, no spend, no entry
+    if not _trains(fed):  # no gradient step, no spend, no entry
         return []
     published = set(fed.ledger_rounds(site))
-    rounds = sorted(int(n) for n in fed.ws.storage.list("rounds") if n.isdigit())
-    out = []
-    for r in rounds:
-        if r in published:
-            continue
-        if fed.exists("submission", r, site=site):
-            anchor = f"its update (rounds/{r:04d}/submissions/{site}.json) is in the workspace"
-        elif fed.exists("result", r) and site in fed.get("result", r).body.get("survivors", []):
-            anchor = "the coordinator's signed result of that round used its update"
-        else:
-            continue
-        out.append(
-            f"round {r}: {anchor} but its ledger entry ledger/{site}/{r:04d}.json is not: "
-            "the spend of that round is missing from this report (entry deleted?)"
-        )
-    return out
+    vouched = {res.round for res in results if site in res.survivors}
+    return [
+        f"round {r}: its update (rounds/{r:04d}/submissions/{site}.json) is in the workspace "
+        f"but its ledger entry ledger/{site}/{r:04d}.json is not: the spend of that round is "
+        "missing from this report (entry deleted?)"
+        for r in _round_numbers(fed)
+        if r not in published and r not in vouched and fed.exists("submission", r, site=site)
+    ]
 
 
-def build(*, state: Path | None, workspace: str | None) -> tuple[Any, list[str]]:
+def build(*, state: Path | None, workspace: str | None) -> tuple[PrivacyReport, list[str]]:
     """The report model and any problems found outside the ledgers themselves.
 
     Those problems are also folded into the report, so the HTML, PDF and JSON a DPO files can
@@ -130,17 +191,15 @@ def build(*, state: Path | None, workspace: str | None) -> tuple[Any, list[str]]
         from fedrema_cli.roles.site import Site, read_ledger_text
 
         site = Site(state, workspace=workspace)
-        policy = site.config.privacy
-        if policy is None:
-            raise UsageError(
-                f"federation {site.config.federation_id} trains without DP: "
-                "there is no privacy budget to report"
-            )
+        fed = site.fed
+        policy = _policy(site.config)
         text = read_ledger_text(site.state)
         ledgers = {site.name: text}
-        verifiers = {site.name: _verifier(site.fed.identity.public.sign_pk)}
-        federation = site.config.federation_id
+        verifiers = {site.name: _verifier(fed.identity.public.sign_pk)}
+        fingerprints = {site.name: fingerprint(fed.identity.public.sign_pk)}
         config = site.config
+        results, bad_results, problems = _round_results(fed)
+        extra += problems
         extra += _own_ledger_anchors(site, text, verifiers[site.name])
     else:
         if workspace is None:
@@ -154,27 +213,29 @@ def build(*, state: Path | None, workspace: str | None) -> tuple[Any, list[str]]
         roster = fed.load_roster()
         if roster is None:
             raise UsageError("the roster is not approved yet: there are no ledgers")
-        policy = config.privacy
-        if policy is None:
-            raise UsageError(
-                f"federation {config.federation_id} trains without DP: there is "
-                "no privacy budget to report"
-            )
-        ledgers, verifiers = {}, {}
+        policy = _policy(config)
+        results, bad_results, problems = _round_results(fed)
+        extra += problems
+        ledgers, verifiers, fingerprints = {}, {}, {}
         for s in roster.sites:
             text, problems = _published_ledger(fed, s.name)
             ledgers[s.name] = text
             verifiers[s.name] = _verifier(s.sign_pk)
+            fingerprints[s.name] = fingerprint(s.sign_pk)
             extra += [f"{s.name}: {p}" for p in problems]
-            extra += [f"{s.name}: {p}" for p in _unrecorded_updates(fed, s.name)]
-        federation = config.federation_id
+            extra += [f"{s.name}: {p}" for p in _unrecorded_updates(fed, s.name, results)]
     report = build_report(
         policy=policy,
         ledgers=ledgers,
         verifiers=verifiers,
-        federation=federation,
+        federation=config.federation_id,
         generated_at=timestamp(),
         preprocessing=config.data.fixed_preprocessing,
+        fingerprints=fingerprints,
+        coordinator_fingerprint=fingerprint(config.coordinator.sign_pk),
+        round_results=results,
+        survivors_spent=_trains(fed),
+        unverified_results=bad_results,
     )
     if extra:
         report = dataclasses.replace(
@@ -182,3 +243,12 @@ def build(*, state: Path | None, workspace: str | None) -> tuple[Any, list[str]]
             problems=(*report.problems, *(Problem(ProblemKind.WORKSPACE, p) for p in extra)),
         )
     return report, extra
+
+
+def _policy(config: FederationConfig) -> PrivacyPolicy:
+    if config.privacy is None:
+        raise UsageError(
+            f"federation {config.federation_id} trains without DP: there is no privacy budget "
+            "to report"
+        )
+    return config.privacy

@@ -57,29 +57,33 @@ def report(
 
       fedrema privacy report -w /shared/heart --html privacy-report.html
     """
-    from fedrema_cli.errors import IntegrityError
     from fedrema_cli.privacy_view import build
     from fedrema_cli.store.storage import LocalStorage
-    from privacy.report import to_dict, to_html, to_pdf, to_rich
+    from privacy.report import problem_lines, require_pdf_support, to_dict, to_html, to_pdf, to_rich
 
-    rep, extra = build(state=state, workspace=workspace)
+    if pdf is not None:
+        require_pdf_support()  # a missing system library is one line, before any slow work
+    rep, _ = build(state=state, workspace=workspace)  # workspace problems are folded into rep
     for path, data in ((html, lambda: to_html(rep).encode("utf-8")), (pdf, lambda: to_pdf(rep))):
         if path is not None:
             LocalStorage(path.parent).replace(path.name, data())
     if json_out:
-        out = to_dict(rep)
-        out["workspace_problems"] = extra
-        ui.emit_json(out)
+        ui.emit_json(to_dict(rep))
     else:
-        ui.console.print(to_rich(rep, detail=detail))  # workspace problems are in rep too
+        ui.console.print(to_rich(rep, detail=detail))
         for path in (html, pdf):
             if path is not None:
                 ui.say(f"written: {path}")
-    if not rep.verified:  # workspace problems (extra) are folded into rep
-        raise IntegrityError(
-            "the privacy ledgers do not all verify (see the report)",
-            hint="`fedrema audit` names the site and entry",
-        )
+    _fail_on(problem_lines(rep), hint="the report lists every problem; `fedrema audit` too")
+
+
+def _fail_on(problems: list[str], *, hint: str | None = None) -> None:
+    """Exit 3 with the first problem on one line (and how many more), if there is any."""
+    from fedrema_cli.errors import IntegrityError
+
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise IntegrityError(problems[0] + more, hint=hint)
 
 
 def audit(
@@ -94,8 +98,8 @@ def audit(
 
       fedrema audit -w /shared/heart
     """
-    from fedrema_cli.errors import IntegrityError
     from fedrema_cli.privacy_view import build
+    from privacy.report import problem_lines
 
     rep, _ = build(state=state, workspace=workspace)  # workspace problems are in rep
     rows = [
@@ -113,11 +117,13 @@ def audit(
     # rep.problems holds the workspace problems (``extra``) too.
     problems = [str(p) for p in rep.problems]
     problems += [f"{s.site}: {p}" for s in rep.sites for p in s.failing_problems]
+    lines = problem_lines(rep)
     if json_out:
         ui.emit_json(
             {
                 "verified": not problems,
                 "problems": problems,
+                "problem_lines": lines,
                 "sites": [
                     dict(
                         zip(
@@ -151,12 +157,12 @@ def audit(
                     "ε PLD (dp-acc.)",
                     "target",
                 ],
-                rows,
+                [
+                    row if s.verified else (*row[:3], "not verified", "—", "—", row[6])
+                    for row, s in zip(rows, rep.sites, strict=True)
+                ],
             )
         )
-    if problems:
-        raise IntegrityError(
-            f"{problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
-        )
+    _fail_on(lines)
     if not json_out:
         ui.say("[green]✓[/] every ledger verifies; epsilon recomputed independently")

@@ -4,10 +4,12 @@
 plus that site's signature verifier, and for every site:
 
 1. verifies the hash chain and signatures (``privacy.ledger.verify_chain``);
-2. recomputes the composed epsilon after every round from the signed entries alone, with the
+2. checks the ledger covers every round the coordinator's signed results (``RoundResult``,
+   verified by the shell) say the site's update was used in: a site cannot erase its spend;
+3. recomputes the composed epsilon after every round from the signed entries alone, with the
    policy's accountant (``privacy.analysis``, Opacus math) and independently with
    dp-accounting's RDP and PLD (``privacy.independent``);
-3. flags every disagreement: the ledger's own ``epsilon_after`` not reproducible, the
+4. flags every disagreement: the ledger's own ``epsilon_after`` not reproducible, the
    independent check finding more spend than the site's accountant, entries made under
    another policy, or spend above the target.
 
@@ -24,8 +26,8 @@ False
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -34,6 +36,7 @@ from privacy.analysis import INTEGER_RDP_ORDERS, Triple
 from privacy.budget import GATE_TOLERANCE
 from privacy.errors import PrivacyError
 from privacy.ledger import (
+    LedgerEntry,
     ParsedLedger,
     Problem,
     ProblemKind,
@@ -74,8 +77,32 @@ class SiteStatus(StrEnum):
 
 
 @dataclass(frozen=True)
+class RoundResult:
+    """The coordinator's signed result of one round, already verified by the shell: when the
+    round closed and whose updates it used (each of those sites spent budget in it)."""
+
+    round: int
+    finished_at: str
+    survivors: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class VersionSpan:
+    """Consecutive ledger entries of one site made with the same library versions."""
+
+    first_round: int
+    last_round: int
+    versions: Mapping[str, str]
+
+
+@dataclass(frozen=True)
 class RoundRow:
-    """One trained round of one site, with epsilon composed over all rounds so far."""
+    """One trained round of one site, with epsilon composed over all rounds so far.
+
+    ``timestamp`` is when the site recorded the round (ledger); ``closed_at`` is when the
+    coordinator's signed result says the round finished (None: no verified result, e.g. a
+    local fine-tuning round after the last federated round).
+    """
 
     round: int
     seq: int
@@ -91,6 +118,7 @@ class RoundRow:
     epsilon_pld_independent: float | None
     verified: bool
     problems: tuple[str, ...] = ()
+    closed_at: str | None = None
 
 
 @dataclass(frozen=True)
@@ -108,6 +136,24 @@ class SiteReport:
     head: str
     library_versions: Mapping[str, str]
     problems: tuple[Problem, ...]
+    fingerprint: str | None = None
+    version_spans: tuple[VersionSpan, ...] = ()
+    missing_rounds: tuple[int, ...] = ()
+    """Rounds the coordinator's signed results say used this site's update, with no entry."""
+
+    @property
+    def verified_prefix(self) -> RoundRow | None:
+        """The last round before the first one that does not verify (None if round 1 fails).
+
+        Its epsilon is signed by the site and recomputed here, so it is a lower bound of what
+        the site spent even when later entries are forged or missing.
+        """
+        last = None
+        for r in self.rounds:
+            if not r.verified:
+                break
+            last = r
+        return last
 
     @property
     def failing_problems(self) -> tuple[Problem, ...]:
@@ -233,6 +279,10 @@ class PrivacyReport:
     tool_versions: Mapping[str, str]
     pld_discretization: float
     problems: tuple[Problem, ...] = field(default=())
+    coordinator_fingerprint: str | None = None
+    round_results: tuple[RoundResult, ...] = ()
+    unverified_results: tuple[int, ...] = ()
+    """Rounds whose result file is there but does not verify (named in ``problems``)."""
 
     @property
     def verified(self) -> bool:
@@ -287,8 +337,16 @@ def build_site_report(
     expected_head: str | None = None,
     pld_discretization: float = REPORT_PLD_DISCRETIZATION,
     independent_check: bool = True,
+    fingerprint: str | None = None,
+    round_results: Sequence[RoundResult] = (),
+    survivors_spent: bool = True,
 ) -> SiteReport:
-    """Verify one site's ledger and recompute its epsilon round by round."""
+    """Verify one site's ledger and recompute its epsilon round by round.
+
+    ``round_results``: the coordinator's verified results; with ``survivors_spent`` (the
+    method trains, so every site whose update a round used ran DP-SGD in it) each round that
+    lists the site must have an entry in its ledger.
+    """
     parsed = parse_lines(ledger) if isinstance(ledger, str) else ledger
     entries = list(parsed.entries)
     problems: list[Problem] = []
@@ -309,6 +367,7 @@ def build_site_report(
     # could otherwise make the independent PLD check take minutes and gigabytes.
     unsigned = [p.line for p in problems if p.kind == ProblemKind.BAD_SIGNATURE and p.line]
     first_unsigned = min(unsigned, default=None)
+    closed = {res.round: res.finished_at for res in round_results}
     rows: list[RoundRow] = []
     ind_rdp = ind_pld = None
     eps = None
@@ -367,7 +426,7 @@ def build_site_report(
             if not recorded_ok:
                 flag(
                     ProblemKind.EPSILON_MISMATCH,
-                    f"the entry claims epsilon {e.epsilon_after:.6f}, its signed history gives "
+                    f"the entry claims epsilon {e.epsilon_after:.6f}, the entries up to it give "
                     f"{eps:.6f}",
                 )
             if ind is not None:
@@ -399,6 +458,19 @@ def build_site_report(
                 epsilon_pld_independent=ind_pld,
                 verified=not line_problems,
                 problems=tuple(line_problems),
+                closed_at=closed.get(e.round),
+            )
+        )
+    missing = _missing_rounds(site, entries, round_results) if survivors_spent else []
+    if missing:
+        used = sum(site in res.survivors for res in round_results)
+        problems.append(
+            Problem(
+                ProblemKind.MISSING,
+                f"its ledger covers {used - len(missing)} of the {used} rounds the "
+                "coordinator's signed results say used its update; no entry for "
+                + ", ".join(f"round {r}" for r in missing)
+                + ": the spend of those rounds is missing from this report (entries deleted?)",
             )
         )
     return SiteReport(
@@ -413,7 +485,31 @@ def build_site_report(
         head=ledger_head(entries),
         library_versions=dict(entries[-1].library_versions) if entries else {},
         problems=tuple(problems),
+        fingerprint=fingerprint,
+        version_spans=_version_spans(entries),
+        missing_rounds=tuple(missing),
     )
+
+
+def _missing_rounds(
+    site: str, entries: Sequence[LedgerEntry], round_results: Sequence[RoundResult]
+) -> list[int]:
+    """Rounds whose signed result used the site's update but that its ledger does not hold."""
+    recorded = {e.round for e in entries}
+    return [
+        res.round for res in round_results if site in res.survivors and res.round not in recorded
+    ]
+
+
+def _version_spans(entries: Sequence[LedgerEntry]) -> tuple[VersionSpan, ...]:
+    spans: list[VersionSpan] = []
+    for e in entries:
+        versions = dict(e.library_versions)
+        if spans and dict(spans[-1].versions) == versions:
+            spans[-1] = replace(spans[-1], last_round=e.round)
+        else:
+            spans.append(VersionSpan(e.round, e.round, versions))
+    return tuple(spans)
 
 
 def build_report(
@@ -427,14 +523,23 @@ def build_report(
     pld_discretization: float = REPORT_PLD_DISCRETIZATION,
     independent_check: bool = True,
     preprocessing: str | None = None,
+    fingerprints: Mapping[str, str] | None = None,
+    coordinator_fingerprint: str | None = None,
+    round_results: Sequence[RoundResult] = (),
+    survivors_spent: bool = True,
+    unverified_results: Sequence[int] = (),
 ) -> PrivacyReport:
     """Build the federation's report from each site's ledger and verifier (sites sorted).
 
-    ``preprocessing``: see `default_assumptions`.
+    ``preprocessing``: see `default_assumptions`. ``fingerprints``: each site's signing-key
+    fingerprint (the one compared at approval), shown as who signed its ledger.
+    ``round_results``/``survivors_spent``: see `build_site_report`; ``unverified_results``:
+    rounds whose result the shell found but could not verify (shown as such, never used).
 
     A report with no site does not verify: an empty report must not look like a clean one.
     """
     heads = expected_heads or {}
+    results = tuple(sorted(round_results, key=lambda res: res.round))
     sites = tuple(
         build_site_report(
             site=name,
@@ -445,6 +550,9 @@ def build_report(
             expected_head=heads.get(name),
             pld_discretization=pld_discretization,
             independent_check=independent_check,
+            fingerprint=(fingerprints or {}).get(name),
+            round_results=results,
+            survivors_spent=survivors_spent,
         )
         for name in sorted(ledgers)
     )
@@ -460,4 +568,7 @@ def build_report(
         tool_versions=library_versions(),
         pld_discretization=pld_discretization,
         problems=problems,
+        coordinator_fingerprint=coordinator_fingerprint,
+        round_results=results,
+        unverified_results=tuple(sorted(unverified_results)),
     )

@@ -1,9 +1,12 @@
-"""Renderers for ``PrivacyReport``: JSON-able dict, rich renderable, HTML document, PNG, PDF.
+"""Renderers for ``PrivacyReport``: JSON-able dict, rich renderable, HTML and PDF, PNG plot.
 
 Nothing here prints or writes files; each function returns a value for the shell to show or
-store. The HTML is self-contained (inline CSS, the plot embedded as a base64 PNG) so a
-data-protection officer can file the single document. Plots use matplotlib's Agg canvas on a
-private ``Figure`` (no pyplot global state).
+store. HTML and PDF are one document: the Jinja2 template ``templates/report.html.j2`` is
+rendered once to self-contained HTML (inline CSS, the plot embedded as a base64 PNG) and
+WeasyPrint lays that same HTML out on A4 pages (page numbers from the template's ``@page``
+rules). Every figure in the document comes from ``to_dict``, the data the report's digest
+covers, so the filed document and ``--json`` cannot say different things. Plots use
+matplotlib's Agg canvas on a private ``Figure`` (no pyplot global state).
 
 >>> from privacy.policy import PrivacyPolicy
 >>> from privacy.report.model import build_report
@@ -18,13 +21,36 @@ private ``Figure`` (no pyplot global state).
 from __future__ import annotations
 
 import base64
-import html
+import contextlib
+import functools
+import hashlib
 import io
+import logging
 import math
-import textwrap
+import warnings
+from datetime import datetime
 from typing import Any
 
-from privacy.report.model import REPORT_FORMAT, PrivacyReport, RoundRow, SiteReport
+from privacy.errors import PrivacyError
+from privacy.ledger import Problem, ProblemKind, canonical_json
+from privacy.report.model import (
+    NON_FAILING,
+    REPORT_FORMAT,
+    PrivacyReport,
+    RoundRow,
+    SiteReport,
+)
+
+DIGEST_EXCLUDED = ("digest", "generated_at")
+DIGEST_OF = (
+    "SHA-256 of the canonical JSON (keys sorted, no spaces, UTF-8) of this object "
+    "without its 'digest' and 'generated_at' fields"
+)
+PANGO_INSTALL = "apt-get install -y libpango-1.0-0 libpangoft2-1.0-0"
+
+
+class ReportRenderError(PrivacyError):
+    """A report format cannot be produced on this machine (a missing library)."""
 
 
 def _num(x: float | None) -> float | None:
@@ -38,12 +64,83 @@ def _fmt(x: float | None, digits: int = 4) -> str:
     return "—" if v is None else f"{v:.{digits}f}"
 
 
+# -- problems in plain words -----------------------------------------------------------------
+
+_PLAIN = {
+    ProblemKind.CHAIN_BROKEN: (
+        "this entry does not follow the one before it: an entry before it was changed, "
+        "removed or inserted"
+    ),
+}
+
+
+def plain_problem(p: Problem, site: str | None = None) -> str:
+    """One line a person can act on: which site, round and ledger line, and what is wrong.
+
+    The problem kind (an internal code) is left out; ``to_dict`` keeps it for machines.
+    """
+    return _located(p, site, _PLAIN.get(p.kind, p.message))
+
+
+def _located(p: Problem, site: str | None, text: str) -> str:
+    where = [f"round {p.round}"] if p.round is not None else []
+    if p.line is not None:
+        where.append(f"ledger line {p.line}")
+    head = ", ".join(([site] if site else []) + where)
+    return f"{head}: {text}" if head else text
+
+
+# Findings that follow from an earlier bad line: a changed entry breaks the chain after it and
+# changes every later recomputed epsilon. The banner names the cause, the site section all.
+_CONSEQUENCES = frozenset(
+    {ProblemKind.CHAIN_BROKEN, ProblemKind.EPSILON_MISMATCH, ProblemKind.INDEPENDENT_MISMATCH}
+)
+
+
+def site_problem_lines(
+    s: SiteReport, *, causes_only: bool = False, named: bool = True
+) -> list[str]:
+    """A site's failing findings, one line per ledger line (its findings joined).
+
+    ``named``: start each line with the site's name.
+    ``causes_only`` leaves out what follows from an earlier bad line (see ``_CONSEQUENCES``)
+    and says instead that the later figures depend on it.
+    """
+    failing = s.failing_problems
+    causes = [p.line for p in failing if p.kind not in _CONSEQUENCES and p.line is not None]
+    first = min(causes, default=None) if causes_only else None
+    groups: dict[object, list[Problem]] = {}
+    for i, p in enumerate(failing):
+        if first is not None and p.kind in _CONSEQUENCES and (p.line or 0) >= first:
+            continue
+        groups.setdefault(p.line if p.line is not None else ("alone", i), []).append(p)
+    out = []
+    for group in groups.values():
+        text = "; ".join(dict.fromkeys(_PLAIN.get(p.kind, p.message) for p in group))
+        if first is not None and group[0].line == first:
+            text += " (the figures of this round and later ones are not verified)"
+        out.append(_located(group[0], s.site if named else None, text))
+    return out
+
+
+def problem_lines(report: PrivacyReport) -> list[str]:
+    """Every cause of the report failing, one plain line each (report-wide first)."""
+    out = [plain_problem(p) for p in report.problems]
+    for s in report.sites:
+        out += site_problem_lines(s, causes_only=True)
+    return out
+
+
+# -- data ------------------------------------------------------------------------------------
+
+
 def _row_dict(r: RoundRow) -> dict[str, Any]:
     return {
         "round": r.round,
         "seq": r.seq,
         "line": r.line,
         "timestamp": r.timestamp,
+        "closed_at": r.closed_at,
         "steps": r.steps,
         "sample_rate": r.sample_rate,
         "noise_multiplier": r.noise_multiplier,
@@ -60,10 +157,12 @@ def _row_dict(r: RoundRow) -> dict[str, Any]:
 
 
 def _site_dict(s: SiteReport) -> dict[str, Any]:
+    prefix = s.verified_prefix
     return {
         "site": s.site,
         "status": s.status.value,
         "verified": s.verified,
+        "fingerprint": s.fingerprint,
         "accountant": s.accountant,
         "delta": s.delta,
         "target_epsilon": s.target_epsilon,
@@ -73,23 +172,37 @@ def _site_dict(s: SiteReport) -> dict[str, Any]:
             "pld": _num(s.epsilon_pld_independent),
         },
         "remaining": _num(s.remaining),
+        "missing_rounds": list(s.missing_rounds),
+        "verified_through_round": prefix.round if prefix else None,
+        "epsilon_verified_at_least": _num(prefix.epsilon) if prefix else None,
         "rounds_trained": len(s.rounds),
         "steps": sum(r.steps for r in s.rounds),
         "ledger_head": s.head,
         "library_versions": dict(s.library_versions),
+        "library_versions_by_round": [
+            {"first_round": v.first_round, "last_round": v.last_round, "versions": v.versions}
+            for v in s.version_spans
+        ],
         "problems": [p.to_dict() for p in s.problems],
         "rounds": [_row_dict(r) for r in s.rounds],
     }
 
 
+def report_digest(data: dict[str, Any]) -> str:
+    """The digest printed in the document: see ``DIGEST_OF`` (what a DPO recomputes)."""
+    covered = {k: v for k, v in data.items() if k not in DIGEST_EXCLUDED}
+    return hashlib.sha256(canonical_json(covered)).hexdigest()
+
+
 def to_dict(report: PrivacyReport) -> dict[str, Any]:
-    """Return the report as a JSON-able dict (NaN/inf become ``null``)."""
+    """Return the report as a JSON-able dict (NaN/inf become ``null``), with its digest."""
     a = report.assumptions
-    return {
+    data: dict[str, Any] = {
         "format": REPORT_FORMAT,
         "federation": report.federation,
         "generated_at": report.generated_at,
         "verified": report.verified,
+        "coordinator_fingerprint": report.coordinator_fingerprint,
         "policy": dict(report.policy),
         "assumptions": {
             "neighbouring_relation": a.neighbouring_relation,
@@ -106,16 +219,33 @@ def to_dict(report: PrivacyReport) -> dict[str, Any]:
             "pld_value_discretization_interval": report.pld_discretization,
         },
         "tool_versions": dict(report.tool_versions),
+        "round_results": [
+            {"round": r.round, "finished_at": r.finished_at, "survivors": list(r.survivors)}
+            for r in report.round_results
+        ],
+        "unverified_results": list(report.unverified_results),
         "problems": [p.to_dict() for p in report.problems],
+        "workspace_problems": [
+            p.message for p in report.problems if p.kind is ProblemKind.WORKSPACE
+        ],
+        "problem_lines": problem_lines(report),
         "sites": [_site_dict(s) for s in report.sites],
+        "digest_of": DIGEST_OF,
     }
+    data["digest"] = report_digest(data)
+    return data
 
 
-def _all_problems(report: PrivacyReport) -> list[str]:
-    out = [str(p) for p in report.problems]
-    for s in report.sites:
-        out += [f"{s.site}: {p}" for p in s.failing_problems]
-    return out
+# -- terminal --------------------------------------------------------------------------------
+
+
+def _eps_cell(s: SiteReport) -> str:
+    """A site's epsilon for the terminal; a figure that does not verify is not shown at all
+    (a plain terminal cannot strike it through), only what the verified entries prove."""
+    if s.verified:
+        return _fmt(s.epsilon)
+    prefix = s.verified_prefix
+    return "not verified" + (f" (≥ {_fmt(prefix.epsilon)})" if prefix else "")
 
 
 def to_rich(report: PrivacyReport, *, detail: bool = False) -> Any:
@@ -128,38 +258,45 @@ def to_rich(report: PrivacyReport, *, detail: bool = False) -> Any:
     from rich.table import Table
     from rich.text import Text
 
+    data = to_dict(report)
     parts: list[Any] = []
     if report.verified:
         parts.append(Text("All ledgers verified: hash chains and signatures OK.", style="green"))
     else:
-        body = "\n".join(_all_problems(report)) or "no ledgers"
+        body = "\n".join(f"• {line}" for line in data["problem_lines"]) or "no ledgers"
         parts.append(
             Panel(
                 Text(body, style="bold"), title="NOT VERIFIED", border_style="bold red", style="red"
             )
         )
+    p = report.policy
     summary = Table(
-        title=f"Privacy budget per site, federation {report.federation}",
+        title=f"Privacy budget per site, federation {report.federation}, δ = {p.get('delta'):g}",
         caption="ε: the site's accountant; RDP*, PLD*: recomputed from the ledger with "
-        "dp-accounting",
+        "dp-accounting; ≥: what the verified entries alone prove was spent",
         title_justify="left",
+        border_style=None if report.verified else "red",
     )
     for col in ("site", "status", "rounds", "ε spent", "RDP*", "PLD*", "budget", "left"):
         summary.add_column(col, justify="left" if col in ("site", "status") else "right")
     for s in report.sites:
+        ok = s.verified
         summary.add_row(
             s.site,
             s.status.value,
             str(len(s.rounds)),
-            _fmt(s.epsilon),
-            _fmt(s.epsilon_rdp_independent),
-            _fmt(s.epsilon_pld_independent),
+            _eps_cell(s),
+            _fmt(s.epsilon_rdp_independent) if ok else "—",
+            _fmt(s.epsilon_pld_independent) if ok else "—",
             f"{s.target_epsilon:g}",
-            _fmt(s.remaining),
-            style=None if s.verified else "red",
+            _fmt(s.remaining) if ok else "not verified",
+            style=None if ok else "red",
         )
     parts.append(summary)
-    rounds = sorted({r.round for s in report.sites for r in s.rounds})
+    rounds = sorted(
+        {r.round for s in report.sites for r in s.rounds}
+        | {r for s in report.sites for r in s.missing_rounds}
+    )
     if rounds:
         matrix = Table(
             title="ε spent after each round (composed over all rounds so far)", title_justify="left"
@@ -172,17 +309,16 @@ def to_rich(report: PrivacyReport, *, detail: bool = False) -> Any:
             cells = []
             for s in report.sites:
                 row = by_site[s.site].get(rnd)
-                cells.append(
-                    "–"
-                    if row is None
-                    else (_fmt(row.epsilon) if row.verified else f"[red]{_fmt(row.epsilon)}!")
-                )
+                if row is None:
+                    cells.append("[red]missing[/]" if rnd in s.missing_rounds else "–")
+                else:
+                    cells.append(_fmt(row.epsilon) if row.verified else "[red]not verified[/]")
             matrix.add_row(str(rnd), *cells)
         parts.append(matrix)
     if detail:
         for s in report.sites:
-            t = Table(title=f"{s.site} ({s.accountant}, delta={s.delta:g})", title_justify="left")
-            for col in ("round", "steps", "q", "sigma", "C", "ε", "RDP*", "PLD*", "ok"):
+            t = Table(title=f"{s.site} ({s.accountant}, δ={s.delta:g})", title_justify="left")
+            for col in ("round", "steps", "q", "σ", "C", "ε", "RDP*", "PLD*", "ok"):
                 t.add_column(col, justify="right")
             for r in s.rounds:
                 t.add_row(
@@ -191,313 +327,307 @@ def to_rich(report: PrivacyReport, *, detail: bool = False) -> Any:
                     f"{r.sample_rate:.5g}",
                     f"{r.noise_multiplier:.5g}",
                     f"{r.max_grad_norm:g}",
-                    _fmt(r.epsilon),
-                    _fmt(r.epsilon_rdp_independent),
-                    _fmt(r.epsilon_pld_independent),
-                    "yes" if r.verified else "NO",
+                    *(
+                        (
+                            _fmt(r.epsilon),
+                            _fmt(r.epsilon_rdp_independent),
+                            _fmt(r.epsilon_pld_independent),
+                            "yes",
+                        )
+                        if r.verified
+                        else ("—", "—", "—", "not verified")
+                    ),
                     style=None if r.verified else "red",
                 )
             parts.append(t)
+    parts.append(Text(f"report digest (SHA-256): {data['digest']}", style="dim"))
     return Group(*parts)
 
 
+# -- plot ------------------------------------------------------------------------------------
+
+
 def plot_png(report: PrivacyReport, *, dpi: int = 110) -> bytes:
-    """Return a PNG of composed epsilon over rounds per site, against the budget line."""
+    """Return a PNG of composed epsilon over rounds per site, against the budget line.
+
+    Only verified rounds are joined by the site's line; a round that does not verify is a
+    grey cross, so a forged entry is never drawn as if it held.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    fig = Figure(figsize=(7.5, 4.2), dpi=dpi)
+    fig = Figure(figsize=(7.5, 3.9), dpi=dpi)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     target = float(report.policy.get("target_epsilon", float("nan")))
     planned = int(report.policy.get("planned_rounds", 0) or 0)
+    bad_label = "not verified (not counted)"
     for s in report.sites:
-        pts = [(r.round, r.epsilon) for r in s.rounds if _num(r.epsilon) is not None]
-        if pts:
-            xs, ys = zip(*pts, strict=True)
-            suffix = "" if s.verified else " — NOT VERIFIED"
-            label = f"{s.site} ({s.accountant}){suffix}"
-            (line,) = ax.plot(xs, ys, marker="o", markersize=3, label=label)
-            bad = [(r.round, r.epsilon) for r in s.rounds if not r.verified and _num(r.epsilon)]
-            if bad:
-                bx, by = zip(*bad, strict=True)
-                ax.plot(bx, by, linestyle="none", marker="x", markersize=8, color="red")
-            ind = [
-                (r.round, r.epsilon_pld_independent)
-                for r in s.rounds
-                if _num(r.epsilon_pld_independent) is not None
-            ]
-            if ind:
-                ix, iy = zip(*ind, strict=True)
-                ax.plot(ix, iy, linestyle=":", color=line.get_color(), linewidth=1)
+        good = [(r.round, r.epsilon) for r in s.rounds if r.verified and _num(r.epsilon)]
+        color = None
+        if good:
+            xs, ys = zip(*good, strict=True)
+            suffix = "" if s.verified else " (NOT VERIFIED)"
+            (line,) = ax.plot(
+                xs, ys, marker="o", markersize=3, label=f"{s.site} ({s.accountant}){suffix}"
+            )
+            color = line.get_color()
+        bad = [(r.round, r.epsilon) for r in s.rounds if not r.verified and _num(r.epsilon)]
+        if bad:
+            bx, by = zip(*bad, strict=True)
+            ax.plot(bx, by, linestyle="none", marker="x", markersize=7, color="#888888",
+                    label=bad_label)  # fmt: skip
+            bad_label = "_nolegend_"
+        ind = [
+            (r.round, r.epsilon_pld_independent)
+            for r in s.rounds
+            if r.verified and _num(r.epsilon_pld_independent) is not None
+        ]
+        if ind and color is not None:
+            ix, iy = zip(*ind, strict=True)
+            ax.plot(ix, iy, linestyle=":", color=color, linewidth=1)
     if math.isfinite(target):
         ax.axhline(
             target,
             color="red",
             linestyle="--",
             linewidth=1.5,
-            label=f"budget (target epsilon = {target:g})",
+            label=f"budget (target ε = {target:g})",
         )
-    if planned:
-        ax.set_xlim(
-            0,
-            max(planned, *(r.round for s in report.sites for r in s.rounds))
-            if any(s.rounds for s in report.sites)
-            else planned,
-        )
+    last = max((r.round for s in report.sites for r in s.rounds), default=0)
+    if planned or last:
+        ax.set_xlim(0, max(planned, last) + 0.5)
     ax.set_ylim(bottom=0)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("round")
-    ax.set_ylabel("composed epsilon (record-level)")
+    ax.set_ylabel("composed ε (record-level)")
     ax.set_title(
         "Privacy spend per site (solid: site accountant; dotted: dp-accounting PLD)", fontsize=9
     )
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata={"Software": None})
     return buf.getvalue()
 
 
-_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:60rem;
-margin:2rem auto;padding:0 1rem;color:#1a1a1a;line-height:1.45}
-h1{font-size:1.6rem}h2{font-size:1.25rem;margin-top:2rem;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;width:100%;font-size:.9rem;margin:.5rem 0 1rem}
-th,td{border:1px solid #ccc;padding:.25rem .45rem;text-align:right}
-th:first-child,td:first-child{text-align:left}th{background:#f3f3f3}
-tr.bad td{background:#fde2e2;color:#8b0000}
-.banner{padding:1rem 1.25rem;border-radius:.3rem;margin:1rem 0;font-weight:600}
-.fail{background:#c00000;color:#fff;font-size:1.2rem;border:4px solid #7a0000}
-.fail ul{font-weight:400;font-size:.95rem}
-.ok{background:#e3f5e6;color:#0b5d1e;border:1px solid #0b5d1e}
-.meta{color:#555;font-size:.85rem}img{max-width:100%}code{font-size:.85rem}
-"""
+# -- the document (HTML and PDF) --------------------------------------------------------------
 
 
-def _table(headers: list[str], rows: list[tuple[list[str], bool]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = []
-    for cells, ok in rows:
-        cls = "" if ok else ' class="bad"'
-        body.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+def when(ts: str | None, *, zone: str = " UTC") -> str:
+    """An ISO 8601 time for people: ``2026-03-01 09:00:00 UTC`` (other offsets kept).
+
+    ``zone=""`` leaves "UTC" to a column heading.
+    """
+    if not ts:
+        return "—"
+    try:
+        t = datetime.fromisoformat(ts)
+    except ValueError:
+        return ts
+    off = t.utcoffset()
+    if off is not None and off.total_seconds() == 0:
+        return t.strftime("%Y-%m-%d %H:%M:%S") + zone
+    return t.isoformat(sep=" ")
+
+
+def _meaning(epsilon: float, delta: float) -> dict[str, str]:
+    """The numbers of the plain-language line: the odds bound e^eps, on an example prior."""
+    factor = math.exp(epsilon)
+    prior = 100  # odds 1 : 100
+    posterior = prior / factor
+    return {
+        "factor": f"{factor:.3g}",
+        "prior": f"1 : {prior}",
+        "posterior": f"1 : {posterior:.2g}" if posterior >= 1 else f"{1 / posterior:.2g} : 1",
+        "delta": f"{delta:g}",
+        "one_in": f"{round(1 / delta):,}" if delta > 0 else "—",
+    }
+
+
+def _rdp_pld_gap(sites: list[dict[str, Any]]) -> str | None:
+    """How far the sites' epsilon lies above dp-accounting's PLD, in this report (verified)."""
+    gaps = [
+        100 * (s["epsilon"] / s["epsilon_independent"]["pld"] - 1)
+        for s in sites
+        if s["verified"] and s["epsilon"] and s["epsilon_independent"]["pld"]
+    ]
+    if not gaps:
+        return None
+    lo, hi = min(gaps), max(gaps)
+    return f"{lo:.0f}%" if round(lo) == round(hi) else f"{lo:.0f}–{hi:.0f}%"
+
+
+def _view(report: PrivacyReport, data: dict[str, Any]) -> dict[str, Any]:
+    """What the template shows, formatted, taken from ``data`` (= ``to_dict(report)``)."""
+    policy = {k: f"{v:g}" if isinstance(v, float) else v for k, v in data["policy"].items()}
+    bad_results = set(data["unverified_results"])
+
+    def closed(r: int, at: str | None) -> str:
+        return "not verified" if r in bad_results else when(at, zone="")
+
+    sites = []
+    for s, site in zip(data["sites"], report.sites, strict=True):
+        rows = [
+            {
+                "round": r["round"],
+                "missing": False,
+                "trained_at": when(r["timestamp"], zone=""),
+                "closed_at": closed(r["round"], r["closed_at"]),
+                "steps": str(r["steps"]),
+                "q": f"{r['sample_rate']:.4g}",
+                "sigma": f"{r['noise_multiplier']:.4g}",
+                "clip": f"{r['max_grad_norm']:g}",
+                "eps": _fmt(r["epsilon"]),
+                "rdp": _fmt(r["epsilon_independent"]["rdp"]),
+                "pld": _fmt(r["epsilon_independent"]["pld"]),
+                "ok": r["verified"],
+            }
+            for r in s["rounds"]
+        ]
+        finished = {r.round: r.finished_at for r in report.round_results}
+        rows += [
+            {"round": r, "missing": True, "ok": False, "closed_at": when(finished[r], zone="")}
+            for r in s["missing_rounds"]
+        ]
+        rows.sort(key=lambda row: row["round"])
+        sites.append(
+            {
+                **s,
+                "target": f"{s['target_epsilon']:g}",
+                "eps": _fmt(s["epsilon"]),
+                "rdp": _fmt(s["epsilon_independent"]["rdp"]),
+                "pld": _fmt(s["epsilon_independent"]["pld"]),
+                "remaining_fmt": _fmt(s["remaining"]),
+                "floor": _fmt(s["epsilon_verified_at_least"]),
+                "row_list": rows,
+                "findings": [
+                    *({"text": t, "failing": True} for t in site_problem_lines(site, named=False)),
+                    *(
+                        {"text": plain_problem(p), "failing": False}
+                        for p in site.problems
+                        if p.kind in NON_FAILING
+                    ),
+                ],
+                "versions": [
+                    {
+                        "rounds": (
+                            f"{v['first_round']}"
+                            if v["first_round"] == v["last_round"]
+                            else f"{v['first_round']}–{v['last_round']}"
+                        ),
+                        "text": ", ".join(f"{k} {x}" for k, x in sorted(v["versions"].items()))
+                        or "none recorded",
+                    }
+                    for v in s["library_versions_by_round"]
+                ],
+            }
+        )
+    return {
+        "d": data,
+        "policy": policy,
+        "sites": sites,
+        "rounds": sorted(
+            [
+                *(
+                    {
+                        "round": r["round"],
+                        "ok": True,
+                        "closed_at": when(r["finished_at"]),
+                        "survivors": ", ".join(r["survivors"]) or "none",
+                    }
+                    for r in data["round_results"]
+                ),
+                *(
+                    {"round": r, "ok": False, "closed_at": "does not verify", "survivors": "—"}
+                    for r in bad_results
+                ),
+            ],
+            key=lambda row: row["round"],
+        ),
+        "generated": when(data["generated_at"]),
+        "gap": _rdp_pld_gap(data["sites"]),
+        "meaning": _meaning(
+            float(data["policy"]["target_epsilon"]), float(data["policy"]["delta"])
+        ),
+        "plot": base64.b64encode(plot_png(report, dpi=150)).decode("ascii"),
+    }
+
+
+@functools.cache
+def _templates() -> Any:
+    from jinja2 import Environment, PackageLoader, StrictUndefined
+
+    return Environment(
+        loader=PackageLoader("privacy.report", "templates"),
+        autoescape=True,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
 
 
 def to_html(report: PrivacyReport) -> str:
-    """Return a self-contained HTML document (plot embedded) a DPO can file."""
-    e = html.escape
-    out: list[str] = [
-        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-        f"<title>Privacy report: {e(report.federation)}</title><style>{_CSS}</style></head><body>",
-        f"<h1>Differential-privacy report — federation <code>{e(report.federation)}</code></h1>",
-        f"<p class='meta'>Generated {e(report.generated_at)} · format {REPORT_FORMAT}</p>",
-    ]
-    if report.verified:
-        out.append(
-            "<div class='banner ok' id='verification'>All site ledgers verified: hash chains, "
-            "signatures, recorded epsilons and the independent check agree.</div>"
-        )
-    else:
-        items = "".join(f"<li>{e(p)}</li>" for p in _all_problems(report)) or "<li>no ledgers</li>"
-        out.append(
-            "<div class='banner fail' id='verification' role='alert'>⚠ NOT VERIFIED — do not "
-            "rely on the figures below until every item is explained."
-            f"<ul>{items}</ul></div>"
-        )
-    out.append("<h2>Summary</h2>")
-    out.append(
-        _table(
-            [
-                "site",
-                "status",
-                "rounds",
-                "steps",
-                "epsilon",
-                "indep. RDP",
-                "indep. PLD",
-                "target",
-                "remaining",
-            ],
-            [
-                (
-                    [
-                        s.site,
-                        s.status.value,
-                        str(len(s.rounds)),
-                        str(sum(r.steps for r in s.rounds)),
-                        _fmt(s.epsilon),
-                        _fmt(s.epsilon_rdp_independent),
-                        _fmt(s.epsilon_pld_independent),
-                        f"{s.target_epsilon:g}",
-                        _fmt(s.remaining),
-                    ],
-                    s.verified,
-                )
-                for s in report.sites
-            ],
-        )
-    )
-    p = report.policy
-    out.append(
-        f"<p>Each site's guarantee is ({e(str(p.get('target_epsilon')))}, "
-        f"{e(str(p.get('delta')))})-differential privacy at most, record-level, accountant "
-        f'<code>{e(str(p.get("accountant")))}</code>. "epsilon" is recomputed from the signed '
-        "ledger with the policy's accountant (Opacus); the independent columns are recomputed "
-        "from the same records with Google's dp-accounting (RDP on the same order grid, and "
-        "PLD).</p>"
-    )
-    png = base64.b64encode(plot_png(report)).decode("ascii")
-    out.append("<h2>Epsilon over rounds</h2>")
-    out.append(
-        f"<img id='epsilon-plot' alt='composed epsilon per round and site against the budget' "
-        f"src='data:image/png;base64,{png}'>"
-    )
-    for s in report.sites:
-        out.append(
-            f"<h2>Site <code>{e(s.site)}</code> — {e(s.status.value)}</h2>"
-            f"<p class='meta'>ledger head <code>{e(s.head)}</code>; libraries "
-            f"{e(', '.join(f'{k} {v}' for k, v in sorted(s.library_versions.items())))}</p>"
-        )
-        out.append(
-            _table(
-                [
-                    "round",
-                    "line",
-                    "steps",
-                    "q",
-                    "sigma",
-                    "C",
-                    "epsilon (ledger)",
-                    "epsilon (recomputed)",
-                    "indep. RDP",
-                    "indep. PLD",
-                    "verified",
-                ],
-                [
-                    (
-                        [
-                            str(r.round),
-                            str(r.line),
-                            str(r.steps),
-                            f"{r.sample_rate:.5g}",
-                            f"{r.noise_multiplier:.5g}",
-                            f"{r.max_grad_norm:g}",
-                            _fmt(r.epsilon_recorded),
-                            _fmt(r.epsilon),
-                            _fmt(r.epsilon_rdp_independent),
-                            _fmt(r.epsilon_pld_independent),
-                            "yes" if r.verified else "NO",
-                        ],
-                        r.verified,
-                    )
-                    for r in s.rounds
-                ],
-            )
-        )
-        if s.problems:
-            out.append("<ul>" + "".join(f"<li>{e(str(pr))}</li>" for pr in s.problems) + "</ul>")
-    a = report.assumptions
-    out.append("<h2 id='assumptions'>Assumptions</h2><ul>")
-    out.append(f"<li><b>Unit:</b> {e(a.unit)}.</li>")
-    out.append(f"<li><b>Neighbouring relation:</b> {e(a.neighbouring_relation)}.</li>")
-    out.append(f"<li><b>Sampling and mechanism:</b> {e(a.sampling)}.</li>")
-    out.append(f"<li><b>Accountant:</b> {e(a.accountant)}.</li></ul>")
-    out.append("<h3>What is covered</h3><ul>")
-    out += [f"<li>{e(c)}</li>" for c in a.covered]
-    out.append("</ul><h3>What is NOT covered</h3><ul>")
-    out += [f"<li>{e(c)}</li>" for c in a.not_covered]
-    out.append("</ul><h3>Caveats</h3><ul>")
-    out += [f"<li>{e(c)}</li>" for c in a.caveats]
-    out.append("</ul><h2>Policy and tools</h2>")
-    out.append(
-        _table(
-            ["policy field", "value"],
-            [([k, str(v)], True) for k, v in sorted(report.policy.items())],
-        )
-    )
-    out.append(
-        _table(
-            ["report tool", "version"],
-            [([k, v], True) for k, v in sorted(report.tool_versions.items())]
-            + [(["PLD discretisation", f"{report.pld_discretization:g}"], True)],
-        )
-    )
-    out.append("</body></html>")
-    return "\n".join(out)
+    """Return the self-contained HTML document (plot embedded) a DPO can file."""
+    data = to_dict(report)
+    return _templates().get_template("report.html.j2").render(**_view(report, data))
 
 
-def to_pdf(report: PrivacyReport) -> bytes:
-    """Return a short PDF (summary, plot, assumptions) rendered with matplotlib."""
-    from matplotlib.backends.backend_pdf import PdfPages
-    from matplotlib.figure import Figure
-    from matplotlib.image import imread
+def _weasyprint() -> Any:
+    """Import WeasyPrint, or say in one line which library is missing.
 
-    buf = io.BytesIO()
-    with PdfPages(
-        buf, metadata={"Title": f"Privacy report {report.federation}", "CreationDate": None}
-    ) as pdf:
-        fig = Figure(figsize=(8.27, 11.69))
-        y = 0.96
-        fig.text(
-            0.06, y, f"Differential-privacy report: {report.federation}", fontsize=15, weight="bold"
-        )
-        y -= 0.03
-        fig.text(0.06, y, f"Generated {report.generated_at}", fontsize=8)
-        y -= 0.04
-        if report.verified:
-            fig.text(0.06, y, "All site ledgers verified.", color="darkgreen", fontsize=11)
-        else:
-            fig.text(
-                0.06,
-                y,
-                "NOT VERIFIED - see problems below",
-                color="white",
-                fontsize=13,
-                weight="bold",
-                bbox={"facecolor": "#c00000", "edgecolor": "#7a0000"},
-            )
-        y -= 0.04
-        for s in report.sites:
-            fig.text(
-                0.06,
-                y,
-                f"{s.site}: {s.status.value}, {len(s.rounds)} rounds, epsilon "
-                f"{_fmt(s.epsilon)} (indep. RDP {_fmt(s.epsilon_rdp_independent)}, PLD "
-                f"{_fmt(s.epsilon_pld_independent)}) of target {s.target_epsilon:g}",
-                fontsize=9,
-            )
-            y -= 0.022
-        for prob in _all_problems(report)[:12]:
-            fig.text(0.06, y, textwrap.shorten(prob, 120), fontsize=7, color="#8b0000")
-            y -= 0.018
-        img = imread(io.BytesIO(plot_png(report, dpi=150)), format="png")
-        ax = fig.add_axes((0.05, 0.05, 0.9, max(0.1, y - 0.08)))
-        ax.imshow(img)
-        ax.axis("off")
-        pdf.savefig(fig)
-        fig2 = Figure(figsize=(8.27, 11.69))
-        a = report.assumptions
-        lines = [
-            "Assumptions",
-            "",
-            f"Unit: {a.unit}",
-            f"Neighbouring: {a.neighbouring_relation}",
-            f"Sampling: {a.sampling}",
-            f"Accountant: {a.accountant}",
-            "",
-            "Covered:",
-        ]
-        lines += [f"  - {c}" for c in a.covered] + ["", "NOT covered:"]
-        lines += [f"  - {c}" for c in a.not_covered] + ["", "Caveats:"]
-        lines += [f"  - {c}" for c in a.caveats]
-        y = 0.95
-        for raw in lines:
-            for part in textwrap.wrap(raw, 110) or [""]:
-                weight = "bold" if raw == "Assumptions" else None
-                fig2.text(0.06, y, part, fontsize=8, weight=weight)
-                y -= 0.016
-        pdf.savefig(fig2)
-    return buf.getvalue()
+    WeasyPrint loads Pango (a system library) when imported and prints a help block to
+    stdout when it cannot; that block is swallowed and replaced by one error with the fix.
+    """
+    chatter = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(chatter), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "HarfBuzz-Subset will be required"
+            import weasyprint
+    except ImportError:
+        raise ReportRenderError(
+            "cannot write a PDF: the Python package weasyprint is not installed",
+            hint="pip install -e . installs it; --html writes the same report without it",
+        ) from None
+    except OSError:
+        raise ReportRenderError(
+            "cannot write a PDF: WeasyPrint cannot load the Pango text-layout library "
+            "(a system library)",
+            hint=f"install it ({PANGO_INSTALL}); --html writes the same report without it",
+        ) from None
+    return weasyprint
+
+
+def require_pdf_support() -> None:
+    """Raise ``ReportRenderError`` now if ``to_pdf`` could not run (before slow work)."""
+    _weasyprint()
+
+
+class _Collect(logging.Handler):
+    def __init__(self, out: list[str]) -> None:
+        super().__init__(logging.INFO)
+        self.out = out
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.out.append(record.getMessage())
+
+
+def to_pdf(report: PrivacyReport, *, log: list[str] | None = None) -> bytes:
+    """Return the same document as ``to_html`` laid out on numbered A4 pages (WeasyPrint).
+
+    WeasyPrint's messages (CSS it ignored, font fallbacks) go to ``log``, not the terminal:
+    they are for whoever maintains the template, and the tests require there are none.
+    """
+    weasyprint = _weasyprint()
+    logger = logging.getLogger("weasyprint")
+    handler = _Collect(log if log is not None else [])
+    saved = logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        return weasyprint.HTML(string=to_html(report)).write_pdf()
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = saved

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from pypdf import PdfReader
 
 from privacy import PrivacyPolicy, plan_round
 from privacy.analysis import epsilon as opacus_epsilon
@@ -58,9 +61,11 @@ def test_two_private_rounds_compose_and_stay_within_budget(private_fed: Fed) -> 
     # Every entry is published for auditors, and the report agrees with the ledgers.
     published = sorted(p.name for p in (fed.workspace / "ledger" / "va").iterdir())
     assert published == ["0001.json", "0002.json"]
+    pdf = fed.root / "report.pdf"
     report = run(
-        "privacy", "report", "-w", fed.workspace, "--json", "--html", fed.root / "report.html"
-    )
+        "privacy", "report", "-w", fed.workspace, "--json", "--html", fed.root / "report.html",
+        "--pdf", pdf,
+    )  # fmt: skip
     assert report.exit_code == 0, report.stderr
     data = report.json()
     assert data["verified"] and [s["site"] for s in data["sites"]] == sorted(SITES)
@@ -68,6 +73,27 @@ def test_two_private_rounds_compose_and_stay_within_budget(private_fed: Fed) -> 
     assert va["epsilon"] == pytest.approx(second["epsilon_after"], abs=1e-9)
     html = (fed.root / "report.html").read_text()
     assert "data:image/png;base64," in html and "add/remove one record" in html
+    # Who and when: the keys a person compared at approval, the coordinator's round times.
+    status = run("status", "-s", fed.site("va"), "--json").json()
+    assert data["coordinator_fingerprint"] == status["coordinator_fingerprint"]
+    enrolled = run("approve", "-s", fed.coordinator, "--json").json()["enrollments"]
+    assert {s["site"]: s["fingerprint"] for s in data["sites"]} == {
+        e["site"]: e["fingerprint"] for e in enrolled
+    }
+    assert [r["round"] for r in data["round_results"]] == [1, 2]
+    assert all(r["closed_at"] for r in va["rounds"])
+    # The filed PDF is the same document: its text has delta, the rounds, pages, the digest.
+    text = " ".join(" ".join(p.extract_text() for p in PdfReader(pdf).pages).split())
+    assert pdf.read_bytes().startswith(b"%PDF") and "δ = 1e-05" in text
+    assert "page 1 of " in text and data["federation"] in text
+    assert data["digest"] in text.replace(" ", "")
+    for s in data["sites"]:
+        assert s["fingerprint"] in text
+        for r in s["rounds"]:
+            assert f"{r['steps']} {r['sample_rate']:.4g} {r['noise_multiplier']:.4g}" in text
+    # Run again later: the same ledgers give the same digest (how a DPO checks a filed copy).
+    again = run("privacy", "report", "-w", fed.workspace, "--json")
+    assert again.json()["digest"] == data["digest"]
 
 
 def test_the_budget_gate_refuses_a_round_that_would_cross_it(private_fed: Fed) -> None:
@@ -146,6 +172,8 @@ def test_audit_names_the_line_of_a_tampered_ledger(private_fed: Fed, edit: str) 
     out = run("audit", "-s", fed.site("va"))
     assert out.exit_code == 3, out.stdout + out.stderr
     assert "va" in out.stderr and "line 1" in out.stderr
+    # In plain words: no internal problem codes.
+    assert not any(c in out.stderr for c in ("bad_signature", "chain_broken", "edited:"))
 
 
 def test_audit_of_the_workspace_names_the_site_and_entry(private_fed: Fed) -> None:
@@ -211,3 +239,34 @@ def test_simulated_dp_replays_from_the_seed_but_real_sites_draw_fresh_noise(
             trained[dp, k] = (fed.site("va") / "rounds/0001/trained.safetensors").read_bytes()
     assert trained["--no-dp", 0] == trained["--no-dp", 1]
     assert trained["--epsilon=3", 0] != trained["--epsilon=3", 1]
+
+
+# WeasyPrint opens Pango through cffi when it is imported; on a machine without the library
+# the loader fails there. This stands in for that machine: the same failure, at the same call.
+_WITHOUT_PANGO = """
+import sys, cffi
+real = cffi.FFI.dlopen
+def dlopen(self, name, *args, **kwargs):
+    if "pango" in str(name):
+        raise OSError(f"cannot load library {name!r}: cannot open shared object file")
+    return real(self, name, *args, **kwargs)
+cffi.FFI.dlopen = dlopen
+from fedrema_cli.app import main
+sys.argv = ["fedrema", *sys.argv[1:]]
+main()
+"""
+
+
+def test_a_pdf_without_pango_is_one_clear_error(tmp_path: Path) -> None:
+    pdf = tmp_path / "report.pdf"
+    out = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_PANGO, "privacy", "report", "-w", str(tmp_path / "ws"),
+         "--pdf", str(pdf)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 1, out.stderr
+    assert out.stdout == ""  # WeasyPrint's own help block is not printed
+    (line,) = out.stderr.strip().splitlines()
+    assert line.startswith("fedrema: error: cannot write a PDF: WeasyPrint cannot load the Pango")
+    assert "apt-get install -y libpango-1.0-0 libpangoft2-1.0-0" in line
+    assert "--html writes the same report" in line and not pdf.exists()

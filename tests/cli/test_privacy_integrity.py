@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import shutil
 
 import pytest
 
@@ -141,3 +142,66 @@ def test_audit_catches_a_deleted_last_entry_even_with_the_update_deleted_too(
     out = run("audit", "-w", fed.workspace)
     assert out.exit_code == 3, out.stdout
     assert "va" in out.stderr and "round 2" in out.stderr and "signed result" in out.stderr
+
+
+def _one_clean_line(stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    return lines[0]
+
+
+def test_a_site_that_erased_its_own_spend_is_flagged_by_the_results(private_fed: Fed) -> None:
+    # Issue 14 item 5: the site deletes its ledger, accountant and round records, and its
+    # published entries; the coordinator's signed results still say it trained in rounds 1-2.
+    fed = private_fed
+    run_rounds(fed, 2)
+    site = fed.site("va")
+    (site / "ledger.jsonl").unlink()
+    (site / "accountant.json").unlink()
+    shutil.rmtree(site / "rounds")
+    shutil.rmtree(fed.workspace / "ledger" / "va")
+    html = fed.root / "report.html"
+    report = run("privacy", "report", "-w", fed.workspace, "--json", "--html", html)
+    assert report.exit_code == 3, report.stdout
+    data = report.json()
+    va = next(s for s in data["sites"] if s["site"] == "va")
+    assert va["verified"] is False and va["missing_rounds"] == [1, 2]
+    assert all(s["verified"] for s in data["sites"] if s["site"] != "va")
+    line = _one_clean_line(report.stderr)
+    assert "va" in line and "covers 0 of the 2 rounds" in line and "signed results" in line
+    page = html.read_text()
+    assert page.count("no ledger entry") == 2 and 'class="summary bad"' in page
+    audit = run("audit", "-w", fed.workspace)
+    assert audit.exit_code == 3
+    assert "covers 0 of the 2 rounds" in _one_clean_line(audit.stderr)
+    # The site's own view of its (now empty) ledger says the same.
+    own = run("audit", "-s", site)
+    assert own.exit_code == 3 and "covers 0 of the 2 rounds" in own.stderr, own.stderr
+
+
+@pytest.mark.parametrize("damage", ["flip a byte", "truncate"])
+def test_a_round_result_that_does_not_verify_fails_report_and_audit(
+    private_fed: Fed, damage: str
+) -> None:
+    # Issue 14 item 6: never exit 0 without a word on a tampered coordinator result.
+    fed = private_fed
+    run_rounds(fed, 1)
+    assert run("audit", "-w", fed.workspace).exit_code == 0
+    path = fed.workspace / "rounds" / "0001" / "result.json"
+    raw = bytearray(path.read_bytes())
+    if damage == "flip a byte":
+        raw[raw.index(b'"survivors"') + 20] ^= 0x01
+    else:
+        del raw[len(raw) // 2 :]
+    path.write_bytes(bytes(raw))
+    for cmd in (("privacy", "report"), ("audit",)):
+        out = run(*cmd, "-w", fed.workspace)
+        assert out.exit_code == 3, (cmd, out.stdout)
+        line = _one_clean_line(out.stderr)
+        assert line.startswith("fedrema: error: rounds/0001/result.json: "), line
+        assert "does not verify" in line
+    out = run("privacy", "report", "-w", fed.workspace, "--json")
+    data = out.json()
+    assert data["verified"] is False and data["unverified_results"] == [1]
+    assert data["round_results"] == []  # never used: round 1's time and survivors unknown
+    assert all(r["closed_at"] is None for s in data["sites"] for r in s["rounds"])
