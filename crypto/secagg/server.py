@@ -24,6 +24,7 @@ harmless and collapse to one.
 from __future__ import annotations
 
 import functools
+import hashlib
 import hmac
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -167,17 +168,14 @@ def route_ciphertexts(
     return inbox
 
 
-def _masked_inputs(
-    ctx: RoundContext, masking_roster: MaskingRoster, masked_inputs: Iterable[MaskedInput]
-) -> dict[int, MaskedInput]:
-    by_party = _by_party(masked_inputs, MaskedInput, ctx.round, masking_roster.participants)
+def _check_masked_input(ctx: RoundContext, masking_roster: MaskingRoster, m: MaskedInput) -> None:
+    """Refuse a masked input of the wrong type, round, author, dtype or length."""
+    _by_party([m], MaskedInput, ctx.round, masking_roster.participants)
     params = ctx.params
-    for party, m in by_party.items():
-        if m.vector.dtype != params.dtype or m.vector.shape != (params.dim,):
-            raise MalformedMessage(
-                f"masked input of party {party} is not {params.dtype}[{params.dim}]", party=party
-            )
-    return by_party
+    if m.vector.dtype != params.dtype or m.vector.shape != (params.dim,):
+        raise MalformedMessage(
+            f"masked input of party {m.party} is not {params.dtype}[{params.dim}]", party=m.party
+        )
 
 
 def fix_survivors(
@@ -186,10 +184,21 @@ def fix_survivors(
     """Fix U3 from the masked inputs received (Round 2 barrier); the rest of U2 is dropped.
 
     A second, different masked input from one party is refused (it would reveal the
-    difference of the two inputs).
+    difference of the two inputs); an identical one is harmless. The inputs are read once,
+    as a stream, and only a SHA-256 of each is kept, so a lazy iterable that loads one
+    input at a time keeps the coordinator's memory at one input.
     """
     _check_round(ctx, masking_roster)
-    survivors = tuple(_masked_inputs(ctx, masking_roster, masked_inputs))
+    digests: dict[int, bytes] = {}
+    for m in masked_inputs:
+        _check_masked_input(ctx, masking_roster, m)
+        digest = hashlib.sha256(np.ascontiguousarray(m.vector).data).digest()
+        if digests.setdefault(m.party, digest) != digest:
+            raise MalformedMessage(
+                f"two different MaskedInput messages from party {m.party}", party=m.party
+            )
+        del m  # let this input go before the iterable loads the next one
+    survivors = tuple(sorted(digests))
     _require_quorum("survivors", survivors, ctx)
     dropped = tuple(p for p in masking_roster.participants if p not in survivors)
     return UnmaskRequest(ctx.round, survivors, dropped)
@@ -248,12 +257,7 @@ def _sum_survivors(
     total = np.zeros(params.dim, dtype=params.dtype)
     seen: set[int] = set()
     for m in masked_inputs:
-        _by_party([m], MaskedInput, ctx.round, masking_roster.participants)  # type/round/author
-        if m.vector.dtype != params.dtype or m.vector.shape != (params.dim,):
-            raise MalformedMessage(
-                f"masked input of party {m.party} is not {params.dtype}[{params.dim}]",
-                party=m.party,
-            )
+        _check_masked_input(ctx, masking_roster, m)
         if m.party in seen:
             raise MalformedMessage(
                 f"masked input of party {m.party} given twice to finalize", party=m.party

@@ -234,13 +234,14 @@ def test_coordinator_peak_memory_is_the_sum_plus_one_input() -> None:
         x = np.full(ctx.params.dim, u, dtype=np.uint32)
         after[u], msg = state.handle(masking, inbox=route_ciphertexts(masking, share_msgs, u), x=x)
         blobs.append(msg.to_bytes())
-    survivors = [MaskedInput.from_bytes(b) for b in blobs[:-1]]  # party _N drops out
-    request = fix_survivors(ctx, masking, survivors)
-    del survivors
-    answers = [after[u].handle(request)[1] for u in request.survivors]
 
     def from_files() -> Iterator[MaskedInput]:  # each input loaded as it is reached
         return (MaskedInput.from_bytes(memoryview(b).tobytes()) for b in blobs[:-1])
+
+    request, barrier_peak = _peak(lambda: fix_survivors(ctx, masking, from_files()))
+    assert request.dropped == (_N,)  # party _N's input never arrived
+    assert barrier_peak < 4 * _D + 2 * MiB  # one loaded input at a time
+    answers = [after[u].handle(request)[1] for u in request.survivors]
 
     total, peak = _peak(lambda: finalize(ctx, roster, masking, request, from_files(), answers))
     expected = np.full(ctx.params.dim, sum(range(1, _N)), dtype=np.uint32)
