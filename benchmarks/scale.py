@@ -5,6 +5,9 @@ Run from the repository root::
     .venv/bin/python benchmarks/scale.py              # full grid (make bench-scale), ~10 min
     .venv/bin/python benchmarks/scale.py --quick      # n <= 30, d <= 1e5, under a minute
     .venv/bin/python benchmarks/scale.py --chunk-sweep  # streaming chunk size vs throughput
+    .venv/bin/python benchmarks/scale.py --probe-memory # one site / finalize, n=10, d=1e6
+    git archive 44660a9 crypto | tar -x -C /tmp/before  # ... and the code before streaming:
+    SCALE_CRYPTO_ROOT=/tmp/before .venv/bin/python benchmarks/scale.py --probe-memory
 
 For n in {4, 10, 30, 50, 100} simulated sites and d in {1e4, 1e6, 1e7} parameters (model
 parameters; the protocol vector has d + 1 words, the last is the weight), each with no
@@ -41,6 +44,7 @@ exponents, not the third digit. Outputs: ``benchmarks/results/scale/results.json
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 import os
@@ -57,7 +61,10 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+# SCALE_CRYPTO_ROOT: take crypto/ from another tree (e.g. an older commit) for --probe-memory.
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, os.environ.get("SCALE_CRYPTO_ROOT", str(ROOT)))
+importlib.import_module("crypto.secagg")  # before benchmarks/secagg.py puts the checkout first
 sys.path.insert(1, str(ROOT / "benchmarks"))
 
 import secagg as secagg_bench  # noqa: E402  (benchmarks/secagg.py: openssl, PRG rate, t)
@@ -472,10 +479,49 @@ def acceptance(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def probe_memory(n: int = 10, d: int = 1_000_000) -> None:
+    """Peak allocation of one site's round-2 step and of finalize, d = 1e6, n = 10.
+
+    Runs against whichever crypto/ is imported, so ``SCALE_CRYPTO_ROOT=<older tree>`` gives
+    the same figures for code from before streaming.
+    """
+    import crypto
+
+    params = SecAggParams(threshold=secagg_bench.default_threshold(n), modulus_bits=32,
+                          dim=d + 1, frac_bits=16, clip=1.0, max_weight=1.0)  # fmt: skip
+    ctx = RoundContext("probe", 1, bytes(32), params, tuple(range(1, n + 1)))
+    started = {u: start_round(ctx, u) for u in ctx.parties}
+    roster = fix_key_roster(ctx, [a for _, a in started.values()])
+    shared = {u: s.handle(roster) for u, (s, _) in started.items()}
+    msgs = [m for _, m in shared.values()]
+    masking = fix_masking_roster(ctx, roster, msgs)
+    after, blobs = {}, {}
+
+    def site(u: int) -> None:
+        values = np.random.default_rng(u).standard_normal(d, dtype=np.float32)
+        x = encode(params, values, u)
+        inbox = route_ciphertexts(masking, msgs, u)
+        after[u], msg = shared[u][0].handle(masking, inbox=inbox, x=x)
+        blobs[u] = msg.to_bytes()
+
+    site_peak = traced_peak(lambda: site(1))
+    for u in ctx.parties[1:]:
+        site(u)
+    request = fix_survivors(ctx, masking, [MaskedInput.from_bytes(b) for b in blobs.values()])
+    answers = [after[u].handle(request)[1] for u in request.survivors]
+    loaded = (MaskedInput.from_bytes(memoryview(b).tobytes()) for b in blobs.values())
+    coord_peak = traced_peak(lambda: finalize(ctx, roster, masking, request, loaded, answers))
+    print(f"crypto from {Path(crypto.__file__).parent}: n={n}, d={d:.0e}")
+    print(f"  site: float32 update, encode, mask, serialize: peak {site_peak / MIB:.1f} MiB")
+    print(f"  coordinator: finalize, inputs loaded one at a time: {coord_peak / MIB:.1f} MiB")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="n <= 30, d <= 1e5")
     parser.add_argument("--chunk-sweep", action="store_true", help="chunk size vs throughput")
+    parser.add_argument("--probe-memory", action="store_true",
+                        help="peak memory of one site and of finalize, n=10, d=1e6")  # fmt: skip
     parser.add_argument("--one", nargs=3, type=int, metavar=("N", "D", "DROPOUT"),
                         help=argparse.SUPPRESS)  # fmt: skip
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
@@ -486,6 +532,9 @@ def main() -> int:
         return 0
     if args.chunk_sweep:
         chunk_sweep()
+        return 0
+    if args.probe_memory:
+        probe_memory()
         return 0
 
     t0 = time.perf_counter()
