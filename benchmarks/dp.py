@@ -384,16 +384,38 @@ def whole_round(
             "dp_steps": steps, "ratio": b / a}  # fmt: skip
 
 
+def whole_rounds(
+    cnn: dict[int, Callable[[], nn.Module]], modes: tuple[str, ...], *, repeats: int
+) -> list[dict[str, Any]]:
+    """``whole_round`` for every CNN input size and every mode the engine accepts."""
+    return [
+        whole_round(cnn[side], f"cnn{side}", mode, n=ROUND_N, repeats=max(3, repeats))
+        for side in CNN_SIDES
+        for mode in modes
+    ]
+
+
+ROUND_N = 2048  # examples at the site: 64 Poisson steps of expected batch 32 per round
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--steps", type=int, default=60, help="timed steps per measurement")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved repetitions")
+    parser.add_argument("--rounds-only", action="store_true",
+                        help="only the whole DP round on the CNNs")  # fmt: skip
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message="Full backward hook is firing")
     warnings.filterwarnings("ignore", message="Secure RNG turned off")
     torch.manual_seed(0)
     source, mlp, cnn = _models()
+    if args.rounds_only:
+        from privacy.engine import SUPPORTED_GRAD_SAMPLE_MODES
+
+        for row in whole_rounds(cnn, SUPPORTED_GRAD_SAMPLE_MODES, repeats=args.repeats):
+            print(json.dumps(row) if args.json else row)
+        return 0
     results = [
         bench_model(f"tabular MLP 13-32-16 | 16-2, batch {b}", mlp, "mlp", batch=b, n=2048,
                     steps=args.steps, repeats=args.repeats)
@@ -434,11 +456,7 @@ def main(argv: list[str] | None = None) -> int:
         kind: fastest_supported([r for r in results if r.name.startswith(prefix)], SUPPORTED)
         for kind, prefix in (("mlp", "tabular"), ("cnn", "CNN"))
     }
-    rounds = [
-        whole_round(cnn[side], f"cnn{side}", mode, n=512, repeats=max(1, args.repeats // 2))
-        for side in CNN_SIDES
-        for mode in SUPPORTED
-    ]
+    rounds = whole_rounds(cnn, SUPPORTED, repeats=args.repeats)
     phases = sweep = None
     if overall:
         phases = phase_breakdown(mlp, overall, batch=32, steps=args.steps * 3,
@@ -477,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
           f"survives empty batches, per model kind: {per_kind} (today's default: "
           f"{DEFAULT}, privacy/policy.py DEFAULT_GRAD_SAMPLE_MODE)")  # fmt: skip
     print("\na whole DP round at a site, end to end (fedrema_cli.training.train_local: one "
-          "local epoch, N=512, batch 32; DP = the budget-gated plan for epsilon 3 over 10 "
+          f"local epoch, N={ROUND_N}, batch 32; DP = the budget-gated plan for epsilon 3 over 10 "
           "rounds, Poisson sampling, accountant written):")  # fmt: skip
     for row in rounds:
         print(f"  {row['model']:<6} {row['mode']:<6} non-private {row['s_nonprivate']:6.2f} s"

@@ -24,7 +24,9 @@ stage to drop at: the coordinator must rebuild their pair masks), one round of t
 * peak memory comes from ``tracemalloc`` (numpy reports its buffers to it) in a separate,
   untimed pass of the same step (every step is a pure function, so it can run twice). The
   site figure is one representative site (party 1), from before its float32 update exists
-  until its message bytes exist: update, encoding, masked vector and wire bytes. The
+  until its message bytes exist (the peak is the encoded input, the masked vector and the
+  wire bytes; the update is freed once encoded, a site that keeps it adds 4 bytes per
+  parameter). The
   coordinator figure is the larger of U3 (``fix_survivors``) and unmasking (``finalize``
   and decoding). The whole child process's peak resident set (``VmHWM``: interpreter, all
   n simulated sites' states, the check sum) is reported too, as an upper bound;
@@ -407,7 +409,7 @@ def plots(rows: list[dict[str, Any]], suffix: str) -> list[Path]:
         ("per-site CPU s (whole round)", lambda r: r["site_cpu_s"], "n"),
         ("coordinator CPU s (all barriers)", lambda r: r["coordinator_cpu_s"], "n"),
         ("bytes moved per round", lambda r: r["bytes_per_round"], "n"),
-        ("peak memory above baseline, MiB", None, "d"),
+        ("peak memory (tracemalloc), MiB", None, "d"),
     ]
     fig, axes = plt.subplots(2, 2, figsize=(11, 8.5))
     for ax, (title, value, _) in zip(axes.flat, panels, strict=True):
@@ -525,6 +527,7 @@ def main() -> int:
     parser.add_argument("--one", nargs=3, type=int, metavar=("N", "D", "DROPOUT"),
                         help=argparse.SUPPRESS)  # fmt: skip
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--replot", action="store_true", help="plots from the saved results")
     args = parser.parse_args()
     if args.one:
         n, d, dropout = args.one
@@ -537,6 +540,10 @@ def main() -> int:
         probe_memory()
         return 0
 
+    if args.replot:
+        saved = json.loads((OUT / f"results{'_quick' if args.quick else ''}.json").read_text())
+        print(plots(saved["rows"], "_quick" if args.quick else ""))
+        return 0
     t0 = time.perf_counter()
     grid_n, grid_d = (QUICK_N, QUICK_D) if args.quick else (GRID_N, GRID_D)
     rate = throughput(args.quick)
