@@ -404,7 +404,8 @@ def plots(rows: list[dict[str, Any]], suffix: str) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    IMG.mkdir(parents=True, exist_ok=True)
+    folder = OUT if suffix else IMG  # a --quick plot stays beside its (uncommitted) results
+    folder.mkdir(parents=True, exist_ok=True)
     panels = [
         ("per-site CPU s (whole round)", lambda r: r["site_cpu_s"], "n"),
         ("coordinator CPU s (all barriers)", lambda r: r["coordinator_cpu_s"], "n"),
@@ -438,7 +439,7 @@ def plots(rows: list[dict[str, Any]], suffix: str) -> list[Path]:
         ax.legend(fontsize=6, ncol=2)
     fig.suptitle("crypto.secagg at scale (one run, 2-core shared machine)")
     fig.tight_layout()
-    path = IMG / f"scale{suffix}.png"
+    path = folder / f"scale{suffix}.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return [path]
