@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench-secagg bench-dp bench-accuracy clean
+.PHONY: demo test lint bench-secagg bench-dp bench-accuracy bench-scale bench-peers clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,10 +34,30 @@ bench-secagg: $(STAMP)
 bench-dp: $(STAMP)
 	$(BIN)/python benchmarks/dp.py
 
+# Secure aggregation for n = 4..100 sites and d = 1e4..1e7 parameters (about 10 min on 2
+# cores); tables in benchmarks/results/scale/, plot in docs/img/scale.png. ARGS=--quick.
+bench-scale: $(STAMP)
+	$(BIN)/python benchmarks/scale.py $(ARGS)
+
+# Ours next to Flower's SecAgg+ in the same run, in a separate environment: flwr 1.40.0 is
+# the newest release whose dependencies install here, and the project's crypto/ needs only
+# numpy and cryptography (loaded from this checkout). ARGS=--quick.
+PEERS := .venv-peers
+PEERS_STAMP := $(PEERS)/.installed-stamp
+
+$(PEERS_STAMP):
+	$(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip install -q --upgrade pip
+	$(PEERS)/bin/python -m pip install -q 'flwr==1.40.0' 'numpy>=1.26,<3' 'cryptography>=50,<52'
+	touch $(PEERS_STAMP)
+
+bench-peers: $(PEERS_STAMP)
+	$(PEERS)/bin/python benchmarks/vs_flower.py $(ARGS)
+
 # FedReMa vs the baselines, 2 datasets x 4 privacy levels x 5 seeds (about 13 min on 2 cores);
 # tables and plots in benchmarks/results/accuracy/. ARGS=--quick: 2 seeds.
 bench-accuracy: $(STAMP)
 	$(BIN)/python benchmarks/accuracy.py $(ARGS)
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(PEERS) runs

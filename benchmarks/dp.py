@@ -2,8 +2,9 @@
 
 Run: ``.venv/bin/python benchmarks/dp.py [--json] [--steps N] [--repeats R]``
 
-For each model (a tabular MLP 13 -> 32 -> 16 -> head 16 -> 2, and a small GroupNorm CNN for
-1x28x28 images) it measures, in one process and interleaved:
+For each model (a tabular MLP 13 -> 32 -> 16 -> head 16 -> 2, and the project's small
+GroupNorm CNN for 1x28x28 and 1x64x64 images, where compute rather than Opacus's fixed
+per-step work dominates) it measures, in one process and interleaved:
 
 - the time per training step of plain SGD with a shuffled mini-batch loader, and
 - the time per step of Opacus DP-SGD (Poisson loader, per-sample clipping, noise, accounting
@@ -16,7 +17,10 @@ is also checked for correctness first: with noise 0 and an active clipping bound
 must equal a hand-computed per-sample clip-and-average of ``torch.autograd`` gradients on the
 same batch. Modes that fail (or crash on the empty batches Poisson sampling produces) are
 reported with the reason. The fastest correct mode that also survives empty batches is
-recommended as the default.
+recommended as the default, overall and per model kind among the modes ``privacy.engine``
+accepts. Last, a whole DP round at a site, end to end: ``fedrema_cli.training.train_local``
+on each CNN, non-private vs DP-SGD through the budget planner's round plan and
+``privacy.engine.private_training``, for every mode the engine accepts.
 
 The models are the project's own (``fedrema_cli.models.build_model``).
 """
@@ -45,17 +49,24 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODES = ("hooks", "functorch", "ew", "ghost")
 
 
-def _models() -> tuple[str, Callable[[], nn.Module], Callable[[], nn.Module]]:
-    """Return (source, mlp factory, cnn factory): the project's own models."""
+CNN_SIDES = (28, 64)
+
+
+def _models() -> tuple[str, Callable[[], nn.Module], dict[int, Callable[[], nn.Module]]]:
+    """Return (source, mlp factory, {side: cnn factory}): the project's own models."""
     from fedrema_cli.models import build_model
     from fedrema_cli.modelspec import ModelSpec
 
     mlp_spec = ModelSpec.mlp(in_features=13, hidden=(32, 16), num_classes=2)
-    cnn_spec = ModelSpec.cnn(input_shape=(1, 28, 28), channels=(8, 16), num_classes=10)
+
+    def cnn(side: int) -> Callable[[], nn.Module]:
+        spec = ModelSpec.cnn(input_shape=(1, side, side), channels=(8, 16), num_classes=10)
+        return lambda: build_model(spec, seed=0)
+
     return (
         "fedrema_cli.models.build_model",
         lambda: build_model(mlp_spec, seed=0),
-        lambda: build_model(cnn_spec, seed=0),
+        {side: cnn(side) for side in CNN_SIDES},
     )
 
 
@@ -82,12 +93,14 @@ class ModelResult:
 
 
 def _dataset(kind: str, n: int) -> TensorDataset:
+    """Seeded random data: ``kind`` is "mlp" or "cnn<side>" (e.g. "cnn64": 1 x 64 x 64)."""
     g = torch.Generator().manual_seed(0)
     if kind == "mlp":
         x = torch.randn(n, 13, generator=g)
         y = torch.randint(0, 2, (n,), generator=g)
     else:
-        x = torch.randn(n, 1, 28, 28, generator=g)
+        side = int(kind.removeprefix("cnn"))
+        x = torch.randn(n, 1, side, side, generator=g)
         y = torch.randint(0, 10, (n,), generator=g)
     return TensorDataset(x, y)
 
@@ -327,23 +340,91 @@ def bench_model(
     return out
 
 
+def fastest_supported(rows: list[ModelResult], supported: tuple[str, ...]) -> str | None:
+    """The supported mode correct and empty-batch safe on all ``rows``, fastest on the last."""
+    ok = set(supported)
+    for r in rows:
+        ok &= {m.mode for m in r.modes if m.correct and m.empty_batch_ok and m.ratio}
+    last = rows[-1].modes
+    best = min((m for m in last if m.mode in ok), key=lambda m: m.ratio or math.inf, default=None)
+    return best.mode if best else None
+
+
+def whole_round(
+    factory: Callable[[], nn.Module], kind: str, mode: str, *, n: int, repeats: int
+) -> dict[str, Any]:
+    """Seconds of one local round through the project's own training entry point, DP or not.
+
+    DP goes through the real path a site runs: the budget planner's round plan, Opacus via
+    ``privacy.engine.private_training``, the accountant updated. Interleaved, median.
+    """
+    from fedrema_cli.config import TrainingConfig
+    from fedrema_cli.training import PrivateRun, train_local
+    from privacy.accountant import SiteAccountant
+    from privacy.policy import PrivacyPolicy, plan_round
+
+    x, y = (t.numpy() for t in _dataset(kind, n).tensors)
+    config = TrainingConfig(local_epochs=1, batch_size=32)
+    policy = PrivacyPolicy(target_epsilon=3.0, delta=1e-5, max_grad_norm=1.0, planned_rounds=10,
+                           local_epochs=1, batch_size=32, grad_sample_mode=mode)  # fmt: skip
+    plan = plan_round(policy, dataset_size=n)
+    plain_s, dp_s, steps = [], [], 0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        train_local(factory(), x, y, config=config, seed=0)
+        plain_s.append(time.perf_counter() - start)
+        private = PrivateRun(plan=plan, accountant=SiteAccountant(mechanism="rdp"))
+        start = time.perf_counter()
+        _, result, _ = train_local(factory(), x, y, config=config, seed=0, private=private,
+                                   replayable_noise_seed=1)  # fmt: skip
+        dp_s.append(time.perf_counter() - start)
+        steps = result.steps
+    a, b = statistics.median(plain_s), statistics.median(dp_s)
+    return {"model": kind, "mode": mode, "n": n, "s_nonprivate": a, "s_dp": b,
+            "dp_steps": steps, "ratio": b / a}  # fmt: skip
+
+
+def whole_rounds(
+    cnn: dict[int, Callable[[], nn.Module]], modes: tuple[str, ...], *, repeats: int
+) -> list[dict[str, Any]]:
+    """``whole_round`` for every CNN input size and every mode the engine accepts."""
+    return [
+        whole_round(cnn[side], f"cnn{side}", mode, n=ROUND_N, repeats=max(3, repeats))
+        for side in CNN_SIDES
+        for mode in modes
+    ]
+
+
+ROUND_N = 2048  # examples at the site: 64 Poisson steps of expected batch 32 per round
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--steps", type=int, default=60, help="timed steps per measurement")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved repetitions")
+    parser.add_argument("--rounds-only", action="store_true",
+                        help="only the whole DP round on the CNNs")  # fmt: skip
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message="Full backward hook is firing")
     warnings.filterwarnings("ignore", message="Secure RNG turned off")
     torch.manual_seed(0)
     source, mlp, cnn = _models()
+    if args.rounds_only:
+        from privacy.engine import SUPPORTED_GRAD_SAMPLE_MODES
+
+        for row in whole_rounds(cnn, SUPPORTED_GRAD_SAMPLE_MODES, repeats=args.repeats):
+            print(json.dumps(row) if args.json else row)
+        return 0
     results = [
         bench_model(f"tabular MLP 13-32-16 | 16-2, batch {b}", mlp, "mlp", batch=b, n=2048,
                     steps=args.steps, repeats=args.repeats)
         for b in (16, 32, 64)
     ] + [
-        bench_model("CNN 1x28x28 conv8-GN-conv16-GN | 784-10, batch 32", cnn, "cnn", batch=32,
-                    n=1024, steps=max(10, args.steps // 3), repeats=args.repeats),
+        bench_model(f"CNN 1x{side}x{side} conv8-GN-conv16-GN | {16 * (side // 4) ** 2}-10, "
+                    "batch 32", cnn[side], f"cnn{side}", batch=32, n=1024,
+                    steps=max(10, args.steps // 3), repeats=args.repeats)
+        for side in CNN_SIDES
     ]  # fmt: skip
     meta = {
         "models_from": source,
@@ -368,6 +449,14 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
     )
     overall = overall.mode if overall else None
+    from privacy.engine import SUPPORTED_GRAD_SAMPLE_MODES as SUPPORTED
+    from privacy.policy import DEFAULT_GRAD_SAMPLE_MODE as DEFAULT
+
+    per_kind = {
+        kind: fastest_supported([r for r in results if r.name.startswith(prefix)], SUPPORTED)
+        for kind, prefix in (("mlp", "tabular"), ("cnn", "CNN"))
+    }
+    rounds = whole_rounds(cnn, SUPPORTED, repeats=args.repeats)
     phases = sweep = None
     if overall:
         phases = phase_breakdown(mlp, overall, batch=32, steps=args.steps * 3,
@@ -376,6 +465,7 @@ def main(argv: list[str] | None = None) -> int:
                             repeats=args.repeats)  # fmt: skip
     if args.json:
         print(json.dumps({"meta": meta, "recommended_default": overall,
+                          "fastest_supported_per_kind": per_kind, "whole_rounds": rounds,
                           "results": [asdict(r) for r in results],
                           "mlp_batch32_ms_per_phase": phases,
                           "mlp_batch_sweep": sweep}, indent=2))  # fmt: skip
@@ -401,6 +491,16 @@ def main(argv: list[str] | None = None) -> int:
         f"\nrecommended default grad_sample_mode: {overall} "
         f"({mlp_ratio or math.nan:.2f}x on the MLP at batch 32; {verdict} the 1.5x target)"
     )
+    print(f"fastest mode the engine accepts ({', '.join(SUPPORTED)}) that is correct and "
+          f"survives empty batches, per model kind: {per_kind} (today's default: "
+          f"{DEFAULT}, privacy/policy.py DEFAULT_GRAD_SAMPLE_MODE)")  # fmt: skip
+    print("\na whole DP round at a site, end to end (fedrema_cli.training.train_local: one "
+          f"local epoch, N={ROUND_N}, batch 32; DP = the budget-gated plan for epsilon 3 over 10 "
+          "rounds, Poisson sampling, accountant written):")  # fmt: skip
+    for row in rounds:
+        print(f"  {row['model']:<6} {row['mode']:<6} non-private {row['s_nonprivate']:6.2f} s"
+              f"   DP {row['s_dp']:6.2f} s ({row['dp_steps']} steps)   "
+              f"ratio {row['ratio']:.2f}x")  # fmt: skip
     if phases:
         print(f"\nwhere one step's time goes (MLP, batch 32, mode {overall}), ms per step:")
         print(f"  {'phase':<11}{'non-private':>12}{'DP-SGD':>10}{'extra':>9}")

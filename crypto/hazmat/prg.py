@@ -10,6 +10,10 @@ Because the modulus is a power of two (2^32 or 2^64), raw keystream words are al
 uniform: no rejection sampling is needed (contrast Flower's 32-bit-seeded Mersenne Twister).
 The keystream is produced in cache-sized chunks straight into the output array, which keeps
 the throughput close to ``openssl speed -evp aes-256-ctr``.
+
+:class:`MaskStream` reads one mask front to back in pieces of any length, so a caller can
+add many masks to a long vector one cache-sized chunk at a time without ever holding a
+whole mask: CTR mode makes the pieces concatenate to exactly :func:`mask`'s output.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from crypto.errors import ParameterError
 
-__all__ = ["CHUNK_BYTES", "UIntArray", "mask", "uint_dtype"]
+__all__ = ["CHUNK_BYTES", "MaskStream", "UIntArray", "mask", "uint_dtype"]
 
 #: An unsigned-integer numpy array (uint32 or uint64).
 UIntArray = npt.NDArray[np.unsignedinteger[Any]]
@@ -42,6 +46,45 @@ def uint_dtype(modulus_bits: int) -> np.dtype[Any]:
     raise ParameterError("modulus_bits must be 32 or 64")
 
 
+class MaskStream:
+    """The words of ``mask(key, ...)`` in order, delivered piece by piece into caller buffers.
+
+    Word ``i`` of the stream is word ``i`` of :func:`mask` whatever the piece lengths, so
+    chunked masking equals unchunked masking bit for bit. The stream holds one AES context
+    (a few hundred bytes), not the mask.
+
+    >>> s = MaskStream(bytes(32), 32)
+    >>> [int(w) for piece in (s.take(1), s.take(1)) for w in piece]
+    [2025887196, 2307473570]
+    """
+
+    __slots__ = ("_encryptor", "dtype")
+
+    def __init__(self, key: bytes, modulus_bits: int) -> None:
+        if len(key) != 32:
+            raise ParameterError("mask key must be 32 bytes")
+        self.dtype = uint_dtype(modulus_bits)
+        self._encryptor = Cipher(algorithms.AES(key), modes.CTR(_ZERO_IV)).encryptor()
+
+    def fill(self, out: UIntArray) -> UIntArray:
+        """Write the next ``len(out)`` words into ``out`` (contiguous, of :attr:`dtype`)."""
+        if out.dtype != self.dtype or out.ndim != 1 or not out.flags.c_contiguous:
+            raise ParameterError(f"out must be a contiguous 1-D {self.dtype} array")
+        view = out.data.cast("B")
+        total = len(view)
+        for offset in range(0, total, CHUNK_BYTES):
+            size = min(CHUNK_BYTES, total - offset)
+            source = _ZEROS if size == CHUNK_BYTES else _ZEROS[:size]
+            self._encryptor.update_into(source, view[offset : offset + size])
+        return out
+
+    def take(self, count: int) -> UIntArray:
+        """The next ``count`` words as a new array."""
+        if count < 0:
+            raise ParameterError("count must be non-negative")
+        return self.fill(np.empty(count, dtype=self.dtype))
+
+
 def mask(key: bytes, dim: int, modulus_bits: int, *, out: UIntArray | None = None) -> UIntArray:
     """Return ``dim`` uniform words mod ``2**modulus_bits``: AES-256-CTR(key, IV=0) of zeros.
 
@@ -53,21 +96,11 @@ def mask(key: bytes, dim: int, modulus_bits: int, *, out: UIntArray | None = Non
     >>> mask(bytes(32), 2, 32).tolist()
     [2025887196, 2307473570]
     """
-    if len(key) != 32:
-        raise ParameterError("mask key must be 32 bytes")
     if dim < 0:
         raise ParameterError("dim must be non-negative")
-    dtype = uint_dtype(modulus_bits)
+    stream = MaskStream(key, modulus_bits)
     if out is None:
-        out = np.empty(dim, dtype=dtype)
-    elif out.dtype != dtype or out.shape != (dim,) or not out.flags.c_contiguous:
-        raise ParameterError(f"out must be a contiguous {dtype} array of length {dim}")
-    view = out.data.cast("B")
-    encryptor = Cipher(algorithms.AES(key), modes.CTR(_ZERO_IV)).encryptor()
-    total = len(view)
-    for offset in range(0, total, CHUNK_BYTES):
-        size = min(CHUNK_BYTES, total - offset)
-        source = _ZEROS if size == CHUNK_BYTES else _ZEROS[:size]
-        encryptor.update_into(source, view[offset : offset + size])
-    encryptor.finalize()
-    return out
+        out = np.empty(dim, dtype=stream.dtype)
+    elif out.dtype != stream.dtype or out.shape != (dim,) or not out.flags.c_contiguous:
+        raise ParameterError(f"out must be a contiguous {stream.dtype} array of length {dim}")
+    return stream.fill(out)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -21,11 +22,15 @@ __all__ = [
     "SHARE_CIPHERTEXT_LEN",
     "SHARE_PLAINTEXT_LEN",
     "add_pair_mask",
+    "apply_masks",
     "commitment",
     "commitment_matches",
     "pack_shares",
     "pair_mask",
+    "pair_mask_key",
+    "pair_sign",
     "self_mask",
+    "self_mask_key",
     "share_aad",
     "share_key",
     "unpack_shares",
@@ -82,12 +87,63 @@ def commitment_matches(sid: bytes, b_u: bytes, expected: bytes) -> bool:
     return hmac.compare_digest(commitment(sid, b_u), expected)
 
 
+def self_mask_key(b_u: bytes, sid: bytes) -> bytes:
+    """The AES key of PRG(b_u), the self mask: HKDF(b_u, sid, "self")."""
+    return kdf.derive_key(b_u, purpose=b"self", session_id=sid)
+
+
+def pair_mask_key(own_s_sk: bytes, peer_s_pk: bytes, sid: bytes, u: int, v: int) -> bytes:
+    """The AES key of PRG(s_{u,v}), the pair mask: HKDF(X25519(s), sid, "pair", min, max).
+
+    Symmetric in (u, v): both ends derive the same key from the unordered pair. Raises
+    :class:`ParameterError` if the peer key is invalid (small order).
+    """
+    secret = x25519.exchange(own_s_sk, peer_s_pk)
+    return kdf.derive_key(secret, purpose=b"pair", session_id=sid, parties=(min(u, v), max(u, v)))
+
+
+def pair_sign(u: int, v: int) -> int:
+    """Bonawitz's Δ_{u,v}: +1 if u > v, -1 if u < v, so the two ends of a pair cancel."""
+    return 1 if u > v else -1
+
+
+def apply_masks(
+    acc: prg.UIntArray,
+    masks: Sequence[tuple[bytes, int]],
+    modulus_bits: int,
+    *,
+    chunk_bytes: int = prg.CHUNK_BYTES,
+) -> None:
+    """Add ``sign * PRG(key)`` for every ``(key, sign)`` to ``acc`` in place, mod 2^k.
+
+    Streaming: one AES context per mask is opened, then ``acc`` is walked one chunk of
+    ``chunk_bytes`` at a time and every mask's next piece is added to that chunk while it
+    is still in cache. At 256 KiB this runs as fast as adding whole masks one after the
+    other (``benchmarks/scale.py --chunk-sweep``; smaller chunks pay per-call overhead).
+    Extra memory is one chunk plus the contexts, never a whole mask; the result equals
+    adding whole masks one after the other, bit for bit.
+    """
+    if acc.dtype != prg.uint_dtype(modulus_bits) or acc.ndim != 1 or not acc.flags.c_contiguous:
+        raise ParameterError("the accumulator must be a contiguous vector of the modulus dtype")
+    chunk_words = max(1, chunk_bytes // acc.itemsize)
+    streams = [(prg.MaskStream(key, modulus_bits), sign) for key, sign in masks]
+    scratch = np.empty(min(chunk_words, acc.shape[0]), dtype=acc.dtype)
+    for start in range(0, acc.shape[0], chunk_words):
+        part = acc[start : start + chunk_words]
+        piece = scratch[: part.shape[0]]
+        for stream, sign in streams:
+            stream.fill(piece)
+            if sign > 0:
+                np.add(part, piece, out=part)
+            else:
+                np.subtract(part, piece, out=part)
+
+
 def self_mask(
     b_u: bytes, sid: bytes, params: SecAggParams, *, out: prg.UIntArray | None = None
 ) -> prg.UIntArray:
-    """PRG(b_u): the self mask, keyed by HKDF(b_u, sid, "self")."""
-    key = kdf.derive_key(b_u, purpose=b"self", session_id=sid)
-    return prg.mask(key, params.dim, params.modulus_bits, out=out)
+    """PRG(b_u) as a whole vector (for tests and inspection; the protocol streams it)."""
+    return prg.mask(self_mask_key(b_u, sid), params.dim, params.modulus_bits, out=out)
 
 
 def pair_mask(
@@ -100,21 +156,14 @@ def pair_mask(
     *,
     out: prg.UIntArray | None = None,
 ) -> prg.UIntArray:
-    """PRG(s_{u,v}): the pairwise mask, keyed by HKDF(X25519(s), sid, "pair", min, max).
-
-    Symmetric in (u, v): both ends derive the same key from the unordered pair.
-    """
-    secret = x25519.exchange(own_s_sk, peer_s_pk)
-    key = kdf.derive_key(secret, purpose=b"pair", session_id=sid, parties=(min(u, v), max(u, v)))
+    """PRG(s_{u,v}) as a whole vector (for tests and inspection; the protocol streams it)."""
+    key = pair_mask_key(own_s_sk, peer_s_pk, sid, u, v)
     return prg.mask(key, params.dim, params.modulus_bits, out=out)
 
 
 def add_pair_mask(acc: prg.UIntArray, mask: prg.UIntArray, u: int, v: int) -> None:
-    """Add u's share of the pair mask in place: +mask if u > v, -mask if u < v (mod 2^k).
-
-    This is Bonawitz's p_{u,v} = Δ_{u,v} · PRG(s_{u,v}); the two ends of a pair cancel.
-    """
-    if u > v:
+    """Add u's share of a whole pair mask in place: Δ_{u,v} · mask (mod 2^k)."""
+    if pair_sign(u, v) > 0:
         np.add(acc, mask, out=acc)
     else:
         np.subtract(acc, mask, out=acc)

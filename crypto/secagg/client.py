@@ -285,17 +285,15 @@ class AwaitingMaskingRoster(_State):
             except (DecryptionError, ParameterError, InvalidShare) as exc:
                 return self._abort(f"shares from party {v} are invalid: {exc}")
 
-        y = x.astype(params.dtype, copy=True)
-        scratch = np.empty_like(y)  # one buffer reused for every mask
-        np.add(y, _derive.self_mask(self.b_u, sid, params, out=scratch), out=y)
+        masks = [(_derive.self_mask_key(self.b_u, sid), 1)]
         for v in sorted(senders):
             try:
-                mask = _derive.pair_mask(
-                    self.s_sk, self.peers[v][1], sid, u, v, params, out=scratch
-                )
+                key = _derive.pair_mask_key(self.s_sk, self.peers[v][1], sid, u, v)
             except ParameterError:
                 return self._abort(f"party {v} advertised an invalid mask key")
-            _derive.add_pair_mask(y, mask, u, v)
+            masks.append((key, _derive.pair_sign(u, v)))
+        y = x.astype(params.dtype, order="C", copy=True)
+        _derive.apply_masks(y, masks, params.modulus_bits)  # streamed: one chunk of scratch
         state = AwaitingUnmaskRequest(
             ctx, u, participants=u2, b_shares=b_shares, sk_shares=sk_shares
         )

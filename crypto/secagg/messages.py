@@ -341,9 +341,9 @@ class MaskedInput(Message):
         }
 
     def to_bytes(self) -> bytes:
-        """``canonical JSON header || b"\\n" || little-endian words``."""
-        payload = self.vector.astype(_DTYPES[self._dtype_name()], copy=False).tobytes()
-        return canonical_json(self._header()) + b"\n" + payload
+        """``canonical JSON header || b"\\n" || little-endian words``, built in one copy."""
+        words = np.ascontiguousarray(self.vector, dtype=_DTYPES[self._dtype_name()])
+        return b"".join((canonical_json(self._header()), b"\n", words.data.cast("B")))
 
     @classmethod
     def from_bytes(cls, data: bytes) -> MaskedInput:

@@ -22,13 +22,24 @@ from crypto.secagg.params import SecAggParams
 __all__ = ["decode_aggregate", "encode_update"]
 
 
+#: Values are encoded this many at a time (float64 temporaries of 512 KiB each).
+ENCODE_CHUNK = 1 << 16
+
+
 def encode_update(
-    params: SecAggParams, values: npt.ArrayLike, *, weight: float, rng: np.random.Generator
+    params: SecAggParams,
+    values: npt.ArrayLike,
+    *,
+    weight: float,
+    rng: np.random.Generator,
+    chunk: int = ENCODE_CHUNK,
 ) -> UIntArray:
     """Encode ``clip(values, C) * weight`` followed by ``weight``: a vector of ``params.dim``.
 
-    ``values`` has ``params.dim - 1`` coordinates. The rounding randomness (not secret)
-    comes from ``rng``; encoding is unbiased (stochastic rounding).
+    ``values`` has ``params.dim - 1`` coordinates (any float dtype: float32 is read as is,
+    never copied whole). The rounding randomness (not secret) comes from ``rng``; encoding
+    is unbiased (stochastic rounding). Peak extra memory is the output plus a few
+    ``chunk``-sized temporaries.
 
     >>> p = SecAggParams(threshold=2, modulus_bits=32, dim=3, frac_bits=8, clip=1.0,
     ...                  max_weight=10.0)
@@ -36,21 +47,31 @@ def encode_update(
     >>> decode_aggregate(p, q)
     (array([ 2., -4.]), 4.0)
     """
-    x = np.asarray(values, dtype=np.float64)
+    if chunk < 1:
+        raise ParameterError("chunk must be positive")
+    x = np.asarray(values)
     if x.shape != (params.dim - 1,):
         raise ParameterError(f"expected {params.dim - 1} values, got shape {x.shape}")
     if not (math.isfinite(weight) and 0 <= weight <= params.max_weight):
         raise ParameterError(f"weight must be in [0, max_weight={params.max_weight}]")
-    if not np.all(np.isfinite(x)):
-        raise ParameterError("values must be finite")
-    weighted = np.clip(x, -params.clip, params.clip) * weight
     f, k = params.frac_bits, params.modulus_bits
     clip = params.clip * params.max_weight
-    body = fixed_point.encode(weighted, clip=clip, frac_bits=f, modulus_bits=k, rng=rng)
-    tail = fixed_point.encode(
+    out = np.empty(params.dim, dtype=params.dtype)
+    # Chunk by chunk, so the float temporaries stay O(chunk) instead of ~50 bytes per value;
+    # the rounding draws come from ``rng`` in the same order, so the result does not depend
+    # on the chunk size.
+    for start in range(0, x.shape[0], chunk):
+        part = np.asarray(x[start : start + chunk], dtype=np.float64)
+        if not np.all(np.isfinite(part)):
+            raise ParameterError("values must be finite")
+        weighted = np.clip(part, -params.clip, params.clip) * weight
+        out[start : start + part.shape[0]] = fixed_point.encode(
+            weighted, clip=clip, frac_bits=f, modulus_bits=k, rng=rng
+        )
+    out[-1:] = fixed_point.encode(
         [weight], clip=params.max_weight, frac_bits=f, modulus_bits=k, rng=rng
     )
-    return np.concatenate([body, tail])
+    return out
 
 
 def decode_aggregate(

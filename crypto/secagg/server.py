@@ -24,6 +24,7 @@ harmless and collapse to one.
 from __future__ import annotations
 
 import functools
+import hashlib
 import hmac
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -167,17 +168,14 @@ def route_ciphertexts(
     return inbox
 
 
-def _masked_inputs(
-    ctx: RoundContext, masking_roster: MaskingRoster, masked_inputs: Iterable[MaskedInput]
-) -> dict[int, MaskedInput]:
-    by_party = _by_party(masked_inputs, MaskedInput, ctx.round, masking_roster.participants)
+def _check_masked_input(ctx: RoundContext, masking_roster: MaskingRoster, m: MaskedInput) -> None:
+    """Refuse a masked input of the wrong type, round, author, dtype or length."""
+    _by_party([m], MaskedInput, ctx.round, masking_roster.participants)
     params = ctx.params
-    for party, m in by_party.items():
-        if m.vector.dtype != params.dtype or m.vector.shape != (params.dim,):
-            raise MalformedMessage(
-                f"masked input of party {party} is not {params.dtype}[{params.dim}]", party=party
-            )
-    return by_party
+    if m.vector.dtype != params.dtype or m.vector.shape != (params.dim,):
+        raise MalformedMessage(
+            f"masked input of party {m.party} is not {params.dtype}[{params.dim}]", party=m.party
+        )
 
 
 def fix_survivors(
@@ -186,10 +184,21 @@ def fix_survivors(
     """Fix U3 from the masked inputs received (Round 2 barrier); the rest of U2 is dropped.
 
     A second, different masked input from one party is refused (it would reveal the
-    difference of the two inputs).
+    difference of the two inputs); an identical one is harmless. The inputs are read once,
+    as a stream, and only a SHA-256 of each is kept, so a lazy iterable that loads one
+    input at a time keeps the coordinator's memory at one input.
     """
     _check_round(ctx, masking_roster)
-    survivors = tuple(_masked_inputs(ctx, masking_roster, masked_inputs))
+    digests: dict[int, bytes] = {}
+    for m in masked_inputs:
+        _check_masked_input(ctx, masking_roster, m)
+        digest = hashlib.sha256(np.ascontiguousarray(m.vector).data).digest()
+        if digests.setdefault(m.party, digest) != digest:
+            raise MalformedMessage(
+                f"two different MaskedInput messages from party {m.party}", party=m.party
+            )
+        del m  # let this input go before the iterable loads the next one
+    survivors = tuple(sorted(digests))
     _require_quorum("survivors", survivors, ctx)
     dropped = tuple(p for p in masking_roster.participants if p not in survivors)
     return UnmaskRequest(ctx.round, survivors, dropped)
@@ -231,6 +240,38 @@ def _reconstruct(
     raise InvalidShare(f"{what}: no subset of the {len(holders)} shares verifies")
 
 
+def _sum_survivors(
+    ctx: RoundContext,
+    masking_roster: MaskingRoster,
+    survivors: Sequence[int],
+    masked_inputs: Iterable[MaskedInput],
+) -> UIntArray:
+    """Sum the survivors' masked inputs, reading each one once and keeping none of them.
+
+    Only the running sum is held, so a caller that loads each input when the iteration
+    reaches it (one file at a time) needs memory for one input, not for all of them. Being
+    a stream, it cannot compare a repeated input with the first: a party that appears twice
+    is refused.
+    """
+    params, wanted = ctx.params, set(survivors)
+    total = np.zeros(params.dim, dtype=params.dtype)
+    seen: set[int] = set()
+    for m in masked_inputs:
+        _check_masked_input(ctx, masking_roster, m)
+        if m.party in seen:
+            raise MalformedMessage(
+                f"masked input of party {m.party} given twice to finalize", party=m.party
+            )
+        seen.add(m.party)
+        if m.party in wanted:
+            np.add(total, m.vector, out=total)
+        del m  # let this input go before the iterable loads the next one
+    missing = [u for u in survivors if u not in seen]
+    if missing:
+        raise ParameterError(f"masked inputs of survivors {missing} are missing")
+    return total
+
+
 def finalize(
     ctx: RoundContext,
     key_roster: KeyRoster,
@@ -247,6 +288,11 @@ def finalize(
     survivors added for d are removed. If a reconstruction fails its check and more than t
     shares are available, other t-subsets are tried (up to
     :data:`MAX_RECONSTRUCTION_ATTEMPTS`) before :class:`InvalidShare` is raised.
+
+    Memory stays bounded at scale: every secret is recovered first, then ``masked_inputs``
+    is read once, in order, into a running sum (pass a lazy iterable to load one input at
+    a time; each party at most once), and every mask is removed in one streamed pass of
+    cache-sized chunks. Beyond the sum itself that needs one input and one chunk.
 
     With :func:`crypto.secagg.encode_update`, the last coordinate of the result is the sum
     of the weights; :func:`crypto.secagg.decode_aggregate` splits it off.
@@ -267,10 +313,6 @@ def finalize(
         raise ParameterError("the unmask request does not split U2 into survivors and dropped")
     _require_quorum("survivors", survivors, ctx)
 
-    inputs = _masked_inputs(ctx, masking_roster, masked_inputs)
-    missing = [u for u in survivors if u not in inputs]
-    if missing:
-        raise ParameterError(f"masked inputs of survivors {missing} are missing")
     answers = _by_party(unmask_shares, UnmaskShares, ctx.round, survivors)
     for party, a in answers.items():
         if set(a.self_seed_shares) != set(survivors) or set(a.key_shares) != set(dropped):
@@ -279,10 +321,7 @@ def finalize(
 
     sid = key_roster.session_id(ctx)
     keys = key_roster.keys()
-    total = np.zeros(params.dim, dtype=params.dtype)
-    scratch = np.empty_like(total)  # one buffer reused for every mask
-    for u in survivors:
-        np.add(total, inputs[u].vector, out=total)
+    masks: list[tuple[bytes, int]] = []
     for u in survivors:
         commitment = masking_roster.commitments[u]
         b_u = _reconstruct(
@@ -291,7 +330,7 @@ def finalize(
             functools.partial(_derive.commitment_matches, sid, expected=commitment),
             f"self-mask seed of party {u}",
         )
-        np.subtract(total, _derive.self_mask(b_u, sid, params, out=scratch), out=total)
+        masks.append((_derive.self_mask_key(b_u, sid), -1))
     for d in dropped:
         s_pk = keys[d][1]
         s_sk = _reconstruct(
@@ -301,7 +340,10 @@ def finalize(
             f"mask key of dropped party {d}",
         )
         for v in survivors:
-            mask = _derive.pair_mask(s_sk, keys[v][1], sid, d, v, params, out=scratch)
             # Survivor v added Δ_{v,d}·mask; adding d's own term Δ_{d,v}·mask cancels it.
-            _derive.add_pair_mask(total, mask, d, v)
+            key = _derive.pair_mask_key(s_sk, keys[v][1], sid, d, v)
+            masks.append((key, _derive.pair_sign(d, v)))
+
+    total = _sum_survivors(ctx, masking_roster, survivors, masked_inputs)
+    _derive.apply_masks(total, masks, params.modulus_bits)
     return total

@@ -9,7 +9,7 @@ bytes. Secrets of a round are deleted once its result is out (forward secrecy).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -222,6 +222,12 @@ def _read_all(fed: Federation, kind: str, r: int, sites: list[str]) -> list[Any]
     return [read_message(fed, kind, r, s) for s in sites]
 
 
+def _read_each(fed: Federation, kind: str, r: int, sites: list[str]) -> Iterator[Any]:
+    """The messages read one at a time as they are reached: a masked input is model-sized,
+    and the protocol streams them, so the coordinator holds one, not all n."""
+    return (read_message(fed, kind, r, s) for s in sites)
+
+
 def fix_key_roster(
     fed: Federation, r: int, advertised: list[str]
 ) -> tuple[dict[str, Any], Rejected]:
@@ -258,7 +264,7 @@ def fix_survivors(fed: Federation, r: int, submitted: list[str]) -> tuple[dict[s
         fed,
         submitted,
         lambda sites: _fix_survivors(
-            _ctx(fed, r), masking_roster(fed, r), _read_all(fed, "submission", r, sites)
+            _ctx(fed, r), masking_roster(fed, r), _read_each(fed, "submission", r, sites)
         ),
     )
     body = {
@@ -279,7 +285,6 @@ def unmask_sum(fed: Federation, r: int, revealed: list[str]) -> tuple[np.ndarray
     ctx = _ctx(fed, r)
     request = unmask_request(fed, r)
     survivors = _names(fed, request.survivors)
-    masked = _read_all(fed, "submission", r, survivors)
     total, _ = _without_refused(
         fed,
         [s for s in revealed if s in survivors],
@@ -288,7 +293,7 @@ def unmask_sum(fed: Federation, r: int, revealed: list[str]) -> tuple[np.ndarray
             key_roster(fed, r),
             masking_roster(fed, r),
             request,
-            masked,
+            _read_each(fed, "submission", r, survivors),
             _read_all(fed, "reveal", r, sites),
         ),
     )
