@@ -12,6 +12,7 @@ from torch.utils.data import TensorDataset
 
 from fedrema_cli.training import (
     ClassWeightedCrossEntropy,
+    balanced_class_weights,
     dp_label_counts,
     evaluate,
     inverse_frequency_weights,
@@ -189,7 +190,7 @@ def test_weighting_leaves_dp_accounting_unchanged(mode: str) -> None:
     plan = plan_round(policy, dataset_size=len(y))
     spec = ModelSpec.mlp(in_features=5, hidden=(8,), num_classes=2)
     runs = []
-    for weights in (None, inverse_frequency_weights(np.bincount(y))):
+    for weights in (None, inverse_frequency_weights(np.bincount(y), normalize="max")):
         acc = SiteAccountant(mechanism="rdp")
         model, result, record = train_local(
             build_model(spec, seed=0),
@@ -218,14 +219,19 @@ def test_weighting_leaves_dp_accounting_unchanged(mode: str) -> None:
 
 
 def test_inverse_frequency_weights() -> None:
-    w = inverse_frequency_weights([90, 10])
+    w = inverse_frequency_weights([90, 10], normalize="mean")
     np.testing.assert_allclose(w, [100 / 180, 5.0])
     assert float(np.dot(w, [90, 10])) == pytest.approx(100)  # mean weight per record is 1
-    np.testing.assert_allclose(inverse_frequency_weights([50, 50]), [1.0, 1.0])
-    np.testing.assert_allclose(inverse_frequency_weights([198, 2]), [100 / 198, 10.0])  # capped
-    np.testing.assert_allclose(inverse_frequency_weights([60, -3.2, 0.4]), [62 / 180, 10, 10])
+    np.testing.assert_allclose(inverse_frequency_weights([90, 10], normalize="max"), [1 / 9, 1])
+    np.testing.assert_allclose(inverse_frequency_weights([50, 50], normalize="mean"), [1, 1])
+    capped = inverse_frequency_weights([198, 2], normalize="mean")
+    np.testing.assert_allclose(capped, [100 / 198, 10.0])
+    noisy = inverse_frequency_weights([60, -3.2, 0.4], normalize="mean")  # counts < 1 -> 1
+    np.testing.assert_allclose(noisy, [62 / 180, 10, 10])
     with pytest.raises(ValueError, match="two classes"):
-        inverse_frequency_weights([10])
+        inverse_frequency_weights([10], normalize="mean")
+    with pytest.raises(ValueError, match="normalize"):
+        inverse_frequency_weights([10, 5], normalize="sum")  # type: ignore[arg-type]
 
 
 def test_dp_label_counts_is_the_gaussian_mechanism_with_its_cost() -> None:
@@ -261,3 +267,18 @@ def test_evaluate_takes_a_threshold() -> None:
     assert low.accuracy == 0.75 and low.balanced_accuracy == 0.5  # all predicted positive
     with pytest.raises(ValueError, match="2 outputs for 3 classes"):
         evaluate(model, np.zeros((4, 1)), y, num_classes=3)
+
+
+def test_balanced_class_weights_follow_the_dp_rule() -> None:
+    y = np.array([0] * 80 + [1] * 20)
+    plain, release = balanced_class_weights(y, 2, private=False)
+    assert release is None
+    np.testing.assert_allclose(plain, inverse_frequency_weights([80, 20], normalize="mean"))
+    weights, release = balanced_class_weights(
+        y, 2, private=True, rng=np.random.default_rng(3), delta=1e-5
+    )
+    assert release is not None and release.history() == [(10.0, 1.0, 1)]
+    np.testing.assert_allclose(weights, inverse_frequency_weights(release.counts, normalize="max"))
+    assert weights.max() == 1.0
+    with pytest.raises(ValueError, match="random generator"):
+        balanced_class_weights(y, 2, private=True)
