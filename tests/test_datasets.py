@@ -15,6 +15,7 @@ from opacus.validators import ModuleValidator
 from fedrema_cli.data import Standardizer, load_npz, load_table
 from fedrema_cli.datasets import DATASETS, get_dataset
 from fedrema_cli.datasets import heart_disease as hd
+from fedrema_cli.datasets import imbalanced as im
 from fedrema_cli.datasets import label_skew as ls
 from fedrema_cli.errors import DataError, UsageError
 from fedrema_cli.models import build_model
@@ -273,11 +274,93 @@ def test_write_site_files_round_trip(tmp_path: Path) -> None:
     assert ModuleValidator.validate(build_model(ls.MODEL_SPEC, seed=0), strict=True) == []
 
 
+# ------------------------------------------------------------------------- imbalanced (cancer)
+
+
+@pytest.fixture(scope="module")
+def cancer_sites() -> dict[str, im.SiteTables]:
+    return im.make_sites(seed=0)
+
+
+def test_cancer_labels_are_malignant_one() -> None:
+    from sklearn.datasets import load_breast_cancer
+
+    table = im.load_table()
+    assert len(table) == 569 and int(table[im.LABEL].sum()) == 212  # 212 malignant
+    raw = load_breast_cancer()
+    np.testing.assert_array_equal(table[im.LABEL].to_numpy(), raw.target == 0)
+    np.testing.assert_array_equal(table["radius"].to_numpy(), raw.data[:, 0])
+
+
+def test_cancer_sites_have_the_minority_rates(cancer_sites: dict[str, im.SiteTables]) -> None:
+    assert tuple(cancer_sites) == im.SITES
+    for site, tables in cancer_sites.items():
+        both = pd.concat([tables.train, tables.test])
+        rate = both[im.LABEL].mean()
+        assert abs(rate - im.MINORITY_RATES[site]) < 0.01, (site, rate)
+        assert 0.05 <= rate <= 0.2 + 0.01
+        # Stratified 2/3 - 1/3: the test part holds at least one malignant record.
+        assert tables.test[im.LABEL].sum() >= 1
+        assert abs(len(tables.test) / len(both) - im.TEST_FRACTION) < 0.02
+    benign = sum(int((t.train[im.LABEL] == 0).sum() + (t.test[im.LABEL] == 0).sum())
+                 for t in cancer_sites.values())  # fmt: skip
+    assert benign == 357
+
+
+def test_no_record_is_at_two_sites_or_in_both_splits(
+    cancer_sites: dict[str, im.SiteTables],
+) -> None:
+    rows = [i for t in cancer_sites.values() for i in (*t.train.index, *t.test.index)]
+    assert len(rows) == len(set(rows))
+
+
+def test_cancer_sites_are_redrawn_by_seed(cancer_sites: dict[str, im.SiteTables]) -> None:
+    again = im.make_sites(seed=0)
+    other = im.make_sites(seed=1)
+    for site in im.SITES:
+        pd.testing.assert_frame_equal(again[site].train, cancer_sites[site].train)
+        assert len(other[site].train) == len(cancer_sites[site].train)
+    assert any(not other[s].train.index.equals(cancer_sites[s].train.index) for s in im.SITES)
+
+
+def test_cancer_ranges_cover_the_documented_ranges() -> None:
+    """RANGES contain the min/max scikit-learn documents for each feature (and the data)."""
+    import re
+
+    from sklearn.datasets import load_breast_cancer
+
+    descr = load_breast_cancer().DESCR
+    table = im.load_table()
+    for source, column in im.SOURCE_FEATURES.items():
+        name = source.removeprefix("mean ")
+        row = re.search(rf"^{re.escape(name)} \(mean\):\s+([\d.]+)\s+([\d.]+)", descr, re.M)
+        assert row is not None, name
+        lo, hi = im.RANGES[column]
+        assert lo <= float(row.group(1)) and float(row.group(2)) <= hi
+        assert lo <= table[column].min() and table[column].max() <= hi
+        assert hi - lo <= 2.5 * (float(row.group(2)) - float(row.group(1)))  # not arbitrary
+
+
+def test_cancer_files_load_with_public_scaling(tmp_path: Path) -> None:
+    paths = im.write_site_files(tmp_path, seed=2)
+    meta = json.loads((tmp_path / "partition.json").read_text())
+    for site, files in paths.items():
+        x_train, y_train = load_table(files["train"], im.SCHEMA)
+        x_test, y_test = load_table(files["test"], im.SCHEMA)
+        assert meta["sites"][site]["train"] == {"n": len(y_train), "malignant": int(y_train.sum())}
+        assert meta["sites"][site]["test"] == {"n": len(y_test), "malignant": int(y_test.sum())}
+        z = im.SCHEMA.standardizer(x_train).transform(np.concatenate([x_train, x_test]))
+        assert np.abs(z).max() <= 1.0  # inside the public ranges
+        # The map is the public one, not fitted to this site.
+        assert im.SCHEMA.standardizer(x_train) == im.SCHEMA.standardizer(x_test)
+    assert im.MODEL_SPEC.in_features == len(im.FEATURES)
+
+
 # -------------------------------------------------------------------------------------- registry
 
 
 def test_registry(tmp_path: Path) -> None:
-    assert set(DATASETS) == {"heart-disease", "label-skew"}
+    assert set(DATASETS) == {"heart-disease", "label-skew", im.NAME}
     heart = get_dataset("heart-disease")
     assert heart.kind == "tabular" and heart.sites == hd.SITES and heart.blocks is None
     skew = get_dataset("label-skew")
@@ -287,5 +370,7 @@ def test_registry(tmp_path: Path) -> None:
         files = info.prepare(tmp_path / info.name, 0)
         assert set(files) == set(info.sites)
         assert all(p["train"].is_file() and p["test"].is_file() for p in files.values())
-    with pytest.raises(UsageError, match="known: heart-disease, label-skew"):
+    cancer = get_dataset(im.NAME)
+    assert cancer.kind == "tabular" and cancer.sites == im.SITES and cancer.schema is im.SCHEMA
+    with pytest.raises(UsageError, match="known: breast-cancer-imbalanced, heart-disease, label"):
         get_dataset("mnist")

@@ -4,7 +4,7 @@ A registry (one entry per dataset) so the CLI's ``--dataset`` choice and the ben
 built from the keys; adding a dataset means adding a module and one entry.
 
 >>> sorted(DATASETS)
-['heart-disease', 'label-skew']
+['breast-cancer-imbalanced', 'heart-disease', 'label-skew']
 >>> DATASETS["heart-disease"].sites
 ('cleveland', 'hungary', 'switzerland', 'va')
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 from fedrema_cli.data import ImageSchema, TabularSchema
-from fedrema_cli.datasets import heart_disease, label_skew
+from fedrema_cli.datasets import heart_disease, imbalanced, label_skew
 from fedrema_cli.errors import UsageError
 from fedrema_cli.modelspec import ModelSpec
 
@@ -90,6 +90,20 @@ DATASETS: dict[str, DatasetInfo] = {
         source="Janosi et al. 1988, UCI ML Repository, doi:10.24432/C52P4X (CC BY 4.0)",
     ),
     "label-skew": _label_skew(label_skew.DEFAULT_SITES),
+    imbalanced.NAME: DatasetInfo(
+        name=imbalanced.NAME,
+        description=(
+            "scikit-learn breast cancer (Wisconsin diagnostic) over 5 sites with 5-20% "
+            "malignant, 10 features scaled by public ranges, binary label; redrawn per seed"
+        ),
+        kind="tabular",
+        schema=imbalanced.SCHEMA,
+        model_spec=imbalanced.MODEL_SPEC,
+        sites=imbalanced.SITES,
+        prepare=lambda out_dir, seed: imbalanced.write_site_files(out_dir, seed=seed),
+        source="Breast Cancer Wisconsin (Diagnostic), Wolberg, Street & Mangasarian 1995, "
+        "UCI ML Repository, as shipped by scikit-learn (load_breast_cancer)",
+    ),
 }
 
 
