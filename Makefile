@@ -7,6 +7,9 @@ STAMP := $(VENV)/.installed-stamp
 .PHONY: demo test lint bench-secagg bench-dp bench-accuracy bench-scale bench-peers clean
 
 $(STAMP): pyproject.toml
+	@# The PDF privacy report (WeasyPrint) needs Pango from the system; install it if missing.
+	ldconfig -p | grep -q libpangoft2-1.0.so.0 || { apt-get update -q && \
+	  apt-get install -y -q libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import crypto
-from fedrema_cli.errors import ConfigError, FedremaError, StoreError, UsageError
+from crypto.canonical import parse_json
+from fedrema_cli.errors import ConfigError, FedremaError, IntegrityError, StoreError, UsageError
 from fedrema_cli.identity import Identity, fingerprint, unb64
 from fedrema_cli.roles.common import timestamp
 from fedrema_cli.store.federation import Federation, read_federation
@@ -128,8 +129,9 @@ def _published_ledger(fed: Federation, site: str) -> tuple[str, list[str]]:
                 _named(path, _local(fed, e)) if readable else f"{path}: not a readable signed file"
             )
             try:
-                entry = json.loads(fed.ws.storage.read_bytes(path))["body"]
-            except (ValueError, KeyError, TypeError, StoreError):
+                raw = fed.ws.storage.read_bytes(path, max_bytes=fed.ws.max_bytes)
+                entry = parse_json(raw)["body"]
+            except (ValueError, KeyError, TypeError, StoreError, IntegrityError):
                 continue
         # Not canonical_json: a forged body may hold NaN/inf, which it refuses; the ledger
         # parser then names the line as malformed instead of the audit crashing.
