@@ -18,11 +18,11 @@ must equal a hand-computed per-sample clip-and-average of ``torch.autograd`` gra
 same batch. Modes that fail (or crash on the empty batches Poisson sampling produces) are
 reported with the reason. The fastest correct mode that also survives empty batches is
 recommended as the default, overall and per model kind among the modes ``privacy.engine``
-accepts. Last, a whole DP round at a site, end to end: ``fedrema_cli.training.train_local``
+accepts. Last, a whole DP round at a site, end to end: ``fedrema_cli.learning.training.train_local``
 on each CNN, non-private vs DP-SGD through the budget planner's round plan and
 ``privacy.engine.private_training``, for every mode the engine accepts.
 
-The models are the project's own (``fedrema_cli.models.build_model``).
+The models are the project's own (``fedrema_cli.learning.models.build_model``).
 """
 
 from __future__ import annotations
@@ -54,8 +54,8 @@ CNN_SIDES = (28, 64)
 
 def _models() -> tuple[str, Callable[[], nn.Module], dict[int, Callable[[], nn.Module]]]:
     """Return (source, mlp factory, {side: cnn factory}): the project's own models."""
-    from fedrema_cli.models import build_model
-    from fedrema_cli.modelspec import ModelSpec
+    from fedrema_cli.learning.models import build_model
+    from fedrema_cli.learning.modelspec import ModelSpec
 
     mlp_spec = ModelSpec.mlp(in_features=13, hidden=(32, 16), num_classes=2)
 
@@ -64,7 +64,7 @@ def _models() -> tuple[str, Callable[[], nn.Module], dict[int, Callable[[], nn.M
         return lambda: build_model(spec, seed=0)
 
     return (
-        "fedrema_cli.models.build_model",
+        "fedrema_cli.learning.models.build_model",
         lambda: build_model(mlp_spec, seed=0),
         {side: cnn(side) for side in CNN_SIDES},
     )
@@ -359,7 +359,7 @@ def whole_round(
     ``privacy.engine.private_training``, the accountant updated. Interleaved, median.
     """
     from fedrema_cli.config import TrainingConfig
-    from fedrema_cli.training import PrivateRun, train_local
+    from fedrema_cli.learning.training import PrivateRun, train_local
     from privacy.accountant import SiteAccountant
     from privacy.policy import PrivacyPolicy, plan_round
 
@@ -494,7 +494,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"fastest mode the engine accepts ({', '.join(SUPPORTED)}) that is correct and "
           f"survives empty batches, per model kind: {per_kind} (today's default: "
           f"{DEFAULT}, privacy/policy.py DEFAULT_GRAD_SAMPLE_MODE)")  # fmt: skip
-    print("\na whole DP round at a site, end to end (fedrema_cli.training.train_local: one "
+    print("\na whole DP round at a site, end to end "
+          "(fedrema_cli.learning.training.train_local: one "
           f"local epoch, N={ROUND_N}, batch 32; DP = the budget-gated plan for epsilon 3 over 10 "
           "rounds, Poisson sampling, accountant written):")  # fmt: skip
     for row in rounds:

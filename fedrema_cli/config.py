@@ -12,11 +12,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from fedrema_cli.data import ImageSchema, TabularSchema
+from fedrema_cli.data.tables import ImageSchema, TabularSchema
 from fedrema_cli.defaults import DEFAULT_EPSILON
 from fedrema_cli.errors import ConfigError, UsageError
+from fedrema_cli.learning.modelspec import ModelSpec
 from fedrema_cli.merging import METHODS
-from fedrema_cli.modelspec import ModelSpec
 from privacy.policy import PrivacyPolicy
 
 SCHEMA_VERSION = 1

@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 
 from fedrema_cli.config import FedReMaConfig, TrainingConfig, checked_options, make_config
-from fedrema_cli.datasets import carve_validation, get_dataset
+from fedrema_cli.data.datasets import carve_validation, get_dataset
 from fedrema_cli.errors import UsageError
 from fedrema_cli.merging import METHODS
-from fedrema_cli.roles.common import current_round, phase_of
+from fedrema_cli.protocol.rounds import current_round, phase_of
 from fedrema_cli.roles.coordinator import Coordinator
 from fedrema_cli.roles.site import Site
 
@@ -218,8 +218,8 @@ def _mean_metrics(per_site: dict[str, Any]) -> dict[str, float | None]:
 def _correct(site: Site) -> str:
     """Which test examples the site's deployed model gets right, as a string of 0/1 in file
     order (for paired bootstraps over test examples)."""
-    from fedrema_cli.models import build_model, set_part
-    from fedrema_cli.training import predict_proba
+    from fedrema_cli.learning.models import build_model, set_part
+    from fedrema_cli.learning.training import predict_proba
 
     params, _ = site.personalized_params()
     data = site.data()

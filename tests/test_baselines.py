@@ -22,11 +22,11 @@ from fedrema_cli.config import (
     method_finetune_rounds,
     parse_config,
 )
-from fedrema_cli.datasets import carve_validation, get_dataset, heart_disease
+from fedrema_cli.data.datasets import carve_validation, get_dataset, heart_disease
 from fedrema_cli.errors import ConfigError
+from fedrema_cli.learning.params import load_params
 from fedrema_cli.merging import METHODS
-from fedrema_cli.params import load_params
-from fedrema_cli.roles.common import read_model
+from fedrema_cli.protocol.rounds import read_model
 from fedrema_cli.roles.site import Site
 
 HEART = get_dataset("heart-disease")
@@ -197,8 +197,8 @@ def test_simulate_on_validation_scores_the_held_out_training_rows(tmp_path: Path
 def test_multiclass_auc_uses_the_classes_a_small_test_set_holds():
     import torch
 
-    from fedrema_cli.models import build_model
-    from fedrema_cli.training import evaluate
+    from fedrema_cli.learning.models import build_model
+    from fedrema_cli.learning.training import evaluate
 
     spec = get_dataset("label-skew").model_spec
     model = build_model(spec, seed=0)

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedrema_cli.data import (
+from fedrema_cli.data.tables import (
     FeatureRanges,
     ImageSchema,
     Standardizer,

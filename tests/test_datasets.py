@@ -12,13 +12,13 @@ import pandas as pd
 import pytest
 from opacus.validators import ModuleValidator
 
-from fedrema_cli.data import Standardizer, load_npz, load_table
-from fedrema_cli.datasets import DATASETS, get_dataset
-from fedrema_cli.datasets import heart_disease as hd
-from fedrema_cli.datasets import imbalanced as im
-from fedrema_cli.datasets import label_skew as ls
+from fedrema_cli.data.datasets import DATASETS, get_dataset
+from fedrema_cli.data.datasets import heart_disease as hd
+from fedrema_cli.data.datasets import imbalanced as im
+from fedrema_cli.data.datasets import label_skew as ls
+from fedrema_cli.data.tables import Standardizer, load_npz, load_table
 from fedrema_cli.errors import DataError, UsageError
-from fedrema_cli.models import build_model
+from fedrema_cli.learning.models import build_model
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "examples" / "heart_disease" / "data"
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import brier_score_loss, roc_auc_score
 
-from fedrema_cli import metrics as m
+from fedrema_cli.learning import metrics as m
 
 
 def _binary(p1: np.ndarray) -> np.ndarray:

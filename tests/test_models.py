@@ -10,9 +10,9 @@ from opacus.validators import ModuleValidator
 from pydantic import ValidationError
 
 from fedrema_cli.errors import ConfigError, IntegrityError
-from fedrema_cli.models import SplitModel, build_model, get_part, set_part
-from fedrema_cli.modelspec import ModelSpec, part_shapes
-from fedrema_cli.params import (
+from fedrema_cli.learning.models import SplitModel, build_model, get_part, set_part
+from fedrema_cli.learning.modelspec import ModelSpec, part_shapes
+from fedrema_cli.learning.params import (
     Layout,
     flatten,
     head_logits,

@@ -10,7 +10,7 @@ import torch
 from sklearn.metrics import balanced_accuracy_score
 from torch.utils.data import TensorDataset
 
-from fedrema_cli.training import (
+from fedrema_cli.learning.training import (
     ClassWeightedCrossEntropy,
     balanced_class_weights,
     dp_label_counts,
@@ -170,9 +170,9 @@ def test_clipping_bounds_every_weighted_record_by_c() -> None:
 @pytest.mark.parametrize("mode", ["hooks", "ghost"])
 def test_weighting_leaves_dp_accounting_unchanged(mode: str) -> None:
     from fedrema_cli.config import TrainingConfig
-    from fedrema_cli.models import build_model, get_part
-    from fedrema_cli.modelspec import ModelSpec
-    from fedrema_cli.training import PrivateRun, train_local
+    from fedrema_cli.learning.models import build_model, get_part
+    from fedrema_cli.learning.modelspec import ModelSpec
+    from fedrema_cli.learning.training import PrivateRun, train_local
     from privacy import PrivacyPolicy, SiteAccountant, plan_round
 
     rng = np.random.default_rng(0)

@@ -57,8 +57,8 @@ def report(
 
       fedrema privacy report -w /shared/heart --html privacy-report.html
     """
-    from fedrema_cli.privacy_view import build
     from fedrema_cli.store.storage import LocalStorage
+    from fedrema_cli.views.privacy import build
     from privacy.report import problem_lines, require_pdf_support, to_dict, to_html, to_pdf, to_rich
 
     if pdf is not None:
@@ -98,7 +98,7 @@ def audit(
 
       fedrema audit -w /shared/heart
     """
-    from fedrema_cli.privacy_view import build
+    from fedrema_cli.views.privacy import build
     from privacy.report import problem_lines
 
     rep, _ = build(state=state, workspace=workspace)  # workspace problems are in rep

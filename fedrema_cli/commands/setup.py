@@ -192,8 +192,8 @@ def init(
 
       fedrema init -w /shared/heart -s cleveland --site cleveland --train c.csv --test c_test.csv
     """
-    from fedrema_cli import onboarding as actions
     from fedrema_cli.config import target_epsilon
+    from fedrema_cli.roles import onboarding as actions
 
     if site is not None:
         out = actions.join(
@@ -269,7 +269,7 @@ def approve(
 
       fedrema approve -s coord --all
     """
-    from fedrema_cli import onboarding as actions
+    from fedrema_cli.roles import onboarding as actions
 
     out = actions.approve(state=state, workspace=workspace, sites=sites, all_sites=all_sites)
     if json_out:

@@ -184,7 +184,7 @@ def prepare_data(
 
     fedrema prepare-data heart-disease --out hospitals/
     """
-    from fedrema_cli.datasets import get_dataset
+    from fedrema_cli.data.datasets import get_dataset
 
     files = get_dataset(dataset).prepare(out, seed)
     if json_out:

@@ -32,7 +32,7 @@ def status(
 
     fedrema status -s cleveland
     """
-    from fedrema_cli.status_view import federation_status
+    from fedrema_cli.views.status import federation_status
 
     out = federation_status(state=state, workspace=workspace)
     if json_out:

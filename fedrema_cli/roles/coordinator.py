@@ -30,11 +30,12 @@ from fedrema_cli.errors import (
     UsageError,
 )
 from fedrema_cli.identity import PublicIdentity, b64, fingerprint, unb64
+from fedrema_cli.learning.params import head_logits, save_params
 from fedrema_cli.merging import METHODS
 from fedrema_cli.merging import fedrema as fr
-from fedrema_cli.params import head_logits, save_params
-from fedrema_cli.roles import exchange, secure
-from fedrema_cli.roles.common import (
+from fedrema_cli.protocol import exchange
+from fedrema_cli.protocol import secagg as secure
+from fedrema_cli.protocol.rounds import (
     PARAMS,
     Withdrawal,
     current_round,
@@ -627,7 +628,7 @@ class Coordinator:
         return self.fed.roster is not None and self.current_round() > self.config.rounds
 
     def waiting_for(self) -> str:
-        from fedrema_cli.roles.status import round_status
+        from fedrema_cli.protocol.status import round_status
 
         status = round_status(self.fed)
         if status.complete:

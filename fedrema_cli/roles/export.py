@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from fedrema_cli.config import FederationConfig
-from fedrema_cli.data import Standardizer
-from fedrema_cli.params import save_params
+from fedrema_cli.data.tables import Standardizer
+from fedrema_cli.learning.params import save_params
 from fedrema_cli.store.storage import LocalStorage
 
 WEIGHTS = "model.safetensors"

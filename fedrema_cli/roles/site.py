@@ -17,7 +17,7 @@ import numpy as np
 
 from crypto.canonical import canonical_json
 from fedrema_cli.config import FederationConfig, finetune_rounds
-from fedrema_cli.data import (
+from fedrema_cli.data.tables import (
     ImageSchema,
     Standardizer,
     TabularSchema,
@@ -27,10 +27,11 @@ from fedrema_cli.data import (
 )
 from fedrema_cli.errors import BUDGET_SPENT, ConfigError, IntegrityError, UsageError
 from fedrema_cli.identity import unb64
+from fedrema_cli.learning.params import Params, load_params, params_hash, save_params
 from fedrema_cli.merging import METHODS
-from fedrema_cli.params import Params, load_params, params_hash, save_params
-from fedrema_cli.roles import exchange, secure
-from fedrema_cli.roles.common import (
+from fedrema_cli.protocol import exchange
+from fedrema_cli.protocol import secagg as secure
+from fedrema_cli.protocol.rounds import (
     Withdrawal,
     current_round,
     derive_seed,
@@ -285,8 +286,13 @@ class Site:
         ``head_only``: fine-tuning after the last round; the extractor is frozen and only the
         head's gradients are clipped, noised and accounted, exactly like a federated round.
         """
-        from fedrema_cli.models import build_model, get_part, set_part
-        from fedrema_cli.training import PrivateRun, finetune_head, fit_majority, train_local
+        from fedrema_cli.learning.models import build_model, get_part, set_part
+        from fedrema_cli.learning.training import (
+            PrivateRun,
+            finetune_head,
+            fit_majority,
+            train_local,
+        )
 
         data = self.data()
         trains = METHODS[self.config.method].trains
@@ -461,7 +467,7 @@ class Site:
 
     def _privacy_gate(self, ledger: Any, r: int, n: int) -> Any:
         """Plan the round for this site's data size and refuse it if it would cross the budget."""
-        from fedrema_cli.training import PrivateRun
+        from fedrema_cli.learning.training import PrivateRun
         from privacy import (
             RoundPlan,
             check_round,
@@ -800,8 +806,8 @@ class Site:
 
     @_exclusive
     def personalize(self, export: str | Path | None = None) -> dict[str, Any]:
-        from fedrema_cli.models import build_model, set_part
-        from fedrema_cli.training import evaluate
+        from fedrema_cli.learning.models import build_model, set_part
+        from fedrema_cli.learning.training import evaluate
 
         # A run cut off after training a round but before its ledger append (here: the last
         # fine-tuning round) must not export that model before its spend is on record.

@@ -114,7 +114,7 @@ def file_limit(config: FederationConfig) -> int:
     update holds 8 bytes per parameter, a model 4, a sealed head as base64 about 5.4;
     16 bytes per parameter plus room for n-squared key shares covers them all.
     """
-    from fedrema_cli.modelspec import part_size
+    from fedrema_cli.learning.modelspec import part_size
 
     return 4 * 1024 * 1024 + 16 * part_size(config.model, "all")
 

@@ -222,7 +222,7 @@ def test_a_federation_over_your_own_table(tmp_path: Path) -> None:
 def test_ctrl_c_says_what_happened_and_exits_130(
     federation: Fed, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from fedrema_cli import status_view
+    from fedrema_cli.views import status as status_view
 
     def interrupted(**kwargs: object) -> None:
         raise KeyboardInterrupt

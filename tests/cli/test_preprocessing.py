@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fedrema_cli.datasets import heart_disease
+from fedrema_cli.data.datasets import heart_disease
 from tests.cli.conftest import SITES, Fed, run, run_rounds
 
 TABLE = ("--features", "age,chol,thalach", "--label", "target", "--classes", "0,1")

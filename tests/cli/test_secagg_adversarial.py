@@ -10,7 +10,7 @@ import pytest
 
 from crypto.hazmat import x25519
 from crypto.secagg import KeyRoster
-from fedrema_cli.roles import secure
+from fedrema_cli.protocol import secagg as secure
 from tests.cli.conftest import (
     SITES,
     Fed,

@@ -17,8 +17,8 @@ from crypto.secagg import KeyRoster, MaskedInput, MaskingRoster, UnmaskRequest, 
 from crypto.secagg._derive import commitment_matches, self_mask
 from fedrema_cli.errors import IntegrityError
 from fedrema_cli.identity import unb64
-from fedrema_cli.params import flatten, load_params
-from fedrema_cli.roles import secure
+from fedrema_cli.learning.params import flatten, load_params
+from fedrema_cli.protocol import secagg as secure
 from fedrema_cli.roles.site import Site
 from tests.cli.conftest import (
     SITES,

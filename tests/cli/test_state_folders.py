@@ -12,7 +12,7 @@ import pytest
 
 from fedrema_cli.errors import StoreError
 from fedrema_cli.identity import Identity
-from fedrema_cli.roles import exchange
+from fedrema_cli.protocol import exchange
 from tests.cli.conftest import Fed, make_federation, run, snapshot
 
 

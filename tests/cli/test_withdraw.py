@@ -15,7 +15,7 @@ import time
 import pytest
 
 from fedrema_cli.errors import StateBusyError
-from fedrema_cli.roles import secure
+from fedrema_cli.protocol import secagg as secure
 from fedrema_cli.roles.site import Site
 from fedrema_cli.store.state import PartyState
 from tests.cli.conftest import (

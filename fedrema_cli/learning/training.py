@@ -36,7 +36,7 @@ from torch.nn import functional
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedrema_cli.config import TrainingConfig
-from fedrema_cli.metrics import Metrics, basic_metrics
+from fedrema_cli.learning.metrics import Metrics, basic_metrics
 
 if TYPE_CHECKING:
     from privacy import RoundPlan, SiteAccountant
@@ -329,7 +329,7 @@ def finetune_head(
     per-sample gradients are clipped and noised, and the accountant records the steps), so a
     fine-tuning round costs exactly what a federated round costs.
     """
-    from fedrema_cli.models import _unwrap
+    from fedrema_cli.learning.models import _unwrap
 
     for p in _unwrap(model).extractor.parameters():
         p.requires_grad_(False)
@@ -418,7 +418,7 @@ def evaluate(
     num_classes: int,
     threshold: float | None = None,
 ) -> Metrics:
-    """Accuracy, balanced accuracy and ROC AUC (`fedrema_cli.metrics.basic_metrics`): AUC is
+    """Accuracy, balanced accuracy and ROC AUC (`learning.metrics.basic_metrics`): AUC is
     None when the test set has a single class; with more than two classes, one-vs-rest
     averaged over the classes the test set holds. ``threshold`` (binary models only, chosen on
     validation data): predict class 1 when its probability is at least the threshold; None:

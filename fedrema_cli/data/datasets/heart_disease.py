@@ -34,13 +34,13 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from fedrema_cli.data import FeatureRanges, TabularSchema
+from fedrema_cli.data.tables import FeatureRanges, TabularSchema
 from fedrema_cli.errors import DataError
-from fedrema_cli.modelspec import ModelSpec
+from fedrema_cli.learning.modelspec import ModelSpec
 
 SITES: tuple[str, ...] = ("cleveland", "hungary", "switzerland", "va")
 
-DEFAULT_DATA_DIR: Path = Path(__file__).resolve().parents[2] / "examples" / "heart_disease" / "data"
+DEFAULT_DATA_DIR: Path = Path(__file__).resolve().parents[3] / "examples" / "heart_disease" / "data"
 
 # Raw file per site and its sha256 (UCI originals; see PROVENANCE.md). The split is only
 # FLamby's split if these bytes are exactly these.
@@ -107,7 +107,7 @@ SCHEMA = TabularSchema(
     feature_ranges=FeatureRanges(
         ranges=tuple(RANGES[f] for f in FEATURES),
         source="clinical reference values and the UCI heart-disease code book "
-        "(fedrema_cli/datasets/heart_disease.py RANGES)",
+        "(fedrema_cli/data/datasets/heart_disease.py RANGES)",
     ),
 )
 

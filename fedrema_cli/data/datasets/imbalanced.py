@@ -44,8 +44,8 @@ import pandas as pd
 from sklearn.datasets import load_breast_cancer
 from sklearn.model_selection import train_test_split
 
-from fedrema_cli.data import FeatureRanges, TabularSchema
-from fedrema_cli.modelspec import ModelSpec
+from fedrema_cli.data.tables import FeatureRanges, TabularSchema
+from fedrema_cli.learning.modelspec import ModelSpec
 
 NAME = "breast-cancer-imbalanced"
 SITES: tuple[str, ...] = ("site-a", "site-b", "site-c", "site-d", "site-e")
@@ -86,7 +86,7 @@ SCHEMA = TabularSchema(
     feature_ranges=FeatureRanges(
         ranges=tuple(RANGES[f] for f in FEATURES),
         source="the feature ranges scikit-learn documents for the breast-cancer data set, "
-        "rounded outward (fedrema_cli/datasets/imbalanced.py RANGES)",
+        "rounded outward (fedrema_cli/data/datasets/imbalanced.py RANGES)",
     ),
 )
 

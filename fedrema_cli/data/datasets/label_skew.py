@@ -39,8 +39,8 @@ import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from fedrema_cli.data import ImageSchema
-from fedrema_cli.modelspec import ModelSpec
+from fedrema_cli.data.tables import ImageSchema
+from fedrema_cli.learning.modelspec import ModelSpec
 
 NUM_CLASSES = 10
 LABEL_GROUPS: tuple[tuple[int, int, int], ...] = (

@@ -19,7 +19,7 @@ from safetensors.numpy import load as _st_load
 from safetensors.numpy import save as _st_save
 
 from fedrema_cli.errors import ConfigError, IntegrityError
-from fedrema_cli.modelspec import ModelSpec, part_shapes
+from fedrema_cli.learning.modelspec import ModelSpec, part_shapes
 
 Params = dict[str, np.ndarray]
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from fedrema_cli.config import FederationConfig
 from fedrema_cli.errors import IntegrityError
-from fedrema_cli.params import Params, load_params, save_params
+from fedrema_cli.learning.params import Params, load_params, save_params
 from fedrema_cli.store.federation import Federation
 
 PARAMS = "params.safetensors"
@@ -91,7 +91,10 @@ def current_round(fed: Federation) -> int:
 
 
 def initial_params(config: FederationConfig) -> Params:
-    from fedrema_cli.models import build_model, get_part  # torch: only where a model is built
+    from fedrema_cli.learning.models import (  # torch: only where a model is built
+        build_model,
+        get_part,
+    )
 
     return get_part(build_model(config.model, seed=config.seed), "all")
 

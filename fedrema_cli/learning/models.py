@@ -1,9 +1,9 @@
 """The torch side of a model: build it from its spec, read and write its parts as numpy.
 
-The layers come from `fedrema_cli.modelspec.layer_plan`, the same plan that gives parameter
+The layers come from `fedrema_cli.learning.modelspec.layer_plan`, the same plan that gives parameter
 names and shapes to the parties that never load torch.
 
->>> from fedrema_cli.modelspec import ModelSpec
+>>> from fedrema_cli.learning.modelspec import ModelSpec
 >>> model = build_model(ModelSpec.mlp(in_features=13, hidden=(8,), num_classes=2), seed=0)
 >>> sorted(get_part(model, "head"))
 ['head.0.bias', 'head.0.weight']
@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedrema_cli.modelspec import Layer, ModelSpec, Part, check_part, in_part, layer_plan
-from fedrema_cli.params import Params, check_params
+from fedrema_cli.learning.modelspec import Layer, ModelSpec, Part, check_part, in_part, layer_plan
+from fedrema_cli.learning.params import Params, check_params
 
 
 def _module(layer: Layer) -> nn.Module:

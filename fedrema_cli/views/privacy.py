@@ -14,7 +14,7 @@ import crypto
 from crypto.canonical import parse_json
 from fedrema_cli.errors import ConfigError, FedremaError, IntegrityError, StoreError, UsageError
 from fedrema_cli.identity import Identity, fingerprint, unb64
-from fedrema_cli.roles.common import timestamp
+from fedrema_cli.protocol.rounds import timestamp
 from fedrema_cli.store.federation import Federation, read_federation
 from fedrema_cli.store.workspace import Workspace
 

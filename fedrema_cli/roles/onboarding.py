@@ -8,11 +8,11 @@ from typing import Any
 from pydantic import ValidationError
 
 from fedrema_cli.config import FederationConfig, TrainingConfig, checked_options, make_config
-from fedrema_cli.data import FeatureRanges, ImageSchema, TabularSchema
-from fedrema_cli.datasets import get_dataset
+from fedrema_cli.data.datasets import get_dataset
+from fedrema_cli.data.tables import FeatureRanges, ImageSchema, TabularSchema
 from fedrema_cli.errors import UsageError
 from fedrema_cli.identity import fingerprint
-from fedrema_cli.modelspec import ModelSpec
+from fedrema_cli.learning.modelspec import ModelSpec
 from fedrema_cli.roles.coordinator import Coordinator
 from fedrema_cli.roles.site import Site
 

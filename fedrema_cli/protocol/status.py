@@ -7,7 +7,7 @@ from typing import Any
 
 from fedrema_cli.errors import IntegrityError
 from fedrema_cli.identity import fingerprint
-from fedrema_cli.roles.common import current_round, phase_of, read_withdrawal
+from fedrema_cli.protocol.rounds import current_round, phase_of, read_withdrawal
 from fedrema_cli.store.federation import Federation
 
 #: For each phase: (who is expected, the artifact that counts as having acted, what it means).

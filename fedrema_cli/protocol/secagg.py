@@ -42,9 +42,9 @@ from crypto.secagg import fix_survivors as _fix_survivors
 from fedrema_cli.config import FederationConfig, default_threshold
 from fedrema_cli.errors import ConfigError, IntegrityError, ProtocolAbortedError
 from fedrema_cli.identity import b64, unb64
+from fedrema_cli.learning.modelspec import part_size
 from fedrema_cli.merging import METHODS
-from fedrema_cli.modelspec import part_size
-from fedrema_cli.roles.common import phase_of
+from fedrema_cli.protocol.rounds import phase_of
 from fedrema_cli.store.envelope import sha256
 from fedrema_cli.store.federation import Federation, Roster
 from fedrema_cli.store.state import PartyState

@@ -2,7 +2,7 @@
 
 Parties that never train (the coordinator, `submit`, `status`) need the model's parameter
 names and shapes, not torch; this module gives them from the spec alone, and
-`fedrema_cli.models` builds the torch modules from the same layer plan, so the two cannot
+`fedrema_cli.learning.models` builds the torch modules from the same layer plan, so the two cannot
 disagree. FedReMa (Liang et al., ECAI 2024) shares the extractor and merges the classifier
 heads, so the split is part of the spec. Every layer is Opacus-compatible (GroupNorm, never
 BatchNorm: per-sample gradients must not mix samples).

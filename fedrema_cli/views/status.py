@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from fedrema_cli.errors import UsageError
-from fedrema_cli.roles.status import round_status
+from fedrema_cli.protocol.status import round_status
 from fedrema_cli.store.federation import Federation, read_federation
 from fedrema_cli.store.workspace import Workspace
 

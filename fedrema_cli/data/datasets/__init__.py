@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from fedrema_cli.data import ImageSchema, TabularSchema
-from fedrema_cli.datasets import heart_disease, imbalanced, label_skew
+from fedrema_cli.data.datasets import heart_disease, imbalanced, label_skew
+from fedrema_cli.data.tables import ImageSchema, TabularSchema
 from fedrema_cli.errors import UsageError
-from fedrema_cli.modelspec import ModelSpec
+from fedrema_cli.learning.modelspec import ModelSpec
 
 SiteFiles = dict[str, dict[str, Path]]
 

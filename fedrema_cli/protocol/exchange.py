@@ -18,8 +18,8 @@ from safetensors.numpy import save as st_save
 from crypto.seal import SealContext, open_sealed, seal
 from fedrema_cli.errors import IntegrityError
 from fedrema_cli.identity import Identity, b64, unb64
-from fedrema_cli.params import Params, flatten, load_params, unflatten
-from fedrema_cli.roles.common import part_of
+from fedrema_cli.learning.params import Params, flatten, load_params, unflatten
+from fedrema_cli.protocol.rounds import part_of
 from fedrema_cli.store.federation import Federation
 from fedrema_cli.store.workspace import COORDINATOR, Artifact, Workspace, site_author
 
