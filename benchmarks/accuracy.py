@@ -58,15 +58,15 @@ sys.path.insert(0, str(ROOT))
 PRIVACY: tuple[float | None, ...] = (None, 8.0, 3.0, 1.0)
 DELTA = 1e-5
 SELECT_EPSILON = 3.0  # DP hyperparameters are chosen at this epsilon and used at every level
-REFERENCE = "fedrema"
 BOOTSTRAP = 4000
 
-HEART_METHODS = (
-    "majority", "local-lr", "local", "fedavg", "fedavg-ft", "fedper", "fedrema-paper", "fedrema",
-)  # fmt: skip
-IMAGE_METHODS = (
-    "majority", "local", "fedavg", "fedavg-ft", "fedper", "fedrema-paper", "fedrema",
-)  # fmt: skip
+# Every registered method runs (the registry is the one list of methods), baselines first;
+# logistic regression needs a table.
+from fedrema_cli.defaults import DEFAULT_METHOD as REFERENCE  # noqa: E402
+from fedrema_cli.methods import METHODS  # noqa: E402
+
+HEART_METHODS = tuple(reversed(METHODS))
+IMAGE_METHODS = tuple(m for m in HEART_METHODS if METHODS[m].model != "linear")
 
 # Per dataset: rounds, batch size, validation splits, and the grid each method searches.
 # Grids are small on purpose; the first entry of every list is the CLI's default.
@@ -78,7 +78,11 @@ SETUP: dict[str, dict[str, Any]] = {
         "methods": HEART_METHODS,
         "grid": {"lr": [0.05, 0.1], "local_epochs": [1]},
         "finetune_rounds": {"fedavg-ft": [5, 20], "fedrema": [0, 5]},
-        "global_weight": [0.0, 0.25],
+        "options": {
+            "fedrema": [{"global_weight": 0.0}, {"global_weight": 0.25}],
+            "pfednet": [{"lam": 0.01}, {"lam": 0.05}, {"lam": 0.2}],
+            "mr-mtl": [{"lam": 0.1}, {"lam": 1.0}, {"lam": 10.0}],
+        },
     },
     "label-skew": {
         "rounds": 8,
@@ -87,7 +91,11 @@ SETUP: dict[str, dict[str, Any]] = {
         "methods": IMAGE_METHODS,
         "grid": {"lr": [0.05, 0.1], "local_epochs": [1, 3]},
         "finetune_rounds": {"fedavg-ft": [5], "fedrema": [0, 5]},
-        "global_weight": [0.25],
+        "options": {
+            "fedrema": [{"global_weight": 0.25}],
+            "pfednet": [{"lam": 0.01}, {"lam": 0.05}, {"lam": 0.2}],
+            "mr-mtl": [{"lam": 0.1}, {"lam": 1.0}, {"lam": 10.0}],
+        },
     },
 }
 
@@ -113,8 +121,9 @@ def grid(dataset: str, method: str) -> list[dict[str, Any]]:
     if method in setup["finetune_rounds"]:
         rounds = setup["finetune_rounds"][method]
         out = [{**c, "finetune_rounds": f} for f in rounds for c in out]
-    if method == "fedrema":
-        out = [{**c, "global_weight": g} for g in setup["global_weight"] for c in out]
+    choices = setup["options"].get(method)
+    if choices:
+        out = [{**c, "options": o} for o in choices for c in out]
     return out
 
 
@@ -139,7 +148,7 @@ def _worker_init() -> None:
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
     """Run one federation and keep what the analysis needs."""
     from fedrema_cli import simulate as sim
-    from fedrema_cli.config import FedReMaConfig, TrainingConfig
+    from fedrema_cli.config import TrainingConfig
 
     cfg = job["config"]
     test = job["phase"] == "test"
@@ -157,16 +166,14 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
             batch_size=SETUP[job["dataset"]]["batch_size"],
             finetune_rounds=cfg.get("finetune_rounds"),
         ),
-        fedrema=FedReMaConfig(
-            **{"global_weight": cfg.get("global_weight", 0.0), **cfg.get("fedrema", {})}
-        ),
+        method_options=cfg.get("options", {}),
         validation=not test,
         track=test,
         predictions=test,
     )
     started = time.perf_counter()
     result = sim.run(spec)
-    keep = ("mean_accuracy", "mean_balanced_accuracy", "mean_auc", "sites", "curve", "fedrema")
+    keep = ("mean_accuracy", "mean_balanced_accuracy", "mean_auc", "sites", "curve", "merging")
     return {
         **job,
         **{k: result[k] for k in keep if k in result},
@@ -414,8 +421,8 @@ def paired(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def peers(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:
-        if r.get("fedrema"):
-            groups[(r["dataset"], r["epsilon"], r["method"])].append(r["fedrema"])
+        if r.get("merging") and r["method"].startswith("fedrema"):
+            groups[(r["dataset"], r["epsilon"], r["method"])].append(r["merging"])
     rows = []
     for (ds, eps, method), fs in groups.items():
         same = [f["peer_same_block_rate"] for f in fs if f.get("peer_same_block_rate") is not None]
@@ -783,8 +790,7 @@ def ablation_jobs(datasets: list[str]) -> list[dict[str, Any]]:
         for name, rules in ABLATION_VARIANTS.items():
             rules = dict(rules)
             cfg: dict[str, Any] = {**training, "finetune_rounds": rules.pop("finetune_rounds", 0)}
-            cfg["global_weight"] = rules.pop("global_weight", 0.0)
-            cfg["fedrema"] = rules
+            cfg["options"] = {"global_weight": rules.pop("global_weight", 0.0), **rules}
             for k in range(n_splits):
                 jobs.append(
                     {
@@ -811,7 +817,7 @@ def ablation_table(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if not rs:
                 continue
             acc = [r["mean_accuracy"] for r in rs]
-            f = [r.get("fedrema") or {} for r in rs]
+            f = [r.get("merging") or {} for r in rs]
             same = [x["peer_same_block_rate"] for x in f if x.get("peer_same_block_rate")]
             picked = [x["mean_peers_selected"] for x in f if x.get("mean_peers_selected")]
             rows.append(

@@ -112,7 +112,15 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from fedrema_cli.commands import coordinator, privacy, setup, simulate, site, status
+    from fedrema_cli.commands import (
+        coordinator,
+        methods,
+        privacy,
+        setup,
+        simulate,
+        site,
+        status,
+    )
 
     setup.register(app)
     site.register(app)
@@ -120,6 +128,7 @@ def _register() -> None:
     status.register(app)
     simulate.register(app)
     privacy.register(app)
+    methods.register(app)
 
 
 _register()

@@ -13,13 +13,13 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fedrema_cli.data.tables import ImageSchema, TabularSchema
-from fedrema_cli.defaults import DEFAULT_EPSILON
+from fedrema_cli.defaults import DEFAULT_EPSILON, DEFAULT_METHOD
 from fedrema_cli.errors import ConfigError, UsageError
 from fedrema_cli.learning.modelspec import ModelSpec
-from fedrema_cli.merging import METHODS
+from fedrema_cli.methods import METHODS, Method
 from privacy.policy import PrivacyPolicy
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class _Frozen(BaseModel):
@@ -69,28 +69,6 @@ class RoundConfig(_Frozen):
     timeout_seconds: float = Field(default=24 * 3600.0, gt=0)
 
 
-class FedReMaConfig(_Frozen):
-    """FedReMa merging knobs (see fedrema_cli.merging.fedrema.FedReMaParams).
-
-    The defaults are the rules of the default ``fedrema`` method, tuned on validation splits
-    for heads trained with DP noise (docs/fedrema.md); ``fedrema-paper`` ignores this section
-    and runs the paper's rules.
-    """
-
-    delta: float = Field(default=0.5, gt=0, le=1)
-    t_self: float = Field(default=0.5, gt=0)
-    t_peer: float = Field(default=1.0, gt=0)
-    probe: Literal["uniform"] = "uniform"
-    probe_scale: float = Field(default=0.5, gt=0)
-    probe_samples: int = Field(default=64, ge=1)
-    similarity: Literal["softmax", "centered"] = "centered"
-    smoothing: float = Field(default=0.5, ge=0, lt=1)
-    min_similarity: float | None = Field(default=0.0, ge=-1, le=1)
-    self_weight: float | None = Field(default=0.5, ge=0, le=1)
-    global_weight: float = Field(default=0.0, ge=0, le=1)
-    min_ccp_rounds: int = Field(default=5, ge=0)
-
-
 class CoordinatorKeys(_Frozen):
     sign_pk: str
     seal_pk: str
@@ -99,9 +77,11 @@ class CoordinatorKeys(_Frozen):
 class FederationConfig(_Frozen):
     """The signed contract of a federation."""
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1, 2] = SCHEMA_VERSION
     federation_id: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")]
-    method: str = "fedrema"
+    method: str = DEFAULT_METHOD
+    #: the method's own options, validated by its Options model (see fedrema_cli.methods)
+    method_options: dict[str, Any] = Field(default_factory=dict)
     rounds: int = Field(default=20, ge=1, le=10_000)
     seed: int = 0
     model: ModelSpec
@@ -109,14 +89,32 @@ class FederationConfig(_Frozen):
     training: TrainingConfig = TrainingConfig()
     secagg: SecAggConfig = SecAggConfig()
     round: RoundConfig = RoundConfig()
-    fedrema: FedReMaConfig = FedReMaConfig()
     privacy: PrivacyPolicy | None = None
     coordinator: CoordinatorKeys
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_schema_1(cls, data: Any) -> Any:
+        """Schema 1 kept FedReMa's knobs in a ``fedrema`` section, used by the FedReMa
+        methods only; a federation created then still loads, with the same rules."""
+        if isinstance(data, dict) and "fedrema" in data and "method_options" not in data:
+            data = dict(data)
+            section = data.pop("fedrema")
+            if data.get("method") == "fedrema":
+                data["method_options"] = section
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> FederationConfig:
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
+        try:
+            METHODS[self.method].parse_options(self.method_options)
+        except ValidationError as e:
+            problems = "; ".join(
+                f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()
+            )
+            raise ValueError(f"method_options for {self.method}: {problems}") from None
         expected = self.data.num_classes
         if self.model.num_classes != expected:
             raise ValueError(f"model has {self.model.num_classes} classes, data has {expected}")
@@ -142,7 +140,12 @@ class FederationConfig(_Frozen):
     @property
     def secure(self) -> bool:
         """Whether updates go through secure aggregation (and there is anything to sum)."""
-        return self.secagg.enabled and METHODS[self.method].shared_part is not None
+        return self.secagg.enabled and METHODS[self.method].shared is not None
+
+    def method_impl(self) -> Method:
+        """The federation's method, with its validated options."""
+        cls = METHODS[self.method]
+        return cls(cls.parse_options(self.method_options))
 
 
 def parse_config(data: Any, *, where: str) -> FederationConfig:
@@ -229,7 +232,7 @@ def make_config(
     federation_id: str,
     model: ModelSpec,
     data: TabularSchema | ImageSchema,
-    method: str = "fedrema",
+    method: str = DEFAULT_METHOD,
     rounds: int = 20,
     seed: int = 0,
     training: TrainingConfig | None = None,
@@ -241,7 +244,7 @@ def make_config(
     delta: float = 1e-5,
     max_grad_norm: float = 1.0,
     accountant: str = "rdp",
-    fedrema: FedReMaConfig | None = None,
+    method_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A federation config (without the coordinator's keys) from the usual choices.
 
@@ -275,6 +278,6 @@ def make_config(
             enabled=secure_aggregation, threshold=threshold, consistency_check=consistency_check
         ).model_dump(mode="json"),
         "round": RoundConfig(timeout_seconds=timeout_seconds).model_dump(mode="json"),
-        "fedrema": (fedrema or FedReMaConfig()).model_dump(mode="json"),
+        "method_options": dict(method_options or {}),
         "privacy": privacy.model_dump(mode="json") if privacy else None,
     }

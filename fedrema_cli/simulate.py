@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from fedrema_cli.config import FedReMaConfig, TrainingConfig, checked_options, make_config
+from fedrema_cli.config import TrainingConfig, checked_options, make_config
 from fedrema_cli.data.datasets import carve_validation, get_dataset
 from fedrema_cli.errors import UsageError
-from fedrema_cli.merging import METHODS
+from fedrema_cli.methods import METHODS
 from fedrema_cli.protocol.rounds import current_round, phase_of
 from fedrema_cli.roles.coordinator import Coordinator
 from fedrema_cli.roles.site import Site
@@ -64,7 +64,7 @@ class SimulationSpec:
     delta: float = 1e-5
     max_grad_norm: float = 1.0
     training: TrainingConfig = field(default_factory=TrainingConfig)
-    fedrema: FedReMaConfig = field(default_factory=FedReMaConfig)
+    method_options: dict[str, Any] = field(default_factory=dict)
     drops: tuple[Drop, ...] = ()
     workdir: Path | None = None
     keep: bool = False
@@ -127,7 +127,7 @@ def _run(
             epsilon=spec.epsilon,
             delta=spec.delta,
             max_grad_norm=spec.max_grad_norm,
-            fedrema=spec.fedrema,
+            method_options=spec.method_options,
         )
     coord = Coordinator.create(workspace=workspace, state_dir=root / "coordinator", config=config)
     sites = {
@@ -201,8 +201,8 @@ def _run(
         result["evaluated_on"] = "validation"
     if spec.track:
         result["curve"] = curve
-    if METHODS[spec.method].sends_head:
-        result["fedrema"] = _peer_stats(coord.merge_log(), info.blocks)
+    if coord.merge_log():
+        result["merging"] = coord.config.method_impl().summarize(coord.merge_log(), info.blocks)
     return result
 
 
@@ -235,21 +235,3 @@ def _train_if_participant(site: Site) -> None:
     except UsageError as e:
         if "not part of round" not in str(e):
             raise
-
-
-def _peer_stats(log: list[dict[str, Any]], blocks: dict[str, int] | None) -> dict[str, Any]:
-    """How long the co-learning period lasted; with known blocks, how often peers match them."""
-    ccp = [e for e in log if e["in_ccp"]]
-    stats: dict[str, Any] = {"ccp_rounds": len(ccp)}
-    picks = [len(chosen) - 1 for e in ccp for chosen in e["selected"].values()]
-    stats["mean_peers_selected"] = float(np.mean(picks)) if picks else None
-    if blocks:
-        same = total = 0
-        for entry in ccp:
-            for site, chosen in entry["selected"].items():
-                for peer in chosen:
-                    if peer != site:
-                        total += 1
-                        same += blocks.get(peer) == blocks.get(site)
-        stats["peer_same_block_rate"] = same / total if total else None
-    return stats

@@ -15,7 +15,6 @@ import pytest
 
 from fedrema_cli import simulate as sim
 from fedrema_cli.config import (
-    FedReMaConfig,
     TrainingConfig,
     linear_model,
     make_config,
@@ -25,7 +24,9 @@ from fedrema_cli.config import (
 from fedrema_cli.data.datasets import carve_validation, get_dataset, heart_disease
 from fedrema_cli.errors import ConfigError
 from fedrema_cli.learning.params import load_params
-from fedrema_cli.merging import METHODS
+from fedrema_cli.merging import fedrema as fr
+from fedrema_cli.methods import METHODS
+from fedrema_cli.methods.fedrema import FedReMaOptions
 from fedrema_cli.protocol.rounds import read_model
 from fedrema_cli.roles.site import Site
 
@@ -47,14 +48,17 @@ def _run(method: str, tmp_path: Path, **kw: object) -> dict:
 
 def test_every_method_is_registered_with_its_sharing_rule():
     assert set(METHODS) == {
-        "fedrema", "fedrema-paper", "fedavg", "fedavg-ft", "fedper", "local", "local-lr",
-        "majority",
+        "fedrema", "fedrema-paper", "pfednet", "pfednet-paper", "mr-mtl", "fedavg", "fedavg-ft",
+        "fedper", "local", "local-lr", "majority",
     }  # fmt: skip
-    assert METHODS["fedrema-paper"].paper_rules and not METHODS["fedrema"].paper_rules
-    assert METHODS["fedavg-ft"].shared_part == "all" and METHODS["fedavg-ft"].deploy == "finetune"
-    assert METHODS["fedper"].shared_part == "extractor" and not METHODS["fedper"].sends_head
+    assert METHODS["fedrema-paper"]().rules() == fr.PAPER != METHODS["fedrema"]().rules()
+    assert METHODS["fedavg-ft"].shared == "all" and METHODS["fedavg-ft"].deploy == "finetune"
+    assert METHODS["fedper"].shared == "extractor" and METHODS["fedper"].personal is None
+    for name in ("fedrema", "fedrema-paper", "pfednet", "pfednet-paper"):
+        assert METHODS[name].shared == "extractor" and METHODS[name].personal == "head"
     for name in ("local", "local-lr", "majority"):
-        assert METHODS[name].shared_part is None and not METHODS[name].sends_head
+        assert METHODS[name].shared is None and METHODS[name].personal is None
+    assert METHODS["mr-mtl"].shared == "all" and METHODS["mr-mtl"]().proximal() == 1.0
     assert not METHODS["majority"].trains and METHODS["local-lr"].model == "linear"
 
 
@@ -91,7 +95,7 @@ def test_each_baseline_runs_and_reports_every_metric(method: str, tmp_path: Path
         assert correct.count("1") / len(correct) == pytest.approx(v["accuracy"])
     assert len(out["curve"]) == 2
     assert out["curve"][-1]["mean_accuracy"] == pytest.approx(out["mean_accuracy"])
-    assert ("fedrema" in out) == METHODS[method].sends_head
+    assert ("merging" in out) == (METHODS[method].personal is not None)
 
 
 def test_fedavg_ft_fine_tunes_only_the_head_and_does_it_once(tmp_path: Path):
@@ -159,12 +163,12 @@ def test_both_fedrema_variants_merge_and_report_their_peers(tmp_path: Path):
     tuned = _run("fedrema", tmp_path, rounds=3)
     paper = _run("fedrema-paper", tmp_path, rounds=3)
     for out in (tuned, paper):
-        assert out["fedrema"]["ccp_rounds"] >= 1
-        assert out["fedrema"]["mean_peers_selected"] is not None
-    log = json.loads((tmp_path / "fedrema" / "coordinator" / "fedrema-state.json").read_text())
+        assert out["merging"]["ccp_rounds"] >= 1
+        assert out["merging"]["mean_peers_selected"] is not None
+    log = json.loads((tmp_path / "fedrema" / "coordinator" / "method-state.json").read_text())
     assert log["similarity"] is not None  # the tuned rules keep a smoothed similarity
     paper_state = json.loads(
-        (tmp_path / "fedrema-paper" / "coordinator" / "fedrema-state.json").read_text()
+        (tmp_path / "fedrema-paper" / "coordinator" / "method-state.json").read_text()
     )
     assert "similarity" not in paper_state
 
@@ -232,7 +236,7 @@ def test_simulate_cli_runs_a_baseline_by_name(tmp_path: Path):
     assert methods == ["majority", "fedper"]
 
 
-def test_fedrema_config_defaults_validate():
-    FedReMaConfig()
+def test_fedrema_options_defaults_validate():
+    FedReMaOptions()
     with pytest.raises(ValueError):
-        FedReMaConfig(smoothing=1.0)
+        FedReMaOptions(smoothing=1.0)

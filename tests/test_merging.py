@@ -196,11 +196,11 @@ def test_merge_is_invariant_to_the_order_heads_arrive_in(n, seed):
 
 
 def test_paper_rules_are_the_params_defaults_and_the_config_holds_the_tuned_ones():
-    from fedrema_cli.config import FedReMaConfig
+    from fedrema_cli.methods.fedrema import FedReMaOptions
 
     assert fr.FedReMaParams() == fr.PAPER
     assert fr.PAPER.similarity == "softmax" and fr.PAPER.self_weight is None
-    tuned = fr.params_from(FedReMaConfig())
+    tuned = fr.params_from(FedReMaOptions())
     assert tuned.similarity == "centered" and tuned.probe_samples == 64
     assert tuned.smoothing == 0.5 and tuned.min_similarity == 0.0
     assert tuned.self_weight == 0.5 and tuned.min_ccp_rounds == 5 and tuned.global_weight == 0.0
@@ -334,9 +334,9 @@ def test_tuned_merge_is_order_invariant_and_convex(n, seed):
     sites = tuple(f"s{k}" for k in range(n))
     heads = {s: rng.normal(size=3) for s in sites}
     logits = rng.normal(size=(1, n, 8, 4))
-    from fedrema_cli.config import FedReMaConfig
+    from fedrema_cli.methods.fedrema import FedReMaOptions
 
-    params = replace_global(fr.params_from(FedReMaConfig()), rng.uniform(0, 1))
+    params = replace_global(fr.params_from(FedReMaOptions()), rng.uniform(0, 1))
     state = fr.FedReMaState(sites=sites)
     m1, s1, _ = fr.merge(heads, logits, state, params)
     shuffled = dict(sorted(heads.items(), key=lambda kv: rng.random()))

@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 
 from fedrema_cli import ui
-from fedrema_cli.defaults import DEFAULT_EPSILON
+from fedrema_cli.defaults import DEFAULT_EPSILON, DEFAULT_METHOD
+from fedrema_cli.methods import method_help
 
 
 def register(app: typer.Typer) -> None:
@@ -111,12 +112,17 @@ def init(
     ] = None,
     method: Annotated[
         str,
+        typer.Option(help=method_help(), rich_help_panel="Creating a federation"),
+    ] = DEFAULT_METHOD,
+    option: Annotated[
+        list[str] | None,
         typer.Option(
-            help="fedrema (default), fedrema-paper, fedavg, fedavg-ft, fedper, local, local-lr "
-            "or majority (see docs/architecture.md).",
+            "--option",
+            help="A method option, KEY=VALUE (repeat it), e.g. --option lam=0.1; signed into "
+            "the federation config.",
             rich_help_panel="Creating a federation",
         ),
-    ] = "fedrema",
+    ] = None,
     rounds: Annotated[int, typer.Option(min=1, rich_help_panel="Creating a federation")] = 20,
     epochs: Annotated[
         int,
@@ -229,6 +235,7 @@ def init(
         feature_ranges=feature_ranges,
         federation_id=federation_id,
         method=method,
+        method_options=option,
         rounds=rounds,
         epochs=epochs,
         batch_size=batch_size,

@@ -8,6 +8,8 @@ from typing import Annotated
 import typer
 
 from fedrema_cli import ui
+from fedrema_cli.defaults import DEFAULT_METHOD
+from fedrema_cli.methods import method_help, parse_method_options
 
 
 def register(app: typer.Typer) -> None:
@@ -22,11 +24,14 @@ def simulate(
     ],
     method: Annotated[
         str,
+        typer.Option(help=method_help() + "; several separated by commas give one table."),
+    ] = DEFAULT_METHOD,
+    option: Annotated[
+        list[str] | None,
         typer.Option(
-            help="fedrema, fedrema-paper, fedavg, fedavg-ft, fedper, local, local-lr, majority; "
-            "several separated by commas give one table."
+            "--option", help="A method option, KEY=VALUE (repeat it), e.g. --option lam=0.1."
         ),
-    ] = "fedrema",
+    ] = None,
     rounds: Annotated[int, typer.Option(min=1)] = 20,
     seed: Annotated[int, typer.Option()] = 1,
     epochs: Annotated[int, typer.Option(min=1, help="Local epochs per round.")] = 1,
@@ -120,6 +125,7 @@ def simulate(
             epsilon=epsilon,
             delta=delta,
             training=training,
+            method_options=parse_method_options(m, option) if option else {},
             drops=drops,
             validation=validation,
             workdir=(workdir / m) if workdir and len(methods) > 1 else workdir,

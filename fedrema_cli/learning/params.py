@@ -95,6 +95,11 @@ def unflatten(vector: np.ndarray, layout: Layout) -> Params:
     return out
 
 
+def part_of(params: Mapping[str, np.ndarray], part: str) -> Params:
+    """The arrays of one part of a split model (``"all"``: every array)."""
+    return {k: v for k, v in params.items() if part == "all" or k.startswith(part + ".")}
+
+
 def params_hash(params: Mapping[str, np.ndarray]) -> str:
     """sha256 (hex) over sorted names, dtypes, shapes and little-endian bytes, for ledgers.
 

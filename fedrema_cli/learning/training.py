@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -259,6 +259,7 @@ def train_local(
     private: PrivateRun | None = None,
     replayable_noise_seed: int | None = None,
     class_weights: Sequence[float] | np.ndarray | None = None,
+    proximal: Proximal | None = None,
 ) -> tuple[nn.Module, TrainResult, RoundRecord | None]:
     """Train ``model`` on (x, y) for ``config.local_epochs`` epochs; returns a plain nn.Module.
 
@@ -272,8 +273,11 @@ def train_local(
     ``class_weights``: one loss weight per class (`ClassWeightedCrossEntropy`); they must not
     depend on this site's exact records when ``private`` is given (see the module docstring).
     Weighting changes what is learned, never the accounting: same steps, q, noise and epsilon.
+
+    ``proximal``: after every step, pull the weights towards a centre (MR-MTL; `Proximal`).
     """
     dataset = _tensors(x, y)
+    pull = _pull(model, proximal, config.lr)
     optimizer = torch.optim.SGD(
         [p for p in model.parameters() if p.requires_grad],
         lr=config.lr,
@@ -290,7 +294,7 @@ def train_local(
             shuffle=True,
             generator=torch.Generator().manual_seed(seed),
         )
-        steps, loss = _loop(model, optimizer, loader, loss_fn, config.local_epochs)
+        steps, loss = _loop(model, optimizer, loader, loss_fn, config.local_epochs, pull)
         return model, TrainResult(steps=steps, examples=len(dataset), mean_loss=loss), None
 
     from privacy.engine import private_training
@@ -306,7 +310,7 @@ def train_local(
         noise_generator=_generator(replayable_noise_seed, 1),
     ) as dp:
         steps, loss = _loop(
-            dp.model, dp.optimizer, dp.data_loader, dp.criterion, private.plan.local_epochs
+            dp.model, dp.optimizer, dp.data_loader, dp.criterion, private.plan.local_epochs, pull
         )
     result = TrainResult(steps=steps, examples=len(dataset), mean_loss=loss)
     return dp.standard_module(), result, dp.record
@@ -365,6 +369,36 @@ def fit_majority(model: nn.Module, y: np.ndarray, *, num_classes: int) -> TrainR
 
 
 @dataclass(frozen=True)
+class Proximal:
+    """A pull ``lam/2 * ||w - centre||^2`` on the weights (MR-MTL's mean regularizer).
+
+    It is applied as its own step after each optimizer step, from the weights before that
+    step: for SGD without momentum that is exactly adding ``lam * (w - centre)`` to the
+    gradient. Under DP it comes after the clipped, noised step and uses no record, only the
+    site's own weights and the federation's published model: a post-processing, so the
+    accountant is right to ignore it.
+    """
+
+    lam: float
+    centre: Mapping[str, np.ndarray]
+
+
+def _pull(
+    model: nn.Module, proximal: Proximal | None, lr: float
+) -> tuple[float, list[tuple[torch.Tensor, torch.Tensor]]] | None:
+    if proximal is None or proximal.lam == 0:
+        return None
+    from fedrema_cli.learning.models import _unwrap
+
+    pairs = [
+        (p, torch.from_numpy(np.asarray(proximal.centre[name], dtype=np.float32)))
+        for name, p in _unwrap(model).named_parameters()
+        if p.requires_grad and name in proximal.centre
+    ]
+    return lr * proximal.lam, pairs
+
+
+@dataclass(frozen=True)
 class PrivateRun:
     """The round plan the budget gate approved, and the accountant to record into."""
 
@@ -385,6 +419,7 @@ def _loop(
     loader: DataLoader,
     loss_fn: nn.Module,
     epochs: int,
+    pull: tuple[float, list[tuple[torch.Tensor, torch.Tensor]]] | None = None,
 ) -> tuple[int, float]:
     """Plain SGD epochs. Empty Poisson batches go through forward/backward too: Opacus turns
     them into a noise-only step, which the accountant counts."""
@@ -395,7 +430,12 @@ def _loop(
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(model(xb), yb)
             loss.backward()
+            before = [p.detach().clone() for p, _ in pull[1]] if pull else []
             optimizer.step()
+            if pull:
+                with torch.no_grad():
+                    for (p, centre), w in zip(pull[1], before, strict=True):
+                        p.sub_(pull[0] * (w - centre))
             steps += 1
             if len(yb):
                 total += float(loss.detach())

@@ -364,6 +364,27 @@ def merge(
     return merged, new_state, report
 
 
+def with_sites(state: FedReMaState | None, sites: tuple[str, ...]) -> FedReMaState:
+    """``state`` over the roster ``sites``: a site that joined is added with no history (it
+    selects and is selected from its first round), one that left is dropped; the rest keep
+    their counts and similarities. None: a fresh state."""
+    if state is None:
+        return FedReMaState(sites=tuple(sites))
+    if tuple(state.sites) == tuple(sites):
+        return state
+    old = {s: i for i, s in enumerate(state.sites)}
+    keep = [(i, old[s]) for i, s in enumerate(sites) if s in old]
+    n = len(sites)
+    frequency = np.zeros((n, n), dtype=np.int64)
+    similarity = None if state.similarity is None else np.full((n, n), np.nan)
+    for a, oa in keep:
+        for b, ob in keep:
+            frequency[a, b] = state.frequency[oa, ob]
+            if similarity is not None:
+                similarity[a, b] = state.similarity[oa, ob]
+    return replace(state, sites=tuple(sites), frequency=frequency, similarity=similarity)
+
+
 def participants(heads: Mapping[str, np.ndarray], state: FedReMaState) -> list[str]:
     """The sites that sent a head, in roster order (the order logits must follow)."""
     unknown = set(heads) - set(state.sites)

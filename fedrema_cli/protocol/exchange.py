@@ -18,8 +18,7 @@ from safetensors.numpy import save as st_save
 from crypto.seal import SealContext, open_sealed, seal
 from fedrema_cli.errors import IntegrityError
 from fedrema_cli.identity import Identity, b64, unb64
-from fedrema_cli.learning.params import Params, flatten, load_params, unflatten
-from fedrema_cli.protocol.rounds import part_of
+from fedrema_cli.learning.params import Params, flatten, load_params, part_of
 from fedrema_cli.store.federation import Federation
 from fedrema_cli.store.workspace import COORDINATOR, Artifact, Workspace, site_author
 
@@ -75,23 +74,6 @@ def shared_vector(params: Mapping[str, np.ndarray], part: str) -> np.ndarray:
     """The shared part of a model as one float64 vector (sorted names: identical everywhere)."""
     vec, _ = flatten(part_of(params, part))
     return vec
-
-
-def apply_mean_update(params: Params, part: str, summed: np.ndarray, total_weight: float) -> Params:
-    """New shared part = old + (sum_k n_k * delta_k) / (sum_k n_k): sample-weighted FedAvg."""
-    if total_weight <= 0:
-        raise IntegrityError("the aggregate carries no sample weight")
-    shared = part_of(params, part)
-    vec, layout = flatten(shared)
-    if summed.shape != vec.shape:
-        raise IntegrityError(f"aggregate has {summed.shape[0]} values, the model {vec.shape[0]}")
-    new = unflatten((vec + summed / total_weight).astype(np.float64), layout)
-    return {**params, **{k: v.astype(np.float32) for k, v in new.items()}}
-
-
-def unflatten_like(vector: np.ndarray, template: Mapping[str, np.ndarray]) -> Params:
-    _, layout = flatten(template)
-    return {k: v.astype(np.float32) for k, v in unflatten(vector, layout).items()}
 
 
 # -- plaintext updates (secure aggregation off) ------------------------------------------------

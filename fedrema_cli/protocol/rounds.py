@@ -108,10 +108,6 @@ def model_attachment(params: Mapping[str, np.ndarray]) -> dict[str, bytes]:
     return {PARAMS: save_params(params)}
 
 
-def part_of(params: Mapping[str, np.ndarray], part: str) -> Params:
-    return {k: v for k, v in params.items() if part == "all" or k.startswith(part + ".")}
-
-
 @dataclass(frozen=True)
 class Withdrawal:
     """A site's signed notice that it takes part in no round from ``from_round`` on."""

@@ -43,7 +43,7 @@ from fedrema_cli.config import FederationConfig, default_threshold
 from fedrema_cli.errors import ConfigError, IntegrityError, ProtocolAbortedError
 from fedrema_cli.identity import b64, unb64
 from fedrema_cli.learning.modelspec import part_size
-from fedrema_cli.merging import METHODS
+from fedrema_cli.methods import METHODS
 from fedrema_cli.protocol.rounds import phase_of
 from fedrema_cli.store.envelope import sha256
 from fedrema_cli.store.federation import Federation, Roster
@@ -61,7 +61,7 @@ def _secrets(r: int) -> str:
 
 
 def _dim(config: FederationConfig) -> int:
-    part = METHODS[config.method].shared_part
+    part = METHODS[config.method].shared
     assert part is not None
     return part_size(config.model, part) + 1  # + the sample weight
 

@@ -30,9 +30,8 @@ from fedrema_cli.errors import (
     UsageError,
 )
 from fedrema_cli.identity import PublicIdentity, b64, fingerprint, unb64
-from fedrema_cli.learning.params import head_logits, save_params
-from fedrema_cli.merging import METHODS
-from fedrema_cli.merging import fedrema as fr
+from fedrema_cli.learning.params import save_params
+from fedrema_cli.methods import METHODS, RoundInputs
 from fedrema_cli.protocol import exchange
 from fedrema_cli.protocol import secagg as secure
 from fedrema_cli.protocol.rounds import (
@@ -61,7 +60,8 @@ from fedrema_cli.store.storage import lasting_location
 from fedrema_cli.store.workspace import COORDINATOR, SITE_NAME, Workspace
 
 META = "coordinator.json"
-FEDREMA_STATE = "fedrema-state.json"
+METHOD_STATE = "method-state.json"
+LEGACY_FEDREMA_STATE = "fedrema-state.json"
 MERGE_LOG = "merge-log.json"
 
 
@@ -394,7 +394,7 @@ class Coordinator:
         if kind == "submission":
             if self.config.secure:
                 secure.read_message(self.fed, kind, r, site)
-            elif METHODS[self.config.method].shared_part is not None:
+            elif METHODS[self.config.method].shared is not None:
                 exchange.read_plain_update(self.fed, r, site)
             if self.fed.get(kind, r, site=site).body.get("sealed_head"):
                 exchange.open_head_for_coordinator(self.fed, r, site)
@@ -507,8 +507,10 @@ class Coordinator:
         # A later round already finished: this is a republication (round r's result in the
         # workspace was removed or damaged), and the merge state has moved on since.
         latest = not self.fed.exists("result", r + 1)
-        if plan["fedrema_state"] is not None and latest:
-            self.state.write_json(FEDREMA_STATE, plan["fedrema_state"])
+        state = plan.get("method_state", plan.get("fedrema_state"))
+        if state is not None and latest:
+            self.state.write_json(METHOD_STATE, state)
+        if plan.get("merge_log") is not None and latest:
             log = [e for e in self.merge_log() if e["round"] != r] + [plan["merge_log"]]
             self.state.write_json(MERGE_LOG, log)
         progress.events.extend(plan["events"])
@@ -524,29 +526,51 @@ class Coordinator:
             self._open_round(r + 1, progress)
 
     def _finalize_plan(self, r: int, survivors: list[str], revealed: list[str]) -> dict[str, Any]:
+        """Read round r's inputs, let the method aggregate them (pure), seal what goes back."""
         if self.state.exists(_outcome(r)):
             return dict(self.state.read_json(_outcome(r)))
-        method = METHODS[self.config.method]
-        params = read_model(self.fed, r)
-        total_weight = 0.0
-        if method.shared_part is not None:
+        method = self.config.method_impl()
+        model = read_model(self.fed, r)
+        summed, total_weight = None, 0.0
+        if method.shared is not None:
             if self.config.secure:
                 summed, total_weight = secure.unmask_sum(self.fed, r, revealed)
             else:
                 summed, total_weight = exchange.plain_sum(self.fed, r, survivors)
-            params = exchange.apply_mean_update(params, method.shared_part, summed, total_weight)
-        merged = self._merge_heads(r, survivors) if method.sends_head else None
+        personal = {
+            s: exchange.open_head_for_coordinator(self.fed, r, s)
+            for s in survivors
+            if self.fed.get("submission", r, site=s).body.get("sealed_head")
+        }
+        inputs = RoundInputs(
+            round=r,
+            model=model,
+            summed=summed,
+            total_weight=total_weight,
+            personal=personal,
+            sites=self.fed.require_roster().names,
+            survivors=tuple(survivors),
+            spec=self.config.model,
+            rng=np.random.default_rng([self.config.seed, r]),
+        )
+        state = self.method_state()
+        try:
+            outcome = method.aggregate(inputs, state)
+        except ValueError as exc:  # inputs that passed every check but cannot be merged
+            raise IntegrityError(f"round {r}: {method.name} cannot aggregate: {exc}") from None
         expected = self._expected(r)
         events = [
             f"round {r}: finished with {len(survivors)} sites"
-            + (f" (total weight {total_weight:.0f})" if total_weight else "")
+            + (f" (total weight {total_weight:.0f})" if total_weight else ""),
+            *(f"round {r}: {e}" for e in outcome.events),
         ]
-        if merged and merged["ccp_ended"]:
-            events.append(f"round {r}: FedReMa's critical co-learning period ended")
         plan = {
             "model_body": {"round": r + 1, "created": timestamp()},
-            "model_params": b64(model_attachment(params)[PARAMS]),
-            "heads": merged["heads"] if merged else {},
+            "model_params": b64(model_attachment(outcome.model)[PARAMS]),
+            "heads": {
+                site: exchange.sealed_head_body(self.fed, r + 1, site, save_params(part))
+                for site, part in outcome.personal.items()
+            },
             "result": {
                 "round": r,
                 "method": method.name,
@@ -555,69 +579,25 @@ class Coordinator:
                 "dropped": sorted(set(expected) - set(survivors)),
                 "secure_aggregation": self.config.secure,
                 "finished_at": timestamp(),
-                **(merged["info"] if merged else {}),
+                **outcome.info,
             },
-            "fedrema_state": merged["state"] if merged else None,
-            "merge_log": merged["log"] if merged else None,
+            "method_state": outcome.state,
+            "merge_log": outcome.log,
             "events": events,
         }
         self.state.write_json(_outcome(r), plan)
         return plan
 
+    def method_state(self) -> dict[str, Any] | None:
+        """What the method kept from the last round (``fedrema-state.json``: before methods
+        had a state of their own, only FedReMa kept one, under that name)."""
+        for name in (METHOD_STATE, LEGACY_FEDREMA_STATE):
+            if self.state.exists(name):
+                return dict(self.state.read_json(name))
+        return None
+
     def _expected(self, r: int) -> list[str]:
         return list(self.fed.get("masking-roster", r).body["participants"])
-
-    def _merge_heads(self, r: int, survivors: list[str]) -> dict[str, Any] | None:
-        """FedReMa: open the survivors' sealed heads, merge, seal each merged head to its site.
-
-        Pure apart from reading: returns the sealed heads, the next merge state and the log
-        entry for `_finalize` to persist and publish.
-        """
-        config = self.config
-        heads = {
-            s: exchange.open_head_for_coordinator(self.fed, r, s)
-            for s in survivors
-            if self.fed.get("submission", r, site=s).body.get("sealed_head")
-        }
-        if not heads:
-            return None
-        layout_names = sorted(next(iter(heads.values())))
-        vectors = {
-            s: np.concatenate([h[k].astype(np.float64).ravel() for k in layout_names])
-            for s, h in heads.items()
-        }
-        state = (
-            fr.FedReMaState.from_json(self.state.read_json(FEDREMA_STATE))
-            if self.state.exists(FEDREMA_STATE)
-            else fr.FedReMaState(sites=self.fed.require_roster().names)
-        )
-        params = fr.PAPER if METHODS[config.method].paper_rules else fr.params_from(config.fedrema)
-        present = fr.participants(vectors, state)
-        logits = None
-        if state.in_ccp:
-            rng = np.random.default_rng([config.seed, r])
-            logits = _probe_logits(heads, present, config, params, rng)
-        merged, new_state, report = fr.merge(vectors, logits, state, params)
-        template = next(iter(heads.values()))
-        sealed = {
-            site: exchange.sealed_head_body(
-                self.fed, r + 1, site, save_params(exchange.unflatten_like(vec, template))
-            )
-            for site, vec in merged.items()
-        }
-        return {
-            "heads": sealed,
-            "state": new_state.to_json(),
-            "log": {
-                "round": r,
-                "in_ccp": report.in_ccp,
-                "mean_gap": report.mean_gap,
-                "ccp_ended": report.ccp_ended,
-                "selected": {k: list(v) for k, v in report.selected.items()},
-            },
-            "info": {"fedrema": {"in_ccp": report.in_ccp, "heads_merged": len(merged)}},
-            "ccp_ended": report.ccp_ended,
-        }
 
     # -- status -----------------------------------------------------------------------------
 
@@ -641,22 +621,3 @@ class Coordinator:
     def merge_log(self) -> list[dict[str, Any]]:
         return self.state.read_json(MERGE_LOG) if self.state.exists(MERGE_LOG) else []
 
-
-def _probe_logits(
-    heads: dict[str, dict[str, np.ndarray]],
-    present: list[str],
-    config: FederationConfig,
-    params: fr.FedReMaParams,
-    rng: np.random.Generator,
-) -> np.ndarray:
-    """logits[i, j] = head_j on row i's probe: one probe per row (the paper), or one shared."""
-    rows = []
-    for _ in present[: 1 if params.shared_probe else len(present)]:
-        probe = fr.uniform_probe(
-            rng,
-            feature_dim=config.model.feature_dim,
-            samples=params.probe_samples,
-            scale=params.probe_scale,
-        )
-        rows.append(np.stack([head_logits(heads[j], config.model, probe) for j in present]))
-    return np.stack(rows)

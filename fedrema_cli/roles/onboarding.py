@@ -13,6 +13,7 @@ from fedrema_cli.data.tables import FeatureRanges, ImageSchema, TabularSchema
 from fedrema_cli.errors import UsageError
 from fedrema_cli.identity import fingerprint
 from fedrema_cli.learning.modelspec import ModelSpec
+from fedrema_cli.methods import parse_method_options
 from fedrema_cli.roles.coordinator import Coordinator
 from fedrema_cli.roles.site import Site
 
@@ -29,6 +30,7 @@ def create(
     federation_id: str | None,
     feature_ranges: str | None = None,
     method: str,
+    method_options: list[str] | None = None,
     rounds: int,
     epochs: int,
     batch_size: int,
@@ -49,6 +51,7 @@ def create(
             model=model,
             data=schema,
             method=method,
+            method_options=parse_method_options(method, method_options),
             rounds=rounds,
             seed=seed,
             training=TrainingConfig(local_epochs=epochs, batch_size=batch_size, lr=lr),

@@ -27,15 +27,14 @@ from fedrema_cli.data.tables import (
 )
 from fedrema_cli.errors import BUDGET_SPENT, ConfigError, IntegrityError, UsageError
 from fedrema_cli.identity import unb64
-from fedrema_cli.learning.params import Params, load_params, params_hash, save_params
-from fedrema_cli.merging import METHODS
+from fedrema_cli.learning.params import Params, load_params, params_hash, part_of, save_params
+from fedrema_cli.methods import METHODS
 from fedrema_cli.protocol import exchange
 from fedrema_cli.protocol import secagg as secure
 from fedrema_cli.protocol.rounds import (
     Withdrawal,
     current_round,
     derive_seed,
-    part_of,
     phase_of,
     read_model,
     read_withdrawal,
@@ -289,13 +288,17 @@ class Site:
         from fedrema_cli.learning.models import build_model, get_part, set_part
         from fedrema_cli.learning.training import (
             PrivateRun,
+            Proximal,
             finetune_head,
             fit_majority,
             train_local,
         )
 
         data = self.data()
-        trains = METHODS[self.config.method].trains
+        method = self.config.method_impl()
+        trains = method.trains
+        lam = None if head_only else method.proximal()
+        extra = {} if lam is None else {"proximal": Proximal(lam, read_model(self.fed, r))}
         private = (
             self._privacy_gate(ledger, r, len(data.y_train))
             if self.config.privacy and trains
@@ -316,6 +319,7 @@ class Site:
                 replayable_noise_seed=(
                     derive_seed(seed, "dp-noise") if self.simulated_noise else None
                 ),
+                **extra,
             )
         else:  # majority class: no gradient step, nothing leaves the site, nothing to account
             result = fit_majority(model, data.y_train, num_classes=self.config.model.num_classes)
@@ -618,20 +622,11 @@ class Site:
         return None
 
     def _start_params(self, r: int) -> Params:
-        """Global model for round r, with the head (or whole model) the method says to keep."""
-        method = METHODS[self.config.method]
-        global_params = read_model(self.fed, r)
-        own = self._latest_own(r)
-        if method.shared_part is None:
-            return own or global_params
-        if method.head_source == "global":
-            return global_params
-        head = None
-        if method.head_source == "merged":
-            head = exchange.open_head_for_site(self.fed, r)
-        if head is None and own is not None:
-            head = part_of(own, "head")
-        return {**global_params, **(head or {})}
+        """What round r trains from: the method's choice among the global model, this site's
+        own latest model and the part the coordinator sealed back to it."""
+        method = self.config.method_impl()
+        received = exchange.open_head_for_site(self.fed, r) if method.personal else None
+        return method.start(read_model(self.fed, r), own=self._latest_own(r), received=received)
 
     # -- submitting -------------------------------------------------------------------------
 
@@ -659,21 +654,20 @@ class Site:
             return None
         record = self.state.read_json(_record(r))
         trained = load_params(self.state.read_bytes(_trained(r)))
-        method = METHODS[self.config.method]
+        part = METHODS[self.config.method].shared
         weight = float(record["examples"])
-        if method.shared_part is None:
+        if part is None:
             return np.zeros(0), weight, trained
         start = read_model(self.fed, r)
-        delta = exchange.shared_vector(trained, method.shared_part) - exchange.shared_vector(
-            start, method.shared_part
-        )
+        delta = exchange.shared_vector(trained, part) - exchange.shared_vector(start, part)
         return delta, weight, trained
 
     def submission_body(self, r: int, trained: Params) -> dict[str, Any]:
         body: dict[str, Any] = {"round": r, "method": self.config.method}
-        if METHODS[self.config.method].sends_head:
+        personal = METHODS[self.config.method].personal
+        if personal is not None:
             body["sealed_head"] = exchange.seal_head_for_coordinator(
-                self.fed, r, save_params(part_of(trained, "head"))
+                self.fed, r, save_params(part_of(trained, personal))
             )
         return body
 
@@ -691,7 +685,7 @@ class Site:
         delta, weight, trained = update
         attachments = (
             exchange.plain_update(weight * delta, weight)
-            if METHODS[self.config.method].shared_part
+            if METHODS[self.config.method].shared
             else {}
         )
         self.fed.put("submission", r, self.submission_body(r, trained), attachments=attachments)

@@ -85,7 +85,7 @@ def _round_results(fed: Federation) -> tuple[list[RoundResult], list[int], list[
     bad: list[int] = []
     problems: list[str] = []
     for r in _round_numbers(fed):
-        if not fed.exists("result", r):
+        if not fed.present("result", r):
             continue
         path = f"rounds/{r:04d}/result.json"
         try:
@@ -152,7 +152,7 @@ def _named(path: str, message: str) -> str:
 
 def _trains(fed: Federation) -> bool:
     """Whether the method runs gradient steps: only then does a round spend budget."""
-    from fedrema_cli.merging import METHODS
+    from fedrema_cli.methods import METHODS
 
     return METHODS[fed.config.method].trains
 

@@ -1,0 +1,53 @@
+"""`fedrema methods`: the personalization methods, what each shares and its options."""
+
+from __future__ import annotations
+
+import typer
+
+from fedrema_cli import ui
+
+
+def register(app: typer.Typer) -> None:
+    app.command(name="methods")(methods)
+
+
+def methods(json_out: ui.JsonOpt = False) -> None:
+    """List the methods a federation can run: what each sends and the options it takes.
+
+    fedrema methods
+    """
+    from fedrema_cli.methods import METHODS
+
+    rows = [
+        {
+            "method": name,
+            "summary": m.summary,
+            "secure_aggregation": m.shared,
+            "sealed_to_coordinator": m.personal,
+            "options": {k: f.default for k, f in m.Options.model_fields.items()},
+        }
+        for name, m in METHODS.items()
+    ]
+    if json_out:
+        return ui.emit_json({"methods": rows})
+    ui.console.print(
+        ui.table(
+            "Methods (fedrema init --method NAME [--option KEY=VALUE ...])",
+            ["method", "summed (SecAgg)", "sealed to coordinator"],
+            [
+                (
+                    r["method"],
+                    r["secure_aggregation"] or "nothing",
+                    r["sealed_to_coordinator"] or "nothing",
+                )
+                for r in rows
+            ],
+        )
+    )
+    for r in rows:
+        options = ", ".join(f"{k}={v}" for k, v in r["options"].items())
+        ui.say(
+            f"  [bold]{r['method']}[/]: {r['summary']}"
+            + (f"; options {options}" if options else "")
+        )
+    return None

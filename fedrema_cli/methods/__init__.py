@@ -1,0 +1,67 @@
+"""The personalization methods: one registry that feeds ``--method``, its help, the docs
+table and the benchmarks. Adding a method is one file in this folder (a `Method` subclass)
+and one line below.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fedrema_cli.methods.base import Method, Outcome, RoundInputs
+from fedrema_cli.methods.fedavg import FedAvg, FedAvgFineTune
+from fedrema_cli.methods.fedper import FedPer
+from fedrema_cli.methods.fedrema import FedReMa, FedReMaPaper
+from fedrema_cli.methods.local import Local, LocalLogistic, Majority
+from fedrema_cli.methods.mrmtl import MRMTL
+from fedrema_cli.methods.pfednet import PFedNet, PFedNetPaper
+
+METHODS: dict[str, type[Method]] = {
+    m.name: m
+    for m in (
+        FedReMa,
+        FedReMaPaper,
+        PFedNet,
+        PFedNetPaper,
+        MRMTL,
+        FedAvg,
+        FedAvgFineTune,
+        FedPer,
+        Local,
+        LocalLogistic,
+        Majority,
+    )
+}
+
+__all__ = ["METHODS", "Method", "Outcome", "RoundInputs", "method_help", "parse_method_options"]
+
+
+def method_help() -> str:
+    """The methods for ``--method``'s help, from the registry."""
+    return ", ".join(METHODS) + " (see `fedrema methods`; docs/architecture.md)"
+
+
+def parse_method_options(method: str, pairs: list[str] | None) -> dict[str, Any]:
+    """``--option KEY=VALUE`` pairs as the method's options (values read as JSON when they
+    parse, else as text); each problem named in one UsageError."""
+    import json
+
+    from fedrema_cli.errors import UsageError
+
+    if method not in METHODS:
+        raise UsageError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"bad --option {pair!r}; use KEY=VALUE, e.g. --option lam=0.1")
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = text
+        out[key.strip()] = value
+    fields = METHODS[method].Options.model_fields
+    unknown = sorted(set(out) - set(fields))
+    if unknown:
+        known = ", ".join(fields) or "none"
+        raise UsageError(f"{method} has no option {', '.join(unknown)} (its options: {known})")
+    return out
