@@ -146,7 +146,7 @@ def _run(
         s.simulated_noise = True
 
     def acts(name: str, r: int) -> bool:
-        phase = phase_of(coord.fed, r).name
+        phase = phase_of(coord.fed, r)
         return not any(d.blocks(name, r, phase) for d in spec.drops)
 
     curve: list[dict[str, float | None]] = []
@@ -159,7 +159,7 @@ def _run(
                 if not acts(name, r):
                     continue
                 if (
-                    phase_of(coord.fed, r).name in ("keys", "collect", "waiting")
+                    phase_of(coord.fed, r) in ("keys", "collect", "waiting")
                     and not site.trained(r)
                     and coord.fed.exists("model", r)
                 ):

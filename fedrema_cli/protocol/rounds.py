@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
 
 import numpy as np
 
 from fedrema_cli.config import FederationConfig
 from fedrema_cli.errors import IntegrityError
 from fedrema_cli.learning.params import Params, load_params, save_params
+from fedrema_cli.protocol import messages
 from fedrema_cli.store.federation import Federation
 
 PARAMS = "params.safetensors"
@@ -38,34 +40,142 @@ def derive_seed(*parts: object) -> int:
     return int.from_bytes(digest[:8], "big") >> 1
 
 
-@dataclass(frozen=True)
-class Phase:
-    """Where round r is, read from which coordinator files exist."""
+class Phase(StrEnum):
+    """Where a round is, read from which (verified) coordinator files exist."""
 
-    round: int
-    name: str  # "waiting" | "keys" | "collect" | "unmask" | "done"
+    WAITING = "waiting"  # nothing fixed yet: sites advertise keys
+    KEYS = "keys"  # U1 fixed: sites share keys
+    COLLECT = "collect"  # U2 fixed (or plaintext round open): sites submit updates
+    UNMASK = "unmask"  # U3 fixed: survivors reveal unmasking shares
+    DONE = "done"  # the result is out
 
     @property
     def label(self) -> str:
-        return {
-            "waiting": "not started",
-            "keys": "sharing keys",
-            "collect": "collecting updates",
-            "unmask": "collecting unmasking shares",
-            "done": "finished",
-        }[self.name]
+        return _LABELS[self]
+
+    @property
+    def evidence(self) -> str | None:
+        """The artifact kind by which a site has acted in this phase."""
+        return _EVIDENCE.get(self)
+
+    @property
+    def action(self) -> str:
+        """What a site does in this phase, in words."""
+        return _ACTIONS.get(self, "")
+
+
+_LABELS = {
+    Phase.WAITING: "not started",
+    Phase.KEYS: "sharing keys",
+    Phase.COLLECT: "collecting updates",
+    Phase.UNMASK: "collecting unmasking shares",
+    Phase.DONE: "finished",
+}
+_EVIDENCE = {
+    Phase.WAITING: "key-advert",
+    Phase.KEYS: "shares",
+    Phase.COLLECT: "submission",
+    Phase.UNMASK: "reveal",
+}
+_ACTIONS = {
+    Phase.WAITING: "advertise keys",
+    Phase.KEYS: "share keys",
+    Phase.COLLECT: "submit an update",
+    Phase.UNMASK: "reveal unmasking shares",
+}
 
 
 def phase_of(fed: Federation, r: int) -> Phase:
     if fed.exists("result", r):
-        return Phase(r, "done")
+        return Phase.DONE
     if fed.exists("unmask-request", r):
-        return Phase(r, "unmask")
+        return Phase.UNMASK
     if fed.exists("masking-roster", r):
-        return Phase(r, "collect")
+        return Phase.COLLECT
     if fed.exists("key-roster", r):
-        return Phase(r, "keys")
-    return Phase(r, "waiting")
+        return Phase.KEYS
+    return Phase.WAITING
+
+
+@dataclass(frozen=True)
+class Turn:
+    """Who is expected in a phase, who acted, who is gone.
+
+    The one rule the coordinator (when to close a phase), `status` (who is waited on) and a
+    site (whether its part is done) all apply, so the three cannot disagree.
+    """
+
+    round: int
+    phase: Phase
+    expected: tuple[str, ...]
+    acted: tuple[str, ...]
+    gone: frozenset[str]
+
+    @property
+    def missing(self) -> tuple[str, ...]:
+        return tuple(s for s in self.expected if s not in self.acted and s not in self.gone)
+
+
+def gone_in(phase: Phase, r: int, withdrawn: Mapping[str, int]) -> frozenset[str]:
+    """Sites no phase of round r waits for: withdrawn from round r or earlier. Not while
+    unmasking: a survivor's update is in the sum, so its shares are awaited even after it
+    withdrew."""
+    if phase is Phase.UNMASK:
+        return frozenset()
+    return frozenset(s for s, first in withdrawn.items() if first <= r)
+
+
+def expected_in(fed: Federation, r: int, phase: Phase) -> tuple[str, ...]:
+    """The sites a phase waits for: the roster, then U1, then U2, then U3's survivors."""
+    if phase is Phase.WAITING:
+        return tuple(fed.require_roster().names)
+    if phase is Phase.KEYS:
+        return key_roster_parties(fed, r)
+    if phase is Phase.COLLECT:
+        return participants(fed, r)
+    if phase is Phase.UNMASK:
+        return survivors(fed, r)
+    return ()
+
+
+def turn(
+    fed: Federation,
+    r: int,
+    *,
+    withdrawn: Mapping[str, int],
+    acted: Sequence[str] | None = None,
+    phase: Phase | None = None,
+) -> Turn:
+    """Round r's current turn. ``acted``: who acted, if the caller judged it (the coordinator
+    refuses some files); otherwise every expected site whose verified artifact is there."""
+    phase = phase_of(fed, r) if phase is None else phase
+    expected = expected_in(fed, r, phase)
+    if acted is None:
+        kind = phase.evidence
+        acted = [s for s in fed.sites_with(kind, r) if s in expected] if kind else []
+    return Turn(r, phase, expected, tuple(acted), gone_in(phase, r, withdrawn))
+
+
+def key_roster_parties(fed: Federation, r: int) -> tuple[str, ...]:
+    return messages.read(fed, "key-roster", r, messages.KeyRosterBody).parties
+
+
+def participants(fed: Federation, r: int) -> tuple[str, ...]:
+    return messages.read(fed, "masking-roster", r, messages.MaskingRosterBody).participants
+
+
+def survivors(fed: Federation, r: int) -> tuple[str, ...]:
+    return messages.read(fed, "unmask-request", r, messages.UnmaskRequestBody).survivors
+
+
+def opened_at(fed: Federation, kind: str, r: int) -> str:
+    """When the phase that ``kind`` (of round r) opened."""
+    cls = {
+        "key-roster": messages.KeyRosterBody,
+        "masking-roster": messages.MaskingRosterBody,
+        "unmask-request": messages.UnmaskRequestBody,
+    }[kind]
+    return str(messages.read(fed, kind, r, cls).opened_at)
 
 
 def current_round(fed: Federation) -> int:
@@ -106,6 +216,14 @@ def read_model(fed: Federation, r: int) -> Params:
 
 def model_attachment(params: Mapping[str, np.ndarray]) -> dict[str, bytes]:
     return {PARAMS: save_params(params)}
+
+
+@dataclass
+class Actions:
+    """What a `submit` did and what the site waits for next."""
+
+    done: list[str] = field(default_factory=list)
+    waiting: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

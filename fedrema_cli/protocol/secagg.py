@@ -9,8 +9,9 @@ bytes. Secrets of a round are deleted once its result is out (forward secrecy).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -44,13 +45,17 @@ from fedrema_cli.errors import ConfigError, IntegrityError, ProtocolAbortedError
 from fedrema_cli.identity import b64, unb64
 from fedrema_cli.learning.modelspec import part_size
 from fedrema_cli.methods import METHODS
-from fedrema_cli.protocol.rounds import phase_of
+from fedrema_cli.protocol import messages
+from fedrema_cli.protocol.rounds import (
+    Actions,
+    Phase,
+    key_roster_parties,
+    participants,
+    phase_of,
+)
 from fedrema_cli.store.envelope import sha256
 from fedrema_cli.store.federation import Federation, Roster
 from fedrema_cli.store.state import PartyState
-
-if TYPE_CHECKING:
-    from fedrema_cli.roles.site import Actions, Site
 
 MSG = "msg.bin"
 MASKED = "masked.bin"
@@ -118,8 +123,8 @@ def _names(fed: Federation, parties: tuple[int, ...]) -> list[str]:
 
 
 def _advert(fed: Federation, r: int, site: str) -> KeyAdvert:
-    body = fed.get("key-advert", r, site=site).body
-    advert = KeyAdvert.from_bytes(unb64(str(body["advert"]), what=f"{site}'s key advert"))
+    body = messages.read(fed, "key-advert", r, messages.KeyAdvertBody, site=site)
+    advert = KeyAdvert.from_bytes(unb64(body.advert, what=f"{site}'s key advert"))
     if advert.party != _index(fed, site) or advert.round != r:
         raise IntegrityError(f"round {r}: {site}'s key advert claims another party or round")
     return advert
@@ -181,17 +186,20 @@ def _without_refused(
 
 
 def key_roster(fed: Federation, r: int) -> KeyRoster:
-    return KeyRoster.from_bytes(unb64(str(fed.get("key-roster", r).body["roster"]), what="U1"))
+    body = messages.read(fed, "key-roster", r, messages.KeyRosterBody)
+    return KeyRoster.from_bytes(unb64(body.roster, what="U1"))
 
 
 def masking_roster(fed: Federation, r: int) -> MaskingRoster:
-    body = fed.get("masking-roster", r).body
-    return MaskingRoster.from_bytes(unb64(str(body["roster"]), what="U2"))
+    body = messages.read(fed, "masking-roster", r, messages.MaskingRosterBody)
+    if body.roster is None:
+        raise IntegrityError(f"round {r}'s masking roster carries no secure-aggregation roster")
+    return MaskingRoster.from_bytes(unb64(body.roster, what="U2"))
 
 
 def unmask_request(fed: Federation, r: int) -> UnmaskRequest:
-    body = fed.get("unmask-request", r).body
-    return UnmaskRequest.from_bytes(unb64(str(body["request"]), what="U3"))
+    body = messages.read(fed, "unmask-request", r, messages.UnmaskRequestBody)
+    return UnmaskRequest.from_bytes(unb64(body.request, what="U3"))
 
 
 def verified_key_roster(fed: Federation, r: int) -> KeyRoster:
@@ -212,10 +220,6 @@ def verified_key_roster(fed: Federation, r: int) -> KeyRoster:
                 "no key shares are sent"
             )
     return roster
-
-
-def key_roster_parties(fed: Federation, r: int) -> list[str]:
-    return list(fed.get("key-roster", r).body["parties"])
 
 
 def _read_all(fed: Federation, kind: str, r: int, sites: list[str]) -> list[Any]:
@@ -371,10 +375,34 @@ def advertise(fed: Federation, state: PartyState, r: int) -> None:
     secrets.flush(fed)
 
 
-def site_steps(site: Site, r: int, actions: Actions) -> None:
+@dataclass(frozen=True)
+class SiteUpdate:
+    """A trained round, ready to send: the shared part's delta, its weight, the body."""
+
+    delta: np.ndarray
+    weight: float
+    body: dict[str, Any]  # the submission's body (with the sealed personal part, if any)
+
+
+@dataclass(frozen=True)
+class SiteRound:
+    """What a site's SecAgg driver needs, as values: its view, its private folder, the last
+    round it takes part in, and the updates it has trained (by round)."""
+
+    fed: Federation
+    state: PartyState
+    last: int
+    updates: Mapping[int, SiteUpdate]
+
+    @property
+    def name(self) -> str:
+        return self.fed.me
+
+
+def site_steps(site: SiteRound, r: int, actions: Actions) -> None:
     """Every SecAgg step this site can take now, for round r and the next round."""
     fed, state = site.fed, site.state
-    last = site.last_round()
+    last = site.last
     for rr in (r, r + 1):
         if rr > last:
             break
@@ -404,7 +432,7 @@ def forget_secrets(state: PartyState, *, before: int, start: int = 1) -> None:
         state.delete(_secrets(rr))
 
 
-def _share_keys(site: Site, r: int, secrets: _Secrets, actions: Actions) -> None:
+def _share_keys(site: SiteRound, r: int, secrets: _Secrets, actions: Actions) -> None:
     fed = site.fed
     if not isinstance(secrets.client, AwaitingKeyRoster):
         return
@@ -418,7 +446,7 @@ def _share_keys(site: Site, r: int, secrets: _Secrets, actions: Actions) -> None
     actions.done.append(f"round {r}: key shares sent to peers (encrypted)")
 
 
-def _submit_masked(site: Site, r: int, secrets: _Secrets, actions: Actions) -> None:
+def _submit_masked(site: SiteRound, r: int, secrets: _Secrets, actions: Actions) -> None:
     fed = site.fed
     if not isinstance(secrets.client, AwaitingMaskingRoster):
         return
@@ -432,11 +460,11 @@ def _submit_masked(site: Site, r: int, secrets: _Secrets, actions: Actions) -> N
     if fed.exists("unmask-request", r):
         actions.waiting.append(f"round {r}: closed without this site; it rejoins a later round")
         return
-    update = site.trained_update(r)
+    update = site.updates.get(r)
     if update is None:
         actions.waiting.append(f"round {r}: run `fedrema train-local`, then `fedrema submit`")
         return
-    delta, weight, trained = update
+    delta, weight = update.delta, update.weight
     ctx = _ctx(fed, r)
     x = encode_update(
         ctx.params,
@@ -447,14 +475,14 @@ def _submit_masked(site: Site, r: int, secrets: _Secrets, actions: Actions) -> N
     senders = [s for s in _names(fed, roster.participants) if s != site.name]
     inbox = route_ciphertexts(roster, _read_all(fed, "shares", r, senders), me)
     step = secrets.client.handle(roster, inbox=inbox, x=x)
-    if r < site.last_round() and step[1] is not None:
+    if r < site.last and step[1] is not None:
         advertise(fed, site.state, r + 1)  # keys for the next round travel with this update
-    secrets.advance(fed, step, "submission", site.submission_body(r, trained), MASKED)
+    secrets.advance(fed, step, "submission", update.body, MASKED)
     actions.done.append(f"round {r}: masked update submitted")
     actions.waiting.append(f"round {r}: the coordinator to close the round")
 
 
-def _reveal(site: Site, r: int, secrets: _Secrets, actions: Actions) -> None:
+def _reveal(site: SiteRound, r: int, secrets: _Secrets, actions: Actions) -> None:
     fed = site.fed
     if not isinstance(secrets.client, AwaitingUnmaskRequest):
         return
@@ -471,7 +499,7 @@ def _reveal(site: Site, r: int, secrets: _Secrets, actions: Actions) -> None:
     actions.waiting.append(f"round {r}: the coordinator to finish the round")
 
 
-def _consistent(site: Site, r: int, request: UnmaskRequest, actions: Actions) -> bool:
+def _consistent(site: SiteRound, r: int, request: UnmaskRequest, actions: Actions) -> bool:
     """Bonawitz et al. 2017 round 3 (ConsistencyCheck), over the workspace.
 
     Sign the survivor set this site was shown; go on only once t survivors have signed the
@@ -489,7 +517,9 @@ def _consistent(site: Site, r: int, request: UnmaskRequest, actions: Actions) ->
     everyone = fed.sites_with("survivors-signed", r)
     signed = [s for s in everyone if s in survivors]
     for other in everyone:
-        seen = fed.get("survivors-signed", r, site=other).body["unmask_request_sha256"]
+        seen = messages.read(
+            fed, "survivors-signed", r, messages.SurvivorsSignedBody, site=other
+        ).unmask_request_sha256
         if seen != digest:
             raise IntegrityError(
                 f"round {r}: {other} was shown a different survivor set than this site: the "
@@ -505,29 +535,26 @@ def _consistent(site: Site, r: int, request: UnmaskRequest, actions: Actions) ->
     return True
 
 
-def _rejoin(site: Site, r: int, last: int, actions: Actions) -> None:
+def _rejoin(site: SiteRound, r: int, last: int, actions: Actions) -> None:
     """A site left out of every open round advertises keys for the next round it can join."""
     fed = site.fed
     if any(site.state.exists(_secrets(k)) and not _left_out(site, k) for k in range(r, last + 1)):
         return  # still part of a round in progress
     for rr in range(r, last + 1):
-        if phase_of(fed, rr).name == "waiting" and not fed.exists("key-roster", rr):
+        if phase_of(fed, rr) is Phase.WAITING and not fed.exists("key-roster", rr):
             advertise(fed, site.state, rr)
             actions.done.append(f"round {rr}: keys advertised to rejoin the federation")
             return
 
 
-def _left_out(site: Site, r: int) -> bool:
+def _left_out(site: SiteRound, r: int) -> bool:
     """Whether this site can no longer contribute to round r (so should not wait for it)."""
     fed = site.fed
     if fed.exists("key-roster", r) and site.name not in key_roster_parties(fed, r):
         return True
-    if fed.exists("masking-roster", r) and site.name not in masking_roster_names(fed, r):
+    if fed.exists("masking-roster", r) and site.name not in participants(fed, r):
         return True
     return fed.exists("unmask-request", r) and site.name not in _names(
         fed, unmask_request(fed, r).survivors
     )
 
-
-def masking_roster_names(fed: Federation, r: int) -> list[str]:
-    return list(fed.get("masking-roster", r).body["participants"])

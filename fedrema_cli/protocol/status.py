@@ -7,16 +7,8 @@ from typing import Any
 
 from fedrema_cli.errors import IntegrityError
 from fedrema_cli.identity import fingerprint
-from fedrema_cli.protocol.rounds import current_round, phase_of, read_withdrawal
+from fedrema_cli.protocol.rounds import Phase, Turn, current_round, read_withdrawal, turn
 from fedrema_cli.store.federation import Federation
-
-#: For each phase: (who is expected, the artifact that counts as having acted, what it means).
-_ACTS = {
-    "waiting": ("key-advert", "advertise keys"),
-    "keys": ("shares", "share keys"),
-    "collect": ("submission", "submit an update"),
-    "unmask": ("reveal", "reveal unmasking shares"),
-}
 
 
 @dataclass
@@ -41,18 +33,6 @@ class RoundStatus:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _expected(fed: Federation, r: int, phase: str) -> list[str]:
-    if phase == "waiting":
-        return list(fed.require_roster().names)
-    if phase == "keys":
-        return list(fed.get("key-roster", r).body["parties"])
-    if phase == "collect":
-        return list(fed.get("masking-roster", r).body["participants"])
-    if phase == "unmask":
-        return list(fed.get("unmask-request", r).body["survivors"])
-    return []
 
 
 def withdrawals(fed: Federation) -> dict[str, int]:
@@ -109,26 +89,21 @@ def round_status(fed: Federation) -> RoundStatus:
                 "each site": "`fedrema personalize`",
             },
         )
-    phase = phase_of(fed, r)
-    kind, action = _ACTS[phase.name]
-    expected = _expected(fed, r, phase.name)
-    acted = [s for s in fed.sites_with(kind, r) if s in expected]
     withdrawn = withdrawals(fed)
-    # as the coordinator does: a survivor's reveal is awaited even after it withdrew
-    gone = {s for s, k in withdrawn.items() if k <= r} if phase.name != "unmask" else set()
-    missing = [s for s in expected if s not in acted and s not in gone]
+    t = turn(fed, r, withdrawn=withdrawn)
     status = RoundStatus(
         round=r,
-        phase=phase.name,
-        phase_label=phase.label,
+        phase=str(t.phase),
+        phase_label=t.phase.label,
         complete=False,
-        expected=expected,
-        acted=acted,
-        missing=missing,
+        expected=list(t.expected),
+        acted=list(t.acted),
+        missing=list(t.missing),
         withdrawn=withdrawn,
-        action=action,
+        action=t.phase.action,
         **base,
     )
+    missing, gone = t.missing, t.gone
     status.next_for["coordinator"] = (
         "`fedrema aggregate`"
         if not missing
@@ -138,16 +113,16 @@ def round_status(fed: Federation) -> RoundStatus:
         status.next_for[site] = (
             f"withdrew from round {withdrawn[site]} on: nothing more to send"
             if site in gone
-            else _site_next(site, phase.name, expected, acted)
+            else _site_next(site, t)
         )
     return status
 
 
-def _site_next(site: str, phase: str, expected: list[str], acted: list[str]) -> str:
-    if site not in expected:
+def _site_next(site: str, t: Turn) -> str:
+    if site not in t.expected:
         return "not part of this round; `fedrema submit` to rejoin a later round"
-    if site in acted:
+    if site in t.acted:
         return "wait for the coordinator"
-    if phase == "collect":  # training is private: a site's own status knows if it is done
+    if t.phase is Phase.COLLECT:  # training is private: a site's own status knows if it is done
         return "`fedrema train-local` (if not done yet), then `fedrema submit`"
     return "`fedrema submit`"

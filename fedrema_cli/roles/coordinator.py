@@ -34,17 +34,25 @@ from fedrema_cli.learning.params import save_params
 from fedrema_cli.methods import METHODS, RoundInputs
 from fedrema_cli.protocol import exchange
 from fedrema_cli.protocol import secagg as secure
+from fedrema_cli.protocol.messages import SubmissionBody
+from fedrema_cli.protocol.messages import read as read_body
 from fedrema_cli.protocol.rounds import (
     PARAMS,
+    Phase,
+    Turn,
     Withdrawal,
     current_round,
+    expected_in,
     initial_params,
     model_attachment,
+    opened_at,
     parse_time,
+    participants,
     phase_of,
     read_model,
     read_withdrawal,
     timestamp,
+    turn,
     utcnow,
 )
 from fedrema_cli.store.federation import (
@@ -55,11 +63,11 @@ from fedrema_cli.store.federation import (
     RosterSite,
     read_federation,
 )
-from fedrema_cli.store.state import PartyState
+from fedrema_cli.store.state import COORDINATOR_META, SITE_META, PartyState
 from fedrema_cli.store.storage import lasting_location
 from fedrema_cli.store.workspace import COORDINATOR, SITE_NAME, Workspace
 
-META = "coordinator.json"
+META = COORDINATOR_META
 METHOD_STATE = "method-state.json"
 LEGACY_FEDREMA_STATE = "fedrema-state.json"
 MERGE_LOG = "merge-log.json"
@@ -142,8 +150,6 @@ class Coordinator:
         ws = Workspace.open(workspace)
         if state.exists(META):
             raise UsageError(f"{state_dir} already holds a coordinator; nothing was changed")
-        from fedrema_cli.roles.site import META as SITE_META
-
         if state.exists(SITE_META):
             raise UsageError(
                 f"{state_dir} is a site's state folder; the coordinator needs a folder of "
@@ -301,15 +307,16 @@ class Coordinator:
         """When the phase that ``kind`` (of round r) opened began; "roster": at approval."""
         if kind == "roster":
             return self.fed.require_roster().approved_at
-        return str(self.fed.get(kind, r).body["opened_at"])
+        return opened_at(self.fed, kind, r)
 
-    def _withdrawn(self, r: int, progress: Progress) -> set[str]:
-        """Sites whose signed withdrawal covers round r: no phase of r waits for them.
+    def _withdrawn(self, r: int, progress: Progress) -> dict[str, int]:
+        """Site -> first round it is out of, for every signed withdrawal (`Turn` decides
+        which phases of round r still wait for it).
 
         A withdrawal that fails its signature or schema is refused (reported, and the site
         is waited for as usual): only the site itself can take itself out.
         """
-        gone = set()
+        out = {}
         for site in self.fed.withdrawn_sites():
             if site not in self._withdrawals:
                 try:
@@ -319,44 +326,35 @@ class Coordinator:
             notice = self._withdrawals[site]
             if isinstance(notice, str):
                 progress.bad_withdrawals[site] = notice
-            elif notice is not None and notice.from_round <= r:
-                gone.add(site)
-                progress.withdrawn[site] = notice.to_json()
-        return gone
+            elif notice is not None:
+                out[site] = notice.from_round
+                if notice.from_round <= r:
+                    progress.withdrawn[site] = notice.to_json()
+        return out
 
-    def _ready(
-        self,
-        acted: list[str],
-        expected: list[str],
-        opened_at: str,
-        r: int,
-        close: bool,
-        what: str,
-        gone: set[str],
-    ) -> bool:
+    def _ready(self, t: Turn, opened_at: str, close: bool, what: str) -> bool:
         """Every expected site acted or withdrew, or the deadline passed; and t acted."""
-        if set(expected) - set(acted) - gone:
+        if t.missing:
             deadline = parse_time(opened_at) + dt.timedelta(
                 seconds=self.config.round.timeout_seconds
             )
             if not close and utcnow() < deadline:
                 return False
-        t = self.fed.require_roster().threshold
-        if len(acted) < t:
-            missing = sorted(set(expected) - set(acted) - gone)
-            left = sorted((set(expected) - set(acted)) & gone)
+        need = self.fed.require_roster().threshold
+        if len(t.acted) < need:
+            left = sorted((set(t.expected) - set(t.acted)) & t.gone)
             hint = "wait for more sites and run `fedrema aggregate` again"
-            if len(set(self.fed.require_roster().names) - gone) < t:
+            if len(set(self.fed.require_roster().names) - t.gone) < need:
                 hint = (
                     "too few sites remain after withdrawals for this threshold: the federation "
                     "cannot go on; sites run `fedrema personalize` for their models so far"
                 )
             raise ProtocolAbortedError(
-                f"round {r}: only {len(acted)} of {len(expected)} sites {what} "
-                f"(missing: {', '.join(missing) or 'none'}"
+                f"round {t.round}: only {len(t.acted)} of {len(t.expected)} sites {what} "
+                f"(missing: {', '.join(sorted(t.missing)) or 'none'}"
                 f"{'; withdrawn: ' + ', '.join(left) if left else ''}); "
                 f"{'secure aggregation' if self.config.secure else 'a round'} needs at "
-                f"least {t}",
+                f"least {need}",
                 hint=hint,
             )
         return True
@@ -396,48 +394,42 @@ class Coordinator:
                 secure.read_message(self.fed, kind, r, site)
             elif METHODS[self.config.method].shared is not None:
                 exchange.read_plain_update(self.fed, r, site)
-            if self.fed.get(kind, r, site=site).body.get("sealed_head"):
+            if read_body(self.fed, kind, r, SubmissionBody, site=site).sealed_head:
                 exchange.open_head_for_coordinator(self.fed, r, site)
         else:
             secure.read_message(self.fed, kind, r, site)
 
     def _step(self, r: int, roster: Roster, close: bool, progress: Progress) -> None:
-        phase = phase_of(self.fed, r).name
-        gone = self._withdrawn(r, progress)
-        if phase == "waiting":
-            advertised = self._acted("key-advert", r, progress)
+        phase = phase_of(self.fed, r)
+        withdrawn = self._withdrawn(r, progress)
+        if phase is Phase.DONE:
+            return
+        expected = expected_in(self.fed, r, phase)
+        among = None if phase in (Phase.WAITING, Phase.KEYS) else list(expected)
+        if phase is Phase.UNMASK and not self.fed.exists("key-roster", r + 1):
+            self._open_round(r + 1, progress)  # a crash right after closing the round
+        acted = self._acted(str(phase.evidence), r, progress, among=among)
+        t = turn(self.fed, r, withdrawn=withdrawn, acted=acted, phase=phase)
+        if phase is Phase.WAITING:
             opened = (
-                self._opened_at("roster", 0) if r == 1 else self._opened_at("unmask-request", r - 1)
+                self._opened_at("roster", 0)
+                if r == 1
+                else opened_at(self.fed, "unmask-request", r - 1)
             )
-            if self._ready(
-                advertised, list(roster.names), opened, r, close, "advertised keys", gone
-            ):
+            if self._ready(t, opened, close, "advertised keys"):
                 self._open_round(r, progress)
-        elif phase == "keys":
-            expected = secure.key_roster_parties(self.fed, r)
-            acted = self._acted("shares", r, progress)
-            opened = self._opened_at("key-roster", r)
-            if self._ready(acted, expected, opened, r, close, "shared their keys", gone):
+        elif phase is Phase.KEYS:
+            if self._ready(t, opened_at(self.fed, "key-roster", r), close, "shared their keys"):
                 self._fix_masking_roster(r, acted, progress)
-        elif phase == "collect":
-            expected = list(self.fed.get("masking-roster", r).body["participants"])
-            acted = self._acted("submission", r, progress, among=expected)
-            opened = self._opened_at("masking-roster", r)
-            if self._ready(acted, expected, opened, r, close, "submitted", gone):
+        elif phase is Phase.COLLECT:
+            if self._ready(t, opened_at(self.fed, "masking-roster", r), close, "submitted"):
                 if self.config.secure:
-                    self._request_unmasking(r, acted, expected, progress)
+                    self._request_unmasking(r, acted, list(expected), progress)
                 else:
                     self._finalize(r, acted, progress)
-        elif phase == "unmask":
-            if not self.fed.exists("key-roster", r + 1):  # a crash right after closing the round
-                self._open_round(r + 1, progress)
-            body = self.fed.get("unmask-request", r).body
-            expected = list(body["survivors"])
-            acted = self._acted("reveal", r, progress, among=expected)
-            opened = str(body["opened_at"])
+        elif self._ready(t, opened_at(self.fed, "unmask-request", r), close, "revealed shares"):
             # A survivor's update is in the sum: it is waited for even if it withdrew since.
-            if self._ready(acted, expected, opened, r, close, "revealed shares", set()):
-                self._finalize(r, expected, progress, revealed=acted)
+            self._finalize(r, list(expected), progress, revealed=acted)
 
     def _open_round(self, r: int, progress: Progress) -> None:
         """Round r can start: fix U1(r) (secure) or its participants (plaintext)."""
@@ -540,7 +532,7 @@ class Coordinator:
         personal = {
             s: exchange.open_head_for_coordinator(self.fed, r, s)
             for s in survivors
-            if self.fed.get("submission", r, site=s).body.get("sealed_head")
+            if read_body(self.fed, "submission", r, SubmissionBody, site=s).sealed_head
         }
         inputs = RoundInputs(
             round=r,
@@ -597,7 +589,7 @@ class Coordinator:
         return None
 
     def _expected(self, r: int) -> list[str]:
-        return list(self.fed.get("masking-roster", r).body["participants"])
+        return list(participants(self.fed, r))
 
     # -- status -----------------------------------------------------------------------------
 
@@ -620,4 +612,3 @@ class Coordinator:
 
     def merge_log(self) -> list[dict[str, Any]]:
         return self.state.read_json(MERGE_LOG) if self.state.exists(MERGE_LOG) else []
-

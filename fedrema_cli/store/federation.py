@@ -174,6 +174,8 @@ class Federation:
         self._verified: set[str] = set()
         #: file -> why it was ignored: present where an artifact belongs, but not verifying
         self.ignored: dict[str, str] = {}
+        #: what readers derived from verified, write-once artifacts (e.g. typed bodies)
+        self.cache: dict[str, Any] = {}
 
     @property
     def id(self) -> str:

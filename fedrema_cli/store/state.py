@@ -21,6 +21,9 @@ from fedrema_cli.identity import Identity
 from fedrema_cli.store.storage import LocalStorage
 
 IDENTITY = "identity.json"
+#: What makes a folder a site's or the coordinator's state folder (its own record).
+SITE_META = "site.json"
+COORDINATOR_META = "coordinator.json"
 
 #: How long a command waits for another one holding the same state folder.
 LOCK_WAIT_SECONDS = 60.0

@@ -13,12 +13,11 @@ from fedrema_cli.store.workspace import Workspace
 
 def federation_status(*, state: Path | None, workspace: str | None) -> dict[str, Any]:
     if state is not None:
-        from fedrema_cli.roles.coordinator import META as COORD_META
         from fedrema_cli.roles.coordinator import Coordinator
         from fedrema_cli.roles.site import Site
-        from fedrema_cli.store.state import PartyState
+        from fedrema_cli.store.state import COORDINATOR_META, PartyState
 
-        if PartyState(state).exists(COORD_META):
+        if PartyState(state).exists(COORDINATOR_META):
             coord = Coordinator(state, workspace=workspace)
             out = round_status(coord.fed).to_json()
             out["you"], out["next"] = "coordinator", out["next_for"].get("coordinator", "")
