@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # The four-hospital federation with the real CLI verbs, as operators would run them.
 #
-#   examples/heart_disease/run.sh WORKDIR [ROUNDS]
+#   examples/heart_disease/run.sh WORKDIR [ROUNDS] [METHOD]
+#
+# METHOD: any of `fedrema methods` (default fedrema), e.g. pfednet or mr-mtl.
 #
 # WORKDIR gets: hospitals/ (each hospital's own CSV files), workspace/ (the only folder the
 # parties share), coordinator/ and one private state folder per hospital, models/ (exports).
 # Every command below is what a person at that hospital (or the coordinator) would type.
 set -euo pipefail
 
-WORK=${1:?usage: run.sh WORKDIR [ROUNDS]}
+WORK=${1:?usage: run.sh WORKDIR [ROUNDS] [METHOD]}
 ROUNDS=${2:-5}
+METHOD=${3:-fedrema}
 # The CLI: $FEDREMA if set, else `fedrema` on PATH, else the one `make demo`/`make test` set up.
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 if [ -z "${FEDREMA:-}" ]; then
@@ -37,7 +40,7 @@ $FEDREMA prepare-data heart-disease --out "$WORK/hospitals"
 
 step "Coordinator: create the federation"
 $FEDREMA init -w "$WS" -s "$WORK/coordinator" --preset heart-disease --federation-id heart \
-  --method fedrema --rounds "$ROUNDS" --epsilon 3 --delta 1e-5
+  --method "$METHOD" --rounds "$ROUNDS" --epsilon 3 --delta 1e-5
 FINGERPRINT=$($FEDREMA status -w "$WS" --json \
   | python3 -c 'import json,sys; print(json.load(sys.stdin)["coordinator_fingerprint"])')
 echo "coordinator fingerprint, read to every hospital by phone: $FINGERPRINT"
@@ -70,7 +73,7 @@ for r in $(seq 1 "$ROUNDS"); do
   step "Round $r: coordinator closes the round; sites reveal unmasking shares"
   $FEDREMA aggregate -s "$WORK/coordinator"
   for s in "${SITES[@]}"; do $FEDREMA submit -s "$WORK/$s"; done
-  step "Round $r: coordinator unmasks the sum and merges heads (FedReMa)"
+  step "Round $r: coordinator unmasks the sum and aggregates ($METHOD)"
   $FEDREMA aggregate -s "$WORK/coordinator"
 done
 $FEDREMA status -s "$WORK/coordinator"

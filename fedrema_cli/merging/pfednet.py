@@ -41,11 +41,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-from scipy import sparse
-from scipy.sparse import csgraph
+
+if TYPE_CHECKING:
+    from scipy import sparse
 
 from fedrema_cli.merging.fedrema import softmax
 
@@ -234,6 +235,8 @@ class GraphFactor:
     def of(cls, graph: Graph) -> GraphFactor:
         q = incidence(graph)
         sigma, p = np.linalg.eigh(q @ q.T)
+        from scipy import sparse  # imported here: the CLI starts without scipy
+
         sq = sparse.csr_array(q)
         return cls(
             graph, _frozen(q), _frozen(p), _frozen(np.clip(sigma, 0.0, None)), sq, sq.T.tocsr()
@@ -317,6 +320,9 @@ def clusters(z: np.ndarray, factor: GraphFactor, tol: float) -> tuple[tuple[int,
     graph = factor.graph
     fused = np.linalg.norm(factor.differences(z), axis=1) <= tol
     ends = np.asarray(graph.edges, dtype=np.int64).reshape(-1, 2)[fused]
+    from scipy import sparse
+    from scipy.sparse import csgraph
+
     adjacency = sparse.coo_array(
         (np.ones(len(ends)), (ends[:, 0], ends[:, 1])), shape=(graph.n, graph.n)
     )

@@ -12,10 +12,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_run_sh_drives_every_command_for_one_round(tmp_path: Path) -> None:
+    """With pFedNet (the script's default, FedReMa, runs in `make demo`): any method works."""
     work = tmp_path / "run"
     env = {**os.environ, "FEDREMA": f"{sys.executable} -m fedrema_cli"}
     out = subprocess.run(
-        ["bash", str(ROOT / "examples/heart_disease/run.sh"), str(work), "1"],
+        ["bash", str(ROOT / "examples/heart_disease/run.sh"), str(work), "1", "pfednet"],
         env=env,
         capture_output=True,
         text=True,
@@ -25,6 +26,9 @@ def test_run_sh_drives_every_command_for_one_round(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     status = json.loads((work / "workspace" / "rounds" / "0001" / "result.json").read_text())
     assert status["body"]["survivors"] == ["cleveland", "hungary", "switzerland", "va"]
+    assert status["body"]["method"] == "pfednet" and "pfednet" in status["body"]
+    heads = sorted(p.name for p in (work / "workspace/rounds/0002/heads").iterdir())
+    assert heads == [f"{s}.json" for s in ("cleveland", "hungary", "switzerland", "va")]
     assert (work / "privacy-report.html").exists()
     assert "every ledger verifies" in out.stdout
     exported = sorted(p.name for p in (work / "models").iterdir())
