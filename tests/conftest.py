@@ -1,0 +1,19 @@
+"""Suite-wide settings.
+
+Test folders live in RAM (/dev/shm) where the machine has it: the CLI tests write and fsync
+thousands of small signed files, and on a disk that is a quarter of the suite's time. The
+files are as real as on disk (same kernel paths, same atomic renames); only the latency goes.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+_RAM = "/dev/shm"
+if (
+    os.path.isdir(_RAM)
+    and os.access(_RAM, os.W_OK)
+    and "FEDREMA_TEST_TMP_ON_DISK" not in os.environ
+):
+    tempfile.tempdir = _RAM
