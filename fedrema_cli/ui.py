@@ -56,6 +56,12 @@ def emit_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
+def emit_text(text: str) -> None:
+    """Plain text on stdout, exactly as given (no markup, no wrapping)."""
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
 def say(text: str) -> None:
     console.print(text)
 

@@ -58,7 +58,7 @@ def test_every_method_is_registered_with_its_sharing_rule():
         assert METHODS[name].shared == "extractor" and METHODS[name].personal == "head"
     for name in ("local", "local-lr", "majority"):
         assert METHODS[name].shared is None and METHODS[name].personal is None
-    assert METHODS["mr-mtl"].shared == "all" and METHODS["mr-mtl"]().proximal() == 1.0
+    assert METHODS["mr-mtl"].shared == "all" and METHODS["mr-mtl"]().proximal() == (1.0, "all")
     assert not METHODS["majority"].trains and METHODS["local-lr"].model == "linear"
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from fedrema_cli import ui
@@ -11,12 +13,21 @@ def register(app: typer.Typer) -> None:
     app.command(name="methods")(methods)
 
 
-def methods(json_out: ui.JsonOpt = False) -> None:
+def methods(
+    json_out: ui.JsonOpt = False,
+    markdown: Annotated[
+        bool, typer.Option("--markdown", help="Print the docs' method table (Markdown).")
+    ] = False,
+) -> None:
     """List the methods a federation can run: what each sends and the options it takes.
 
     fedrema methods
+    fedrema methods --markdown   # the table in docs/architecture.md
     """
-    from fedrema_cli.methods import METHODS
+    from fedrema_cli.methods import METHODS, markdown_table
+
+    if markdown:
+        return ui.emit_text(markdown_table())
 
     rows = [
         {

@@ -32,12 +32,37 @@ METHODS: dict[str, type[Method]] = {
     )
 }
 
-__all__ = ["METHODS", "Method", "Outcome", "RoundInputs", "method_help", "parse_method_options"]
+__all__ = [
+    "METHODS",
+    "Method",
+    "Outcome",
+    "RoundInputs",
+    "markdown_table",
+    "method_help",
+    "parse_method_options",
+]
 
 
 def method_help() -> str:
     """The methods for ``--method``'s help, from the registry."""
     return ", ".join(METHODS) + " (see `fedrema methods`; docs/architecture.md)"
+
+
+_PARTS = {"all": "whole model (weighted) + weight", "extractor": "extractor (weighted) + weight"}
+
+
+def markdown_table() -> str:
+    """The method table of docs/architecture.md, generated from the registry."""
+    lines = [
+        "| method | through SecAgg (summed) | to the coordinator, sealed to it alone "
+        "| next round's head at the site | deployed model |",
+        "|---|---|---|---|---|",
+    ]
+    for name, m in METHODS.items():
+        shared = _PARTS[m.shared] if m.shared else "nothing"
+        sealed = "classifier head" if m.personal == "head" else (m.personal or "nothing")
+        lines.append(f"| `{name}` | {shared} | {sealed} | {m.next_head} | {m.deployed} |")
+    return "\n".join(lines) + "\n"
 
 
 def parse_method_options(method: str, pairs: list[str] | None) -> dict[str, Any]:

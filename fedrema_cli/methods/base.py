@@ -80,6 +80,10 @@ class Method:
 
     name: ClassVar[str]
     summary: ClassVar[str]
+    #: for the docs table (`fedrema methods --markdown`): the head a site trains from next
+    #: round, and the model it deploys
+    next_head: ClassVar[str] = "global head"
+    deployed: ClassVar[str] = "global model"
     Options: ClassVar[type[BaseModel]] = NoOptions
     #: summed through secure aggregation; None: nothing is shared
     shared: ClassVar[Part | None] = "all"
@@ -109,8 +113,9 @@ class Method:
         """The parameters round r trains from: the global model, by default."""
         return model
 
-    def proximal(self) -> float | None:
-        """Strength of a pull ``lam/2 * ||w - model||^2`` towards the round's global model."""
+    def proximal(self) -> tuple[float, Part] | None:
+        """A pull ``lam/2 * ||w - model||^2`` of one part towards the round's global model:
+        (lam, part), or None."""
         return None
 
     # -- at the coordinator -----------------------------------------------------------------
@@ -128,6 +133,37 @@ class Method:
     def summarize(self, log: list[dict[str, Any]], blocks: Mapping[str, int] | None) -> dict:
         """Statistics of the merge log for `simulate` (e.g. who was merged with whom)."""
         return {}
+
+
+class PersonalHead(Method):
+    """A shared extractor (summed through secure aggregation) and a personal head sealed to
+    the coordinator, which sends each site a head back (FedReMa, pFedNet).
+
+    With an ``extractor_pull`` option set, each site keeps its own extractor and is pulled
+    towards the federation's mean instead of replaced by it (MR-MTL's rule for the shared
+    part); the head still comes from the coordinator.
+    """
+
+    shared = "extractor"
+    personal = "head"
+
+    def start(self, model: Params, *, own: Params | None, received: Params | None) -> Params:
+        pull = getattr(self.options, "extractor_pull", None)
+        return personal_start(model, own=own, received=received, keep_extractor=pull is not None)
+
+    def proximal(self) -> tuple[float, Part] | None:
+        pull = getattr(self.options, "extractor_pull", None)
+        return None if pull is None else (pull, "extractor")
+
+
+def personal_start(
+    model: Params, *, own: Params | None, received: Params | None, keep_extractor: bool
+) -> Params:
+    """The global model with this site's head (the one sent back, else its own), and, with
+    ``keep_extractor``, its own extractor (pulled towards the mean while it trains)."""
+    extractor = own_part(own, "extractor") if keep_extractor else {}
+    head = received if received is not None else own_part(own, "head")
+    return {**model, **extractor, **head}
 
 
 def own_part(own: Params | None, part: Part) -> Params:

@@ -11,11 +11,15 @@ from fedrema_cli.methods.base import Method
 
 class FedAvg(Method):
     name = "fedavg"
+    next_head = "global head"
+    deployed = "global model"
     summary = "one shared model, sample-weighted average (FedAvg)"
 
 
 class FedAvgFineTune(FedAvg):
     name = "fedavg-ft"
+    next_head = "global head"
+    deployed = "global model, head fine-tuned locally"
     summary = "FedAvg, then each site fine-tunes the head on its own data"
     deploy = "finetune"
     finetune_rounds = 5

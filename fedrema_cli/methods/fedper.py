@@ -8,6 +8,8 @@ from fedrema_cli.methods.base import Method, own_part
 
 class FedPer(Method):
     name = "fedper"
+    next_head = "its own head (never leaves the site)"
+    deployed = "extractor + own head"
     summary = "shared extractor; every head stays at its site (FedPer)"
     shared = "extractor"
 

@@ -16,7 +16,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fedrema_cli.learning.params import Params, flatten, head_logits, part_of, unflatten
 from fedrema_cli.merging import fedrema as fr
-from fedrema_cli.methods.base import Method, NoOptions, Outcome, RoundInputs, own_part
+from fedrema_cli.methods.base import (
+    NoOptions,
+    Outcome,
+    PersonalHead,
+    RoundInputs,
+)
 
 
 class FedReMaOptions(BaseModel):
@@ -27,6 +32,11 @@ class FedReMaOptions(BaseModel):
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    #: None: the extractor is the federation's (replaced by the mean every round). A number:
+    #: each site keeps its own extractor, pulled towards the mean with this strength while it
+    #: trains (MR-MTL's rule for the shared part; the mean still travels masked).
+    extractor_pull: float | None = Field(default=None, ge=0, le=1e4)
 
     delta: float = Field(default=0.5, gt=0, le=1)
     t_self: float = Field(default=0.5, gt=0)
@@ -42,22 +52,19 @@ class FedReMaOptions(BaseModel):
     min_ccp_rounds: int = Field(default=5, ge=0)
 
 
-class FedReMa(Method):
+class FedReMa(PersonalHead):
     name = "fedrema"
+    next_head = "its FedReMa-merged head (DP-robust rules, docs/fedrema.md)"
+    deployed = "extractor + merged head (+ optional head fine-tuning)"
     summary = (
         "shared extractor; each head merged with its most relevant peers (FedReMa, made "
         "robust to DP noise; optional local fine-tuning: see docs/fedrema.md)"
     )
     Options = FedReMaOptions
-    shared = "extractor"
-    personal = "head"
     deploy = "finetune"
 
     def rules(self) -> fr.FedReMaParams:
         return fr.params_from(self.options)
-
-    def start(self, model: Params, *, own: Params | None, received: Params | None) -> Params:
-        return {**model, **(received if received is not None else own_part(own, "head"))}
 
     def aggregate(self, inputs: RoundInputs, state: Mapping[str, Any] | None) -> Outcome:
         model = self.averaged(inputs)
@@ -113,6 +120,8 @@ class FedReMa(Method):
 
 class FedReMaPaper(FedReMa):
     name = "fedrema-paper"
+    next_head = "merged by the paper's rules"
+    deployed = "extractor + merged head"
     summary = "FedReMa with the paper's rules (reference variant)"
     Options = NoOptions
     deploy = "next"

@@ -8,6 +8,8 @@ from fedrema_cli.methods.base import Method
 
 class Local(Method):
     name = "local"
+    next_head = "its own model"
+    deployed = "own model"
     summary = "every site trains alone; nothing is shared"
     shared = None
 
@@ -17,11 +19,15 @@ class Local(Method):
 
 class LocalLogistic(Local):
     name = "local-lr"
+    next_head = "its own logistic regression"
+    deployed = "own model"
     summary = "every site trains a logistic regression alone (tabular data only)"
     model = "linear"
 
 
 class Majority(Local):
     name = "majority"
+    next_head = "- (no training)"
+    deployed = "predicts its most frequent training label"
     summary = "every site predicts its training set's most frequent class; no training"
     trains = False

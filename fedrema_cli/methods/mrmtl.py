@@ -15,7 +15,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from fedrema_cli.learning.params import Params
-from fedrema_cli.methods.base import Method
+from fedrema_cli.methods.base import Method, Part
 
 
 class MRMTLOptions(BaseModel):
@@ -26,12 +26,14 @@ class MRMTLOptions(BaseModel):
 
 class MRMTL(Method):
     name = "mr-mtl"
+    next_head = "its own model, pulled to the federation's mean"
+    deployed = "own model"
     summary = "each site's own model, pulled towards the federation's mean (MR-MTL)"
     Options = MRMTLOptions
 
     def start(self, model: Params, *, own: Params | None, received: Params | None) -> Params:
         return own or model
 
-    def proximal(self) -> float | None:
+    def proximal(self) -> tuple[float, Part] | None:
         assert isinstance(self.options, MRMTLOptions)
-        return self.options.lam
+        return self.options.lam, "all"

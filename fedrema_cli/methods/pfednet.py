@@ -33,14 +33,24 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from fedrema_cli.learning.params import Params, flatten, head_logits, part_of, unflatten
+from fedrema_cli.learning.params import flatten, head_logits, part_of, unflatten
 from fedrema_cli.merging import pfednet as pf
 from fedrema_cli.merging.fedrema import uniform_probe
-from fedrema_cli.methods.base import Method, NoOptions, Outcome, RoundInputs, own_part
+from fedrema_cli.methods.base import (
+    NoOptions,
+    Outcome,
+    PersonalHead,
+    RoundInputs,
+)
 
 
 class PFedNetOptions(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    #: None: the extractor is the federation's (replaced by the mean every round). A number:
+    #: each site keeps its own extractor, pulled towards the mean with this strength while it
+    #: trains (MR-MTL's rule for the shared part; the mean still travels masked).
+    extractor_pull: float | None = Field(default=None, ge=0, le=1e4)
 
     lam: float = Field(default=0.05, ge=0, description="weight of the fused group lasso")
     k: int = Field(default=2, ge=1, description="neighbours per site in the similarity graph")
@@ -51,15 +61,15 @@ class PFedNetOptions(BaseModel):
     probe_scale: float = Field(default=0.5, gt=0)
 
 
-class PFedNet(Method):
+class PFedNet(PersonalHead):
     name = "pfednet"
+    next_head = "its component from the graph group lasso (ADMM)"
+    deployed = "extractor + its component"
     summary = (
         "shared extractor; heads fused with similar sites' by a graph group lasso (pFedNet, "
         "graph from DP-covered head outputs)"
     )
     Options = PFedNetOptions
-    shared = "extractor"
-    personal = "head"
 
     def solver(self, n: int) -> pf.PFedNetParams:
         o = self.options
@@ -78,9 +88,6 @@ class PFedNet(Method):
         o = self.options
         assert isinstance(o, PFedNetOptions)
         return o.probe_samples, o.probe_scale
-
-    def start(self, model: Params, *, own: Params | None, received: Params | None) -> Params:
-        return {**model, **(received if received is not None else own_part(own, "head"))}
 
     def aggregate(self, inputs: RoundInputs, state: Mapping[str, Any] | None) -> Outcome:
         model = self.averaged(inputs)
@@ -153,6 +160,8 @@ class PFedNet(Method):
 
 class PFedNetPaper(PFedNet):
     name = "pfednet-paper"
+    next_head = "the same, by the official deep-code rules"
+    deployed = "extractor + its component"
     summary = "pFedNet with the official deep-code rules (reference variant)"
     Options = NoOptions
 

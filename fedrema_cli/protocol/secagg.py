@@ -557,4 +557,3 @@ def _left_out(site: SiteRound, r: int) -> bool:
     return fed.exists("unmask-request", r) and site.name not in _names(
         fed, unmask_request(fed, r).survivors
     )
-

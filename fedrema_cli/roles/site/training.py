@@ -6,7 +6,7 @@ from typing import Any
 
 from fedrema_cli.config import finetune_rounds
 from fedrema_cli.errors import UsageError
-from fedrema_cli.learning.params import Params, load_params, params_hash, save_params
+from fedrema_cli.learning.params import Params, load_params, params_hash, part_of, save_params
 from fedrema_cli.protocol.rounds import (
     current_round,
     derive_seed,
@@ -79,8 +79,12 @@ class Training(SiteBase):
         data = self.data()
         method = self.config.method_impl()
         trains = method.trains
-        lam = None if head_only else method.proximal()
-        extra = {} if lam is None else {"proximal": Proximal(lam, read_model(self.fed, r))}
+        pull = None if head_only else method.proximal()
+        extra = (
+            {}
+            if pull is None
+            else {"proximal": Proximal(pull[0], part_of(read_model(self.fed, r), pull[1]))}
+        )
         private = (
             self._privacy_gate(ledger, r, len(data.y_train))
             if self.config.privacy and trains
