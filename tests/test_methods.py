@@ -211,3 +211,25 @@ def test_every_registered_method_is_in_the_docs_table_and_the_cli_help() -> None
     out = CliRunner().invoke(app, ["methods", "--json"])
     assert out.exit_code == 0
     assert [m["method"] for m in json.loads(out.stdout)["methods"]] == list(METHODS)
+
+
+def test_summaries_count_how_often_merged_sites_share_a_planted_block() -> None:
+    from fedrema_cli.methods.base import same_block_rate
+
+    blocks = {"a": 0, "b": 0, "c": 1}
+    assert same_block_rate([("a", "b"), ("a", "c")], blocks) == 0.5
+    assert same_block_rate([], blocks) is None
+    fedrema_log = [
+        {"in_ccp": True, "selected": {"a": ["a", "b"], "b": ["b", "c"], "c": ["c"]}},
+        {"in_ccp": False, "selected": {"a": ["a", "c"]}},  # after the co-learning period
+    ]
+    stats = METHODS["fedrema"]().summarize(fedrema_log, blocks)
+    assert stats["ccp_rounds"] == 1
+    assert stats["peer_same_block_rate"] == 0.5
+    pfednet_log = [
+        {"fused_edges": 1, "clusters": {"a": 0, "b": 0, "c": 1}},
+        {"fused_edges": 3, "clusters": {"a": 0, "b": 0, "c": 0}},
+    ]
+    stats = METHODS["pfednet"]().summarize(pfednet_log, blocks)
+    assert stats["mean_fused_edges"] == 2.0
+    assert stats["peer_same_block_rate"] == 2 / 4  # (a,b) twice; (a,c), (b,c) once

@@ -18,7 +18,7 @@ federation config under ``method_options``, so every site trains under the same 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -164,6 +164,13 @@ def personal_start(
     extractor = own_part(own, "extractor") if keep_extractor else {}
     head = received if received is not None else own_part(own, "head")
     return {**model, **extractor, **head}
+
+
+def same_block_rate(pairs: Iterable[tuple[str, str]], blocks: Mapping[str, int]) -> float | None:
+    """How often the sites a method paired share a known block (simulations with planted
+    groups): a check that merging finds the structure. None without pairs."""
+    hits = [blocks.get(a) == blocks.get(b) for a, b in pairs]
+    return sum(hits) / len(hits) if hits else None
 
 
 def own_part(own: Params | None, part: Part) -> Params:

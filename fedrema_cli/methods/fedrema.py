@@ -21,6 +21,7 @@ from fedrema_cli.methods.base import (
     Outcome,
     PersonalHead,
     RoundInputs,
+    same_block_rate,
 )
 
 
@@ -107,14 +108,14 @@ class FedReMa(PersonalHead):
         picks = [len(chosen) - 1 for e in ccp for chosen in e["selected"].values()]
         stats["mean_peers_selected"] = float(np.mean(picks)) if picks else None
         if blocks:
-            same = total = 0
-            for entry in ccp:
-                for site, chosen in entry["selected"].items():
-                    for peer in chosen:
-                        if peer != site:
-                            total += 1
-                            same += blocks.get(peer) == blocks.get(site)
-            stats["peer_same_block_rate"] = same / total if total else None
+            pairs = (
+                (site, peer)
+                for entry in ccp
+                for site, chosen in entry["selected"].items()
+                for peer in chosen
+                if peer != site
+            )
+            stats["peer_same_block_rate"] = same_block_rate(pairs, blocks)
         return stats
 
 

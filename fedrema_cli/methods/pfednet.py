@@ -41,6 +41,7 @@ from fedrema_cli.methods.base import (
     Outcome,
     PersonalHead,
     RoundInputs,
+    same_block_rate,
 )
 
 
@@ -146,15 +147,14 @@ class PFedNet(PersonalHead):
             "final_clusters": log[-1]["clusters"],
         }
         if blocks:
-            same = total = 0
-            for entry in log:
-                labels = entry["clusters"]
-                for a in labels:
-                    for b in labels:
-                        if a < b and labels[a] == labels[b]:
-                            total += 1
-                            same += blocks.get(a) == blocks.get(b)
-            stats["peer_same_block_rate"] = same / total if total else None
+            pairs = (
+                (a, b)
+                for entry in log
+                for a, la in entry["clusters"].items()
+                for b, lb in entry["clusters"].items()
+                if a < b and la == lb
+            )
+            stats["peer_same_block_rate"] = same_block_rate(pairs, blocks)
         return stats
 
 
