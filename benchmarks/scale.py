@@ -6,6 +6,8 @@ Run from the repository root::
     .venv/bin/python benchmarks/scale.py --quick      # n <= 30, d <= 1e5, under a minute
     .venv/bin/python benchmarks/scale.py --chunk-sweep  # streaming chunk size vs throughput
     .venv/bin/python benchmarks/scale.py --probe-memory # one site / finalize, n=10, d=1e6
+    .venv/bin/python benchmarks/scale.py --probe-cli-site  # real `fedrema submit`, n=50, d=1e7
+    .venv/bin/python benchmarks/scale.py --replot       # plots again from results.json
     git archive 44660a9 crypto | tar -x -C /tmp/before  # ... and the code before streaming:
     SCALE_CRYPTO_ROOT=/tmp/before .venv/bin/python benchmarks/scale.py --probe-memory
 
@@ -406,13 +408,15 @@ def plots(rows: list[dict[str, Any]], suffix: str) -> list[Path]:
 
     folder = OUT if suffix else IMG  # a --quick plot stays beside its (uncommitted) results
     folder.mkdir(parents=True, exist_ok=True)
-    panels = [
+    panels = [  # row 1: the site; row 2: the coordinator (and the bytes, the memory)
         ("per-site CPU s (whole round)", lambda r: r["site_cpu_s"], "n"),
-        ("coordinator CPU s (all barriers)", lambda r: r["coordinator_cpu_s"], "n"),
+        ("per-site wall s (whole round)", lambda r: r["site_wall_s"], "n"),
         ("bytes moved per round", lambda r: r["bytes_per_round"], "n"),
+        ("coordinator CPU s (all barriers)", lambda r: r["coordinator_cpu_s"], "n"),
+        ("coordinator wall s (all barriers)", lambda r: r["coordinator_wall_s"], "n"),
         ("peak memory (tracemalloc), MiB", None, "d"),
     ]
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8.5))
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
     for ax, (title, value, _) in zip(axes.flat, panels, strict=True):
         if value is None:
             for who, key, marker in (("site", "site_peak_bytes", "o"),
@@ -525,6 +529,22 @@ def main() -> int:
     parser.add_argument("--chunk-sweep", action="store_true", help="chunk size vs throughput")
     parser.add_argument("--probe-memory", action="store_true",
                         help="peak memory of one site and of finalize, n=10, d=1e6")  # fmt: skip
+    parser.add_argument(
+        "--probe-cli-site",
+        action="store_true",
+        help="peak RSS of the real `fedrema submit` (benchmarks/scale_cli.py)",
+    )
+    parser.add_argument("--sites", type=int, default=50, help="with --probe-cli-site")
+    parser.add_argument(
+        "--hidden",
+        default="3160,3160",
+        help="with --probe-cli-site: MLP extractor sizes (3160,3160: d=1e7)",
+    )
+    parser.add_argument(
+        "--coordinator",
+        action="store_true",
+        help="with --probe-cli-site: every site submits; measure `aggregate`",
+    )
     parser.add_argument("--one", nargs=3, type=int, metavar=("N", "D", "DROPOUT"),
                         help=argparse.SUPPRESS)  # fmt: skip
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
@@ -540,6 +560,10 @@ def main() -> int:
     if args.probe_memory:
         probe_memory()
         return 0
+    if args.probe_cli_site:
+        import scale_cli  # the CLI and torch only for this mode
+
+        return scale_cli.main(args.sites, args.hidden, args.coordinator)
 
     if args.replot:
         saved = json.loads((OUT / f"results{'_quick' if args.quick else ''}.json").read_text())

@@ -17,7 +17,7 @@ from fedrema_cli.defaults import DEFAULT_EPSILON, DEFAULT_METHOD
 from fedrema_cli.errors import ConfigError, UsageError
 from fedrema_cli.learning.modelspec import ModelSpec
 from fedrema_cli.methods import METHODS, Method
-from privacy.policy import PrivacyPolicy
+from privacy.policy import PrivacyPolicy, grad_sample_mode_for
 
 SCHEMA_VERSION = 2
 
@@ -265,6 +265,7 @@ def make_config(
             planned_rounds=rounds + method_finetune_rounds(method, training),
             local_epochs=training.local_epochs,
             batch_size=training.batch_size,
+            grad_sample_mode=grad_sample_mode_for(model.kind),  # the fastest for this kind
         )
     return {
         "federation_id": federation_id,

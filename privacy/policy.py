@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Mapping
 from functools import lru_cache
+from types import MappingProxyType
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -47,6 +49,25 @@ Left out on purpose, because Poisson sampling produces empty batches on small da
 
 DEFAULT_GRAD_SAMPLE_MODE: GradSampleMode = "hooks"
 """Fastest mode that is correct and survives empty batches on both benchmark models."""
+
+GRAD_SAMPLE_MODE_BY_KIND: Mapping[str, GradSampleMode] = MappingProxyType(
+    {
+        # Measured in benchmarks/dp.py (docs/performance.md, "DP-SGD where compute matters"):
+        # of the modes that are correct and survive empty Poisson batches (hooks, ghost),
+        # hooks has the lower DP/non-DP step time at every MLP batch size tried ...
+        "mlp": "hooks",
+        # ... and on the CNN at 28x28 and 64x64, per step and for a whole round. ew is
+        # faster on the 28x28 CNN step but crashes on empty batches: not a candidate.
+        "cnn": "hooks",
+    }
+)
+"""The per-sample-gradient mode a federation's policy gets for each model kind, at init."""
+
+
+def grad_sample_mode_for(kind: str) -> GradSampleMode:
+    """The fastest correct mode for a model kind (``ModelSpec.kind``); the default otherwise."""
+    return GRAD_SAMPLE_MODE_BY_KIND.get(kind, DEFAULT_GRAD_SAMPLE_MODE)
+
 
 PLANNER_EPSILON_TOLERANCE = 0.01
 """Bisection precision of Opacus's ``get_noise_multiplier``: the planned sigma's epsilon lies in

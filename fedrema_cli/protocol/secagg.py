@@ -41,7 +41,7 @@ from crypto.secagg import fix_key_roster as _fix_key_roster
 from crypto.secagg import fix_masking_roster as _fix_masking_roster
 from crypto.secagg import fix_survivors as _fix_survivors
 from fedrema_cli.config import FederationConfig, default_threshold
-from fedrema_cli.errors import ConfigError, IntegrityError, ProtocolAbortedError
+from fedrema_cli.errors import ConfigError, IntegrityError, ProtocolAbortedError, StoreError
 from fedrema_cli.identity import b64, unb64
 from fedrema_cli.learning.modelspec import part_size
 from fedrema_cli.methods import METHODS
@@ -308,7 +308,14 @@ def unmask_sum(fed: Federation, r: int, revealed: list[str]) -> tuple[np.ndarray
 
 
 class _Secrets:
-    """One round's private protocol state and the artifacts it produced (the outbox)."""
+    """One round's private protocol state and the artifacts it produced (the outbox).
+
+    ``secagg/<r>.json`` holds the client state and, per artifact, its body and the SHA-256
+    of each attachment; the attachment bytes (a masked update is 8 bytes per parameter) sit
+    beside it as their own files, ``secagg/<r>.<kind>.<name>``, exactly as published. Base64
+    inside the JSON made a 10^7-parameter update a 107 MB string, parsed and decoded again
+    on every `submit` (benchmarks/scale.py --probe-cli-site).
+    """
 
     def __init__(self, state: PartyState, r: int) -> None:
         self.state, self.r, self.path = state, r, _secrets(r)
@@ -317,6 +324,11 @@ class _Secrets:
             load_client_state(unb64(data["client"], what="protocol state")) if data else None
         )
         self.outbox: dict[str, dict[str, Any]] = dict(data["outbox"]) if data else {}
+        #: attachments written by this process, kept to publish without reading them back
+        self._fresh: dict[str, bytes] = {}
+
+    def _file(self, kind: str, name: str) -> str:
+        return _attachment(self.r, kind, name)
 
     def save(
         self,
@@ -325,12 +337,17 @@ class _Secrets:
         body: dict | None = None,
         attachments: dict[str, bytes] | None = None,
     ) -> None:
+        """Persist the state (and the artifact it came with): attachments first, each
+        replaced atomically, then the JSON whose new version completes the step."""
         self.client = client
         if kind is not None:
-            self.outbox[kind] = {
-                "body": body or {},
-                "attachments": {k: b64(v) for k, v in (attachments or {}).items()},
-            }
+            files = {}
+            for name, data in (attachments or {}).items():
+                path = self._file(kind, name)
+                self.state.write_bytes(path, data)
+                self._fresh[path] = data
+                files[name] = sha256(data)
+            self.outbox[kind] = {"body": body or {}, "files": files}
         self.state.write_json(self.path, {"client": b64(client.to_bytes()), "outbox": self.outbox})
 
     def advance(
@@ -352,11 +369,32 @@ class _Secrets:
         self.save(client, kind, body, {name: msg.to_bytes()})
         self.flush(fed)
 
+    def _attachments(self, kind: str, item: dict[str, Any]) -> dict[str, bytes]:
+        if "attachments" in item:  # written before attachments had files of their own
+            return {k: unb64(v, what="outbox") for k, v in item["attachments"].items()}
+        out = {}
+        for name, digest in item["files"].items():
+            path = self._file(kind, name)
+            data = self._fresh.get(path)
+            if data is None:
+                data = self.state.read_bytes(path)
+                if sha256(data) != digest:
+                    raise StoreError(
+                        f"{self.state.root / path} is damaged (it no longer matches the "
+                        "hash recorded with it)",
+                        hint="restore this state folder from its backup",
+                    )
+            out[name] = data
+        return out
+
     def flush(self, fed: Federation) -> None:
         """Publish every artifact this round produced (identical bytes: a no-op if present)."""
         for kind, item in self.outbox.items():
-            attachments = {k: unb64(v, what="outbox") for k, v in item["attachments"].items()}
-            fed.put(kind, self.r, item["body"], attachments=attachments)
+            fed.put(kind, self.r, item["body"], attachments=self._attachments(kind, item))
+
+
+def _attachment(r: int, kind: str, name: str) -> str:
+    return f"secagg/{r:04d}.{kind}.{name}"
 
 
 def _raise_if_aborted(client: ClientState, r: int) -> None:
@@ -428,8 +466,13 @@ def forget_secrets(state: PartyState, *, before: int, start: int = 1) -> None:
     A state still waiting for an unmask request holds every peer's shares of b_v and
     s_v^SK; with the masked inputs in the workspace those unmask single updates later.
     """
+    names = state.list("secagg")
     for rr in range(start, before):
-        state.delete(_secrets(rr))
+        state.delete(_secrets(rr))  # first: an attachment left by a crash is an orphan, and
+        prefix = f"{rr:04d}."  # the listing below removes it next time, state or not
+        for name in names:
+            if name.startswith(prefix):
+                state.delete(f"secagg/{name}")
 
 
 def _share_keys(site: SiteRound, r: int, secrets: _Secrets, actions: Actions) -> None:

@@ -115,3 +115,37 @@ def test_prv_plan_never_overshoots(n):
     eps = analysis.epsilon(plan.round_history() * 5, delta=policy.delta, mechanism="prv")
     assert eps <= 3.0
     assert eps == plan.planned_epsilon
+
+
+def test_each_model_kind_gets_the_fastest_correct_mode_and_refused_modes_stay_refused(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """The per-kind choice (measured in benchmarks/dp.py, docs/performance.md) reaches the
+    signed policy a federation is created with; ew and functorch stay refused, and why."""
+    from typing import get_args
+
+    from fedrema_cli.config import make_config
+    from fedrema_cli.data.tables import ImageSchema
+    from fedrema_cli.learning.modelspec import ModelSpec
+    from privacy.engine import _MODE_REFUSALS, SUPPORTED_GRAD_SAMPLE_MODES
+    from privacy.policy import GRAD_SAMPLE_MODE_BY_KIND, grad_sample_mode_for
+
+    kinds = get_args(ModelSpec.model_fields["kind"].annotation)
+    assert set(GRAD_SAMPLE_MODE_BY_KIND) == set(kinds)  # every kind has an explicit choice
+    assert dict(GRAD_SAMPLE_MODE_BY_KIND) == {"mlp": "hooks", "cnn": "hooks"}
+    assert set(GRAD_SAMPLE_MODE_BY_KIND.values()) <= set(SUPPORTED_GRAD_SAMPLE_MODES)
+    for mode in ("ew", "functorch"):
+        assert mode not in SUPPORTED_GRAD_SAMPLE_MODES
+        assert "empty" in _MODE_REFUSALS[mode]  # the reason: empty Poisson batches crash it
+        with pytest.raises(ValidationError):
+            make_policy(grad_sample_mode=mode)
+
+    cnn = ModelSpec(kind="cnn", num_classes=2, input_shape=(1, 8, 8), channels=(4,))
+    data = ImageSchema(input_shape=(1, 8, 8), classes=(0, 1))
+    config = make_config(federation_id="f", model=cnn, data=data, epsilon=3.0)
+    assert config["privacy"]["grad_sample_mode"] == grad_sample_mode_for("cnn") == "hooks"
+    # The table is what decides (not a default that happens to agree): change it, and a new
+    # federation's signed policy follows.
+    monkeypatch.setattr("privacy.policy.GRAD_SAMPLE_MODE_BY_KIND", {"cnn": "ghost"})
+    config = make_config(federation_id="f", model=cnn, data=data, epsilon=3.0)
+    assert config["privacy"]["grad_sample_mode"] == "ghost"
