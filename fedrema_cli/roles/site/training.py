@@ -33,6 +33,9 @@ class Training(SiteBase):
     def train_local(self) -> dict[str, Any]:
         """Train this round's update (once per round) and keep it here until `submit`.
 
+        A round already trained is not trained again: its record comes back with
+        ``already_trained`` (so cron can re-run the command every time; nothing changes).
+
         With a privacy policy the order is what makes a crash harmless: the budget gate runs
         before any training; the trained update and the ledger body are saved privately, then
         the ledger entry is appended (a re-run appends a missing one), and only then can
@@ -48,12 +51,11 @@ class Training(SiteBase):
                 hint="run `fedrema personalize` to get your model",
             )
         self._require_active(r)
-        if self.state.exists(_record(r)):
+        if self.state.exists(_record(r)):  # a round trains once; a re-run changes nothing
+            done = self.state.read_json(_record(r))
             if repaired:  # the previous run was cut off after training: it is now complete
-                return {**self.state.read_json(_record(r)), "completed_after_crash": True}
-            raise UsageError(
-                f"already trained for round {r}; a round trains once", hint="`fedrema submit`"
-            )
+                return {**done, "completed_after_crash": True}
+            return {**done, "already_trained": True}
         if not self.fed.exists("model", r):
             raise UsageError(f"round {r} has not started yet", hint="wait for the coordinator")
         self._check_participant(r)
