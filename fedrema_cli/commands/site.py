@@ -32,8 +32,8 @@ def train_local(
     from fedrema_cli.roles.site import Site
 
     site = Site(state, workspace=workspace)
-    with ui.err_console.status(f"{site.name}: training round…", spinner="dots"):
-        record = site.train_local()
+    with ui.activity(f"{site.name}: training, epoch") as shown:
+        record = site.train_local(progress=lambda done, total, _steps: shown.steps(done, total))
     if json_out:
         return ui.emit_json(record)
     if record.get("already_trained"):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedrema_cli.config import finetune_rounds
 from fedrema_cli.errors import UsageError
@@ -25,12 +25,15 @@ from fedrema_cli.roles.site.base import (
     _trained,
 )
 
+if TYPE_CHECKING:
+    from fedrema_cli.learning.training import Progress
+
 
 class Training(SiteBase):
     # -- training ---------------------------------------------------------------------------
 
     @_exclusive
-    def train_local(self) -> dict[str, Any]:
+    def train_local(self, progress: Progress | None = None) -> dict[str, Any]:
         """Train this round's update (once per round) and keep it here until `submit`.
 
         A round already trained is not trained again: its record comes back with
@@ -59,10 +62,16 @@ class Training(SiteBase):
         if not self.fed.exists("model", r):
             raise UsageError(f"round {r} has not started yet", hint="wait for the coordinator")
         self._check_participant(r)
-        return self._train_round(r, self._start_params(r), ledger)
+        return self._train_round(r, self._start_params(r), ledger, progress=progress)
 
     def _train_round(
-        self, r: int, start: Params, ledger: Any, *, head_only: bool = False
+        self,
+        r: int,
+        start: Params,
+        ledger: Any,
+        *,
+        head_only: bool = False,
+        progress: Progress | None = None,
     ) -> dict[str, Any]:
         """One round of local training from ``start``, recorded privately (and in the ledger).
 
@@ -79,6 +88,7 @@ class Training(SiteBase):
         )
 
         data = self.data()
+        self.check_data_unchanged(data)  # before the budget gate: name the real cause
         method = self.config.method_impl()
         trains = method.trains
         pull = None if head_only else method.proximal()
@@ -107,6 +117,7 @@ class Training(SiteBase):
                 replayable_noise_seed=(
                     derive_seed(seed, "dp-noise") if self.simulated_noise else None
                 ),
+                progress=progress,
                 **extra,
             )
         else:  # majority class: no gradient step, nothing leaves the site, nothing to account
