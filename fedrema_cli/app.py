@@ -7,7 +7,8 @@ code (see fedrema_cli.errors); anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import sys
-from typing import Any
+import traceback
+from typing import Annotated, Any
 
 import typer
 from typer.core import TyperGroup
@@ -18,6 +19,7 @@ from fedrema_cli.errors import (
     ConfigError,
     FedremaError,
     IntegrityError,
+    OptionError,
     ProtocolAbortedError,
     UsageError,
 )
@@ -59,29 +61,61 @@ def translate(exc: BaseException) -> FedremaError | None:
 
 
 class FedremaGroup(TyperGroup):
-    """Runs a command and turns a user-facing error into one line and an exit code."""
+    """Runs a command and turns a user-facing error into one line and an exit code.
+
+    With --json the error is also one JSON object on stdout (`ui.finish_json`); with
+    --verbose it keeps its traceback on stderr.
+    """
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        from fedrema_cli import ui
+
+        # Before Click parses anything, so that even a usage error answers in JSON.
+        ui.mode = ui.Mode(json="--json" in args, deferred=True)
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx: Any) -> Any:
-        configure_runtime()
+        from fedrema_cli import ui
         from fedrema_cli.store.federation import IGNORED
 
+        configure_runtime()
         IGNORED.clear()
+        error: dict[str, Any] | None = None
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt:  # every write is atomic: an interrupted command is re-run
+            error = _error_object(INTERRUPTED.removeprefix("fedrema: "), None, 130)
             typer.echo(INTERRUPTED, err=True)
             raise typer.Exit(130) from None
+        except typer.TyperException as exc:  # a usage error: Typer prints it and exits 2
+            format_message = getattr(exc, "format_message", None)
+            message = format_message() if callable(format_message) else str(exc)
+            error = _error_object(message, None, getattr(exc, "exit_code", 2))
+            raise
+        except (typer.Exit, typer.Abort):
+            raise
         except Exception as exc:
             err = translate(exc)
-            if err is None:
+            if err is None:  # a bug: keep its traceback
+                error = _error_object(f"internal error: {type(exc).__name__}: {exc}", None, 1)
                 raise
+            if ui.mode.verbose:
+                traceback.print_exception(exc, file=sys.stderr)
             msg = f"fedrema: error: {err}"
             if err.hint:
                 msg += f" (next: {err.hint})"
             typer.echo(msg.replace("\n", " "), err=True)
+            error = _error_object(str(err), err.hint, err.exit_code)
             raise typer.Exit(err.exit_code) from None
         finally:
             report_ignored(IGNORED)
+            ui.finish_json(error if ui.mode.json else None)
+            ui.mode = ui.Mode()  # the next command (in this process, e.g. a test) starts afresh
+
+
+def _error_object(message: str, hint: str | None, exit_code: int) -> dict[str, Any]:
+    """What --json prints when a command fails (merged into the command's own document)."""
+    return {"ok": False, "error": message.replace("\n", " "), "hint": hint, "exit_code": exit_code}
 
 
 def report_ignored(ignored: dict[str, str]) -> None:
@@ -97,7 +131,7 @@ app = typer.Typer(
     cls=FedremaGroup,
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
-    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
     rich_markup_mode="rich",
     epilog=EPILOG,
     help=(
@@ -140,6 +174,47 @@ def version() -> None:
     from fedrema_cli import __version__
 
     typer.echo(__version__)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from fedrema_cli import __version__
+
+        typer.echo(f"fedrema {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            expose_value=False,
+            help="Print the version and exit.",
+        ),
+    ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option("--verbose", "-v", help="On an error, also print its traceback (stderr)."),
+    ] = False,
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet",
+            "-q",
+            help="Print only results, warnings and errors: no progress, no ✓ lines.",
+        ),
+    ] = False,
+) -> None:
+    """Options for every command; they go before the command (`fedrema -q submit ...`)."""
+    from fedrema_cli import ui
+
+    if verbose and quiet:
+        raise OptionError("--verbose and --quiet contradict each other")
+    ui.mode.verbose, ui.mode.quiet = verbose, quiet
 
 
 def configure_runtime() -> None:

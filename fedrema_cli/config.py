@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from fedrema_cli.data.tables import ImageSchema, TabularSchema
 from fedrema_cli.defaults import DEFAULT_EPSILON, DEFAULT_METHOD
-from fedrema_cli.errors import ConfigError, UsageError
+from fedrema_cli.errors import ConfigError, OptionError
 from fedrema_cli.learning.modelspec import ModelSpec
 from fedrema_cli.methods import METHODS, Method
 from privacy.policy import PrivacyPolicy, grad_sample_mode_for
@@ -189,13 +189,13 @@ def checked_options() -> Iterator[None]:
             else err["msg"]
             for err in e.errors()
         )
-        raise UsageError(problems) from None
+        raise OptionError(problems) from None
 
 
 def target_epsilon(epsilon: float | None, *, no_dp: bool) -> float | None:
     """The budget --epsilon and --no-dp ask for (None: no DP); both at once are refused."""
     if no_dp and epsilon is not None:
-        raise UsageError("--no-dp and --epsilon contradict each other")
+        raise OptionError("--no-dp and --epsilon contradict each other")
     if no_dp:
         return None
     return DEFAULT_EPSILON if epsilon is None else epsilon

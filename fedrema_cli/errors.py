@@ -3,7 +3,7 @@
 Exit codes (also in `fedrema --help` and the README):
     0  done (or nothing left to do)
     1  bad input or wrong order: the message says what to fix
-    2  command-line usage error (unknown option, missing argument)
+    2  command-line usage error (unknown option, missing argument, a bad option value)
     3  integrity failure: a file is forged, tampered, replayed or from another round
     4  privacy budget would be exceeded: nothing was trained
     5  protocol aborted: too few sites survived the round
@@ -27,6 +27,15 @@ class FedremaError(Exception):
 
 class UsageError(FedremaError):
     """A command was run with inconsistent options, out of order, or twice."""
+
+
+class OptionError(UsageError):
+    """A value typed on the command line is invalid, or two options contradict each other.
+
+    Exit 2, like Click's own usage errors: the command line itself must change.
+    """
+
+    exit_code = 2
 
 
 class ConfigError(FedremaError):

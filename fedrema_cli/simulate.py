@@ -20,7 +20,7 @@ import numpy as np
 
 from fedrema_cli.config import TrainingConfig, checked_options, make_config
 from fedrema_cli.data.datasets import carve_validation, get_dataset
-from fedrema_cli.errors import UsageError
+from fedrema_cli.errors import OptionError, UsageError
 from fedrema_cli.methods import METHODS
 from fedrema_cli.protocol.rounds import current_round, phase_of
 from fedrema_cli.roles.coordinator import Coordinator
@@ -41,7 +41,7 @@ class Drop:
     def parse(cls, text: str) -> Drop:
         m = re.fullmatch(r"([A-Za-z0-9_.-]+):(keys|submit|unmask|offline)(?:@(\d+))?", text.strip())
         if not m:
-            raise UsageError(
+            raise OptionError(
                 f"bad --drop {text!r}; use SITE:STAGE[@ROUND] with STAGE one of "
                 "keys, submit, unmask, offline (e.g. va:unmask@3)"
             )
@@ -78,15 +78,15 @@ def run(
 ) -> dict[str, Any]:
     """Run the federation and return per-site test metrics and their means."""
     if spec.method not in METHODS:
-        raise UsageError(f"unknown method {spec.method!r}; choose from {', '.join(METHODS)}")
+        raise OptionError(f"unknown method {spec.method!r}; choose from {', '.join(METHODS)}")
     info = get_dataset(spec.dataset)
     for d in spec.drops:
         if d.site not in info.sites:
-            raise UsageError(
+            raise OptionError(
                 f"--drop names {d.site!r}, not a site of {spec.dataset} ({', '.join(info.sites)})"
             )
         if not 1 <= d.round <= spec.rounds:
-            raise UsageError(f"--drop round {d.round} is outside 1..{spec.rounds}")
+            raise OptionError(f"--drop round {d.round} is outside 1..{spec.rounds}")
     tmp = None
     if spec.workdir is None:
         tmp = tempfile.mkdtemp(prefix="fedrema-sim-")

@@ -1,23 +1,53 @@
-"""Printing: rich for people, plain JSON for scripts, and a waiting loop with a spinner."""
+"""Printing: rich for people, plain JSON for scripts, and progress displays on stderr.
+
+How a process prints is set once, by the shell (`fedrema_cli.app`), from the command line:
+``--json`` (one JSON document on stdout, also on failure), ``--quiet`` (no chatter: only
+results, warnings and errors) and ``--verbose`` (errors keep their traceback).
+"""
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import (
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from fedrema_cli.errors import NotYetError
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
+
+
+@dataclass
+class Mode:
+    """How this process prints; the shell sets it before a command runs."""
+
+    json: bool = False
+    quiet: bool = False
+    verbose: bool = False
+    #: The shell writes the JSON document when the command ends (merged with an error).
+    deferred: bool = False
+    pending: Any = None
+    has_pending: bool = False
+
+
+mode = Mode()
 
 StateOpt = Annotated[
     Path,
@@ -51,9 +81,63 @@ TimeoutOpt = Annotated[
 
 
 def emit_json(obj: Any) -> None:
-    """One JSON document on stdout, nothing else (so `| jq` works)."""
+    """One JSON document on stdout, nothing else (so `| jq` works); markup-free values.
+
+    Under the shell it is written when the command ends, so a command that fails after
+    printing its result still gives one document, with the error in it (`finish_json`).
+    """
+    obj = plain(obj)
+    if not mode.deferred:
+        return _write_json(obj)
+    if mode.has_pending:
+        _write_json(mode.pending)
+    mode.pending, mode.has_pending = obj, True
+    return None
+
+
+def finish_json(error: dict[str, Any] | None = None) -> None:
+    """Write the command's pending JSON document, with ``error``'s fields when it failed.
+
+    With --json a failure is never silent on stdout: without a document of the command's
+    own, the error object alone is written.
+    """
+    doc, had = mode.pending, mode.has_pending
+    mode.pending, mode.has_pending = None, False
+    if error is not None:
+        error = plain(error)
+        doc = (
+            {**doc, **error}
+            if isinstance(doc, dict)
+            else {"result": doc, **error}
+            if had
+            else error
+        )
+        had = True
+    if had:
+        _write_json(doc)
+
+
+def _write_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n")
     sys.stdout.flush()
+
+
+#: Rich markup this project writes ([bold], [green], [/], ...), and Rich's escaped bracket.
+_MARKUP = re.compile(
+    r"\[/?(?:bold|dim|italic|underline|red|green|yellow|blue|cyan|magenta|white)"
+    r"(?: [a-z ]+)?\]|\[/\]"
+)
+
+
+def plain(obj: Any) -> Any:
+    """``obj`` with Rich markup taken out of every string (JSON is read by programs)."""
+    if isinstance(obj, str):
+        return _MARKUP.sub("", obj).replace("\\[", "[")
+    if isinstance(obj, dict):
+        return {k: plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [plain(v) for v in obj]
+    return obj
 
 
 def emit_text(text: str) -> None:
@@ -63,7 +147,9 @@ def emit_text(text: str) -> None:
 
 
 def say(text: str) -> None:
-    console.print(text)
+    """A line for the person running the command (stdout); --quiet silences it."""
+    if not mode.quiet:
+        console.print(text)
 
 
 def warn(text: str) -> None:
@@ -90,10 +176,52 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
+class Activity:
+    """What a running command shows on stderr: a spinner, a line, the time it has taken.
+
+    It clears itself when done in a terminal, and shows nothing where stderr is not one (a
+    cron log) or under --quiet.
+    """
+
+    def __init__(self, progress: Progress | None) -> None:
+        self._progress = progress
+        self._task = progress.add_task("", total=None, count="") if progress else None
+
+    def update(self, text: str) -> None:
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, description=escape(text))
+
+    def steps(self, done: int, total: int) -> None:
+        """Known progress (e.g. epochs): done/total after the text."""
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, completed=done, total=total, count=f"{done}/{total}")
+
+
+@contextmanager
+def activity(text: str, *, out: Console | None = None) -> Iterator[Activity]:
+    """Show ``text`` with a spinner, done/total once ``steps`` is called, and the elapsed time."""
+    out = out or err_console
+    if mode.quiet or not out.is_terminal:
+        yield Activity(None)
+        return
+    progress = Progress(
+        SpinnerColumn("dots"),
+        TextColumn("{task.description}"),
+        TextColumn("{task.fields[count]}"),
+        TimeElapsedColumn(),
+        console=out,
+        transient=True,
+    )
+    with progress:
+        act = Activity(progress)
+        act.update(text)
+        yield act
+
+
 def wait_for(
     step: Callable[[], tuple[bool, str]], *, timeout: float, poll: float = 1.0, quiet: bool = False
 ) -> NotYetError | None:
-    """Call ``step`` until it reports done; show what is awaited.
+    """Call ``step`` until it reports done; show what is awaited, and for how long.
 
     Returns None when done, or, when ``timeout`` ran out, the NotYetError the command raises
     once it has printed what it did (a script reading --json still gets it).
@@ -102,7 +230,7 @@ def wait_for(
     done, waiting = step()
     if done:
         return None
-    with err_console.status(waiting, spinner="dots") as status:
+    with activity(f"waiting for {waiting}") as status:
         while True:
             if time.monotonic() >= deadline:
                 return NotYetError(
@@ -114,4 +242,4 @@ def wait_for(
             if done:
                 return None
             if not quiet:
-                status.update(waiting)
+                status.update(f"waiting for {waiting}")

@@ -130,10 +130,10 @@ def simulate(
             validation=validation,
             workdir=(workdir / m) if workdir and len(methods) > 1 else workdir,
         )
-        with ui.err_console.status(f"{m}: starting…", spinner="dots") as status:
+        with ui.activity(f"{m}: rounds") as status:
 
-            def progress(r: int, total: int, m: str = m) -> None:
-                status.update(f"{m}: round {r}/{total} done")
+            def progress(r: int, total: int, status: ui.Activity = status) -> None:
+                status.steps(r, total)
 
             results.append(sim.run(spec, on_round=progress))
     if json_out:

@@ -25,16 +25,20 @@ def train_local(
 
     The privacy budget is checked before any training: a round that would cross it is refused
     and nothing is written. The update stays in the state folder until `fedrema submit`.
+    Re-run for a round already trained, it changes nothing and exits 0.
 
       fedrema train-local -s cleveland
     """
     from fedrema_cli.roles.site import Site
 
     site = Site(state, workspace=workspace)
-    with ui.err_console.status(f"{site.name}: training round…", spinner="dots"):
-        record = site.train_local()
+    with ui.activity(f"{site.name}: training, epoch") as shown:
+        record = site.train_local(progress=lambda done, total, _steps: shown.steps(done, total))
     if json_out:
         return ui.emit_json(record)
+    if record.get("already_trained"):
+        ui.say(f"{site.name}: round {record['round']} already trained; next: `fedrema submit`")
+        return None
     eps = record.get("privacy")
     ui.say(
         f"[green]✓[/] {site.name}: round {record['round']} trained "
@@ -59,11 +63,12 @@ def submit(
     """Send what the round needs from this site now (key shares, masked update, unmasking shares).
 
     Safe to re-run. With --wait it stays, showing what it waits for, until this site's part
-    of the round is done. Exit 75 when there was nothing to send yet (others must act first).
+    of the round is done. Exit 75 when there was nothing to send yet: others must act first,
+    or this site must run `fedrema train-local` first.
 
       fedrema submit -s cleveland --wait
     """
-    from fedrema_cli.errors import NotYetError, StateBusyError, UsageError
+    from fedrema_cli.errors import NotYetError, StateBusyError
     from fedrema_cli.roles.site import Site
 
     site = Site(state, workspace=workspace)
@@ -83,14 +88,12 @@ def submit(
                 ui.say(f"[green]✓[/] {site.name}: {line}")
         waiting[:] = actions.waiting
         if any("train-local" in w for w in waiting):
-            raise UsageError(
-                f"{site.name}: nothing to submit yet: the update for this round is not trained",
-                hint="`fedrema train-local`, then `fedrema submit`",
-            )
+            return True, ""  # only this site can act next: waiting would never end
         finished = not wait or site.round_part_done()
         return finished, "; ".join(waiting) or "the coordinator"
 
     gave_up = ui.wait_for(step, timeout=timeout)
+    untrained = any("train-local" in w for w in waiting)
     if json_out:
         ui.emit_json(
             {
@@ -100,11 +103,16 @@ def submit(
                 "timed_out": gave_up is not None,
             }
         )
-    elif gave_up is None:
+    elif gave_up is None and not untrained:
         for line in waiting:
             ui.say(f"  waiting for {line}")
     if gave_up is not None:
         raise gave_up
+    if untrained:  # nothing is wrong: this site's own next step comes first (exit 75)
+        raise NotYetError(
+            f"{site.name}: nothing to submit yet: this round's update is not trained",
+            hint="`fedrema train-local`, then `fedrema submit`",
+        )
     if not done and not site.complete():
         raise NotYetError(
             f"{site.name}: nothing to send yet; waiting for "

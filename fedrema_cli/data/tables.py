@@ -12,7 +12,6 @@ file, the line (counted as a person counts lines in the CSV, header = line 1) an
 from __future__ import annotations
 
 import csv
-import difflib
 import hashlib
 import io
 import math
@@ -24,6 +23,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fedrema_cli.errors import DataError
+from fedrema_cli.suggest import closest
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -192,16 +192,6 @@ def _list_columns(columns: Sequence[str]) -> str:
     return shown + (f" and {more} more" if more > 0 else "")
 
 
-def _suggest(name: str, columns: Sequence[str]) -> str | None:
-    """The closest existing column name (case-insensitive match first, then difflib)."""
-    for c in columns:
-        if c.strip().lower() == name.lower():
-            return c
-    lowered = {c.lower(): c for c in columns}
-    close = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.6)
-    return lowered[close[0]] if close else None
-
-
 def _check_columns(path: Path, columns: Sequence[str], schema: TabularSchema) -> None:
     """Missing label or feature columns: list what is there and suggest the nearest names."""
     present = set(columns)
@@ -217,7 +207,7 @@ def _check_columns(path: Path, columns: Sequence[str], schema: TabularSchema) ->
         parts.append(f"feature {noun} " + ", ".join(repr(m) for m in missing))
     hints = []
     for name in ([schema.label] if missing_label else []) + missing:
-        guess = _suggest(name, columns)
+        guess = closest(name, columns)
         if guess is not None:
             hints.append(f"{guess!r} for {name!r}")
     hint = f"; did you mean {', '.join(hints)}?" if hints else ""

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -73,6 +73,9 @@ MAX_CLASS_WEIGHT = 10.0
 """Cap on an inverse-frequency weight: 10 is the weight of a 5% class among two. A larger
 weight would mostly be eaten by DP-SGD's clipping anyway, and a noisy count near 0 would
 otherwise give an unbounded weight."""
+
+#: Told after each epoch: (epochs done, epochs in all, optimizer steps so far).
+Progress = Callable[[int, int, int], None]
 
 
 class ClassWeightedCrossEntropy(nn.Module):
@@ -260,6 +263,7 @@ def train_local(
     replayable_noise_seed: int | None = None,
     class_weights: Sequence[float] | np.ndarray | None = None,
     proximal: Proximal | None = None,
+    progress: Progress | None = None,
 ) -> tuple[nn.Module, TrainResult, RoundRecord | None]:
     """Train ``model`` on (x, y) for ``config.local_epochs`` epochs; returns a plain nn.Module.
 
@@ -275,6 +279,9 @@ def train_local(
     Weighting changes what is learned, never the accounting: same steps, q, noise and epsilon.
 
     ``proximal``: after every step, pull the weights towards a centre (MR-MTL; `Proximal`).
+
+    ``progress``: called after each epoch with (epochs done, epochs, steps so far), so a
+    caller can show how far training is; it must not touch the model.
     """
     dataset = _tensors(x, y)
     pull = _pull(model, proximal, config.lr)
@@ -294,7 +301,9 @@ def train_local(
             shuffle=True,
             generator=torch.Generator().manual_seed(seed),
         )
-        steps, loss = _loop(model, optimizer, loader, loss_fn, config.local_epochs, pull)
+        steps, loss = _loop(
+            model, optimizer, loader, loss_fn, config.local_epochs, pull, progress=progress
+        )
         return model, TrainResult(steps=steps, examples=len(dataset), mean_loss=loss), None
 
     from privacy.engine import private_training
@@ -310,7 +319,13 @@ def train_local(
         noise_generator=_generator(replayable_noise_seed, 1),
     ) as dp:
         steps, loss = _loop(
-            dp.model, dp.optimizer, dp.data_loader, dp.criterion, private.plan.local_epochs, pull
+            dp.model,
+            dp.optimizer,
+            dp.data_loader,
+            dp.criterion,
+            private.plan.local_epochs,
+            pull,
+            progress=progress,
         )
     result = TrainResult(steps=steps, examples=len(dataset), mean_loss=loss)
     return dp.standard_module(), result, dp.record
@@ -326,6 +341,7 @@ def finetune_head(
     private: PrivateRun | None = None,
     replayable_noise_seed: int | None = None,
     class_weights: Sequence[float] | np.ndarray | None = None,
+    progress: Progress | None = None,
 ) -> tuple[nn.Module, TrainResult, RoundRecord | None]:
     """One round of `train_local` in which only the classifier head learns.
 
@@ -346,6 +362,7 @@ def finetune_head(
         private=private,
         replayable_noise_seed=replayable_noise_seed,
         class_weights=class_weights,
+        progress=progress,
     )
     for p in _unwrap(model).extractor.parameters():
         p.requires_grad_(True)
@@ -420,12 +437,14 @@ def _loop(
     loss_fn: nn.Module,
     epochs: int,
     pull: tuple[float, list[tuple[torch.Tensor, torch.Tensor]]] | None = None,
+    *,
+    progress: Progress | None = None,
 ) -> tuple[int, float]:
     """Plain SGD epochs. Empty Poisson batches go through forward/backward too: Opacus turns
     them into a noise-only step, which the accountant counts."""
     model.train()
     steps, total, seen = 0, 0.0, 0
-    for _ in range(epochs):
+    for epoch in range(epochs):
         for xb, yb in loader:
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(model(xb), yb)
@@ -440,6 +459,8 @@ def _loop(
             if len(yb):
                 total += float(loss.detach())
                 seen += 1
+        if progress is not None:
+            progress(epoch + 1, epochs, steps)
     return steps, total / max(seen, 1)
 
 

@@ -70,15 +70,15 @@ def parse_method_options(method: str, pairs: list[str] | None) -> dict[str, Any]
     parse, else as text); each problem named in one UsageError."""
     import json
 
-    from fedrema_cli.errors import UsageError
+    from fedrema_cli.errors import OptionError
 
     if method not in METHODS:
-        raise UsageError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+        raise OptionError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     out: dict[str, Any] = {}
     for pair in pairs or []:
         key, sep, text = pair.partition("=")
         if not sep or not key.strip():
-            raise UsageError(f"bad --option {pair!r}; use KEY=VALUE, e.g. --option lam=0.1")
+            raise OptionError(f"bad --option {pair!r}; use KEY=VALUE, e.g. --option lam=0.1")
         try:
             value = json.loads(text)
         except ValueError:
@@ -88,5 +88,5 @@ def parse_method_options(method: str, pairs: list[str] | None) -> dict[str, Any]
     unknown = sorted(set(out) - set(fields))
     if unknown:
         known = ", ".join(fields) or "none"
-        raise UsageError(f"{method} has no option {', '.join(unknown)} (its options: {known})")
+        raise OptionError(f"{method} has no option {', '.join(unknown)} (its options: {known})")
     return out

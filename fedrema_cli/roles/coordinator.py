@@ -63,9 +63,15 @@ from fedrema_cli.store.federation import (
     RosterSite,
     read_federation,
 )
-from fedrema_cli.store.state import COORDINATOR_META, SITE_META, PartyState
+from fedrema_cli.store.state import (
+    COORDINATOR_META,
+    SITE_META,
+    PartyState,
+    not_a_state_folder,
+)
 from fedrema_cli.store.storage import lasting_location
 from fedrema_cli.store.workspace import COORDINATOR, SITE_NAME, Workspace
+from fedrema_cli.suggest import did_you_mean
 
 META = COORDINATOR_META
 METHOD_STATE = "method-state.json"
@@ -110,8 +116,9 @@ class Coordinator:
     def __init__(self, state_dir: str | Path, *, workspace: str | None = None) -> None:
         self.state = PartyState(state_dir)
         if not self.state.exists(META):
-            raise ConfigError(
-                f"{state_dir} is not a coordinator state folder",
+            raise not_a_state_folder(
+                state_dir,
+                "coordinator",
                 hint="create one with `fedrema init --workspace WS --state DIR`",
             )
         meta = self.state.read_meta(META, {"workspace": str, "federation_sha256": str})
@@ -238,6 +245,7 @@ class Coordinator:
             raise UsageError(
                 f"no enrollment for {', '.join(unknown)} "
                 f"(enrolled: {', '.join(sorted(enrolled)) or 'none'})"
+                + "".join(did_you_mean(u, enrolled) for u in unknown[:1])
             )
         if len(chosen) < 2:
             raise UsageError(

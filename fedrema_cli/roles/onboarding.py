@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from fedrema_cli.config import FederationConfig, TrainingConfig, checked_options, make_config
 from fedrema_cli.data.datasets import get_dataset
 from fedrema_cli.data.tables import FeatureRanges, ImageSchema, TabularSchema
-from fedrema_cli.errors import UsageError
+from fedrema_cli.errors import OptionError
 from fedrema_cli.identity import fingerprint
 from fedrema_cli.learning.modelspec import ModelSpec
 from fedrema_cli.methods import parse_method_options
@@ -98,18 +98,18 @@ def _ranges(text: str, features: tuple[str, ...]) -> FeatureRanges:
     for item in (t.strip() for t in text.split(",") if t.strip()):
         name, _, span = item.partition("=")
         if name.strip() in given:
-            raise UsageError(f"--feature-ranges gives {name.strip()!r} twice")
+            raise OptionError(f"--feature-ranges gives {name.strip()!r} twice")
         low, _, high = span.partition(":")
         try:
             given[name.strip()] = (float(low), float(high))
         except ValueError:
-            raise UsageError(
+            raise OptionError(
                 f"--feature-ranges: {item!r} is not NAME=LOW:HIGH (e.g. age=20:80)"
             ) from None
     unknown = sorted(set(given) - set(features))
     missing = [f for f in features if f not in given]
     if unknown or missing:
-        raise UsageError(
+        raise OptionError(
             "--feature-ranges must give one range for every feature"
             + (f"; not features: {', '.join(unknown)}" if unknown else "")
             + (f"; missing: {', '.join(missing)}" if missing else "")
@@ -121,14 +121,14 @@ def _ranges(text: str, features: tuple[str, ...]) -> FeatureRanges:
         )
     except ValidationError as e:
         msg = e.errors()[0]["msg"].removeprefix("Value error, ")
-        raise UsageError(f"--feature-ranges: {msg}") from None
+        raise OptionError(f"--feature-ranges: {msg}") from None
 
 
 def _ints(text: str, what: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
-        raise UsageError(f"{what} must be comma-separated whole numbers, got {text!r}") from None
+        raise OptionError(f"{what} must be comma-separated whole numbers, got {text!r}") from None
 
 
 def _task(
@@ -142,16 +142,16 @@ def _task(
     """The data schema and model: a bundled preset, or a table described on the command line."""
     if preset is not None:
         if features or label or classes:
-            raise UsageError("give either --preset or --features/--label/--classes, not both")
+            raise OptionError("give either --preset or --features/--label/--classes, not both")
         if feature_ranges:
-            raise UsageError("--feature-ranges is for your own table; a preset has its own")
+            raise OptionError("--feature-ranges is for your own table; a preset has its own")
         info = get_dataset(preset)
         model = info.model_spec
         if hidden is not None:
             model = model.model_copy(update={"hidden": _ints(hidden, "--hidden")})
         return info.schema, model
     if not (features and label and classes):
-        raise UsageError(
+        raise OptionError(
             "say what the federation learns: --preset heart-disease, or a table "
             "with --features a,b,c --label y --classes 0,1"
         )
@@ -174,11 +174,11 @@ def _task(
         )
     except ValueError as e:
         if isinstance(e, ValidationError):
-            raise UsageError(
+            raise OptionError(
                 "the table description does not work: "
                 + "; ".join(err["msg"].removeprefix("Value error, ") for err in e.errors())
             ) from None
-        raise UsageError(f"the table description does not work: {e}".splitlines()[0]) from None
+        raise OptionError(f"the table description does not work: {e}".splitlines()[0]) from None
     return schema, model
 
 
@@ -192,7 +192,7 @@ def join(
     coordinator_fingerprint: str | None,
 ) -> dict[str, Any]:
     if train is None:
-        raise UsageError("a site needs its training data: --train PATH")
+        raise OptionError("a site needs its training data: --train PATH")
     s = Site.create(
         workspace=workspace,
         state_dir=state,

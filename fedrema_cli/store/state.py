@@ -29,6 +29,16 @@ COORDINATOR_META = "coordinator.json"
 LOCK_WAIT_SECONDS = 60.0
 
 
+def not_a_state_folder(root: str | Path, kind: str, hint: str) -> ConfigError:
+    """The error for a --state that is not ``kind``'s folder; a typo gets a did-you-mean."""
+    from fedrema_cli.suggest import missing_folder
+
+    why = missing_folder(root) if not Path(root).exists() else ""
+    return ConfigError(
+        f"{root} is not a {kind} state folder" + (f" ({why})" if why else ""), hint=hint
+    )
+
+
 class PartyState:
     """Typed access to one party's private folder."""
 

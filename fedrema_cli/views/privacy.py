@@ -12,7 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 import crypto
 from crypto.canonical import parse_json
-from fedrema_cli.errors import ConfigError, FedremaError, IntegrityError, StoreError, UsageError
+from fedrema_cli.errors import (
+    ConfigError,
+    FedremaError,
+    IntegrityError,
+    OptionError,
+    StoreError,
+    UsageError,
+)
 from fedrema_cli.identity import Identity, fingerprint, unb64
 from fedrema_cli.protocol.rounds import timestamp
 from fedrema_cli.store.federation import Federation, read_federation
@@ -205,7 +212,7 @@ def build(*, state: Path | None, workspace: str | None) -> tuple[PrivacyReport, 
         extra += _own_ledger_anchors(site, text, verifiers[site.name])
     else:
         if workspace is None:
-            raise UsageError(
+            raise OptionError(
                 "say which ledgers: --workspace WS (every site's published "
                 "entries) or --state SITE_DIR (one site's own ledger)"
             )

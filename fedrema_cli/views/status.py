@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fedrema_cli.errors import UsageError
+from fedrema_cli.errors import OptionError
 from fedrema_cli.protocol.status import round_status
 from fedrema_cli.store.federation import Federation, read_federation
 from fedrema_cli.store.workspace import Workspace
@@ -27,7 +27,7 @@ def federation_status(*, state: Path | None, workspace: str | None) -> dict[str,
         out["you"], out["next"] = site.name, site.next_step(out)
         return {**out, "ignored": dict(site.fed.ignored)}
     if workspace is None:
-        raise UsageError("say whose status: --state DIR (a party) or --workspace WS (anyone)")
+        raise OptionError("say whose status: --state DIR (a party) or --workspace WS (anyone)")
     ws = Workspace.open(workspace)
     config, _ = read_federation(ws)
     # A read-only observer: it signs nothing, so any identity object will do; reads verify

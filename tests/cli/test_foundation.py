@@ -106,8 +106,10 @@ def test_train_local_twice_in_one_round(federation: Fed) -> None:
     key_exchange(fed)
     assert run("train-local", "-s", fed.site("va")).exit_code == 0
     before = snapshot(fed.workspace), snapshot(fed.site("va"))
-    out = run("train-local", "-s", fed.site("va"))
-    _one_line_error(out, 1, "already trained for round 1")
+    out = run("train-local", "-s", fed.site("va"))  # cron re-runs it: a no-op, not a failure
+    assert out.exit_code == 0, out.stderr
+    assert "round 1 already trained; next: `fedrema submit`" in out.stdout
+    assert run("train-local", "-s", fed.site("va"), "--json").json()["already_trained"]
     assert (snapshot(fed.workspace), snapshot(fed.site("va"))) == before
 
 
@@ -116,7 +118,10 @@ def test_submit_before_training_says_to_train(federation: Fed) -> None:
     key_exchange(fed)
     before = snapshot(fed.workspace)
     out = run("submit", "-s", fed.site("va"))
-    _one_line_error(out, 1, "not trained", "train-local")
+    _one_line_error(out, 75, "not trained", "train-local")
+    # the documented cron line's `submit --wait` does not wait for what only this site can do
+    out = run("submit", "-s", fed.site("va"), "--wait", "--timeout", "60")
+    _one_line_error(out, 75, "not trained", "train-local")
     assert snapshot(fed.workspace) == before
 
 

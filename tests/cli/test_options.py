@@ -1,4 +1,4 @@
-"""Out-of-range option values: one line naming the option, exit 1, nothing written."""
+"""Out-of-range option values: one line naming the option, exit 2 (usage), nothing written."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def test_init_names_the_bad_option(tmp_path: Path, args: list[str], option: str)
         "heart-disease",
         *args,
     )
-    assert out.exit_code == 1, (out.stdout, out.stderr)
+    assert out.exit_code == 2, (out.stdout, out.stderr)
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"fedrema: error: {option}:"), out.stderr
     assert not (tmp_path / "ws" / "federation.json").exists()
@@ -51,13 +51,13 @@ def test_init_says_what_is_wrong_with_a_table_description(tmp_path: Path) -> Non
         "--classes",
         "0,0",
     )
-    assert out.exit_code == 1
+    assert out.exit_code == 2
     assert "classes must be unique" in out.stderr
 
 
 def test_simulate_names_the_bad_option() -> None:
     out = run("simulate", "heart-disease", "--rounds", "1", "--epsilon", "-1")
-    assert out.exit_code == 1, (out.stdout, out.stderr)
+    assert out.exit_code == 2, (out.stdout, out.stderr)
     assert out.stderr.startswith("fedrema: error: --epsilon:")
 
 
@@ -77,7 +77,7 @@ def test_init_refuses_a_privacy_policy_out_of_range(
     out = run(
         "init", "-w", tmp_path / "ws", "-s", tmp_path / "c", "--preset", "heart-disease", *options
     )
-    assert out.exit_code == 1, out.stderr
+    assert out.exit_code == 2, out.stderr
     assert named in out.stderr
     assert not (tmp_path / "ws" / "federation.json").exists()
 
@@ -90,7 +90,7 @@ def test_no_dp_with_an_epsilon_is_refused_the_same_way(tmp_path: Path, command: 
         else ("simulate", "heart-disease", "--rounds", "1")
     )
     out = run(*where, "--no-dp", "--epsilon", "5")
-    assert out.exit_code == 1, (out.stdout, out.stderr)
+    assert out.exit_code == 2, (out.stdout, out.stderr)
     refusal = "fedrema: error: --no-dp and --epsilon contradict each other"
     assert out.stderr.splitlines() == [refusal]
     assert not (tmp_path / "ws").exists()

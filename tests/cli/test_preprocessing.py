@@ -57,7 +57,7 @@ def test_bad_ranges_get_one_line_and_nothing_is_written(
     tmp_path: Path, spec: str, message: str
 ) -> None:
     code, _, stderr = _init(tmp_path, "--feature-ranges", spec)
-    assert code == 1 and message in stderr
+    assert code == 2 and message in stderr  # a bad option value: a usage error
     assert len([line for line in stderr.splitlines() if line.strip()]) == 1
     assert not (tmp_path / "ws" / "federation.json").exists()
 
@@ -65,7 +65,7 @@ def test_bad_ranges_get_one_line_and_nothing_is_written(
 def test_a_preset_brings_its_own_ranges(tmp_path: Path) -> None:
     out = run("init", "-w", tmp_path / "ws", "-s", tmp_path / "c", "--preset", "heart-disease",
               "--feature-ranges", "age=0:1")  # fmt: skip
-    assert out.exit_code == 1 and "a preset has its own" in out.stderr
+    assert out.exit_code == 2 and "a preset has its own" in out.stderr
 
 
 def test_every_hospital_scales_alike_and_the_report_says_it_is_covered(private_fed: Fed) -> None:

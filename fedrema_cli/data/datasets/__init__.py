@@ -18,8 +18,9 @@ from typing import Literal
 
 from fedrema_cli.data.datasets import heart_disease, imbalanced, label_skew
 from fedrema_cli.data.tables import ImageSchema, TabularSchema
-from fedrema_cli.errors import UsageError
+from fedrema_cli.errors import OptionError
 from fedrema_cli.learning.modelspec import ModelSpec
+from fedrema_cli.suggest import did_you_mean
 
 SiteFiles = dict[str, dict[str, Path]]
 
@@ -166,4 +167,6 @@ def get_dataset(name: str) -> DatasetInfo:
         return DATASETS[name]
     except KeyError:
         known = ", ".join(sorted(DATASETS))
-        raise UsageError(f"unknown dataset {name!r}; known: {known}") from None
+        raise OptionError(
+            f"unknown dataset {name!r}; known: {known}{did_you_mean(name, DATASETS)}"
+        ) from None

@@ -21,7 +21,7 @@ from fedrema_cli.data.tables import (
     load_npz,
     load_table,
 )
-from fedrema_cli.errors import BUDGET_SPENT, ConfigError, IntegrityError
+from fedrema_cli.errors import BUDGET_SPENT, ConfigError, DataError, IntegrityError
 from fedrema_cli.learning.params import Params, load_params
 from fedrema_cli.protocol import exchange
 from fedrema_cli.protocol.rounds import (
@@ -31,7 +31,7 @@ from fedrema_cli.protocol.rounds import (
     turn,
 )
 from fedrema_cli.store.federation import Federation, read_federation
-from fedrema_cli.store.state import SITE_META, PartyState
+from fedrema_cli.store.state import SITE_META, PartyState, not_a_state_folder
 from fedrema_cli.store.workspace import Workspace
 
 META = SITE_META
@@ -85,9 +85,8 @@ class SiteBase:
     def __init__(self, state_dir: str | Path, *, workspace: str | None = None) -> None:
         self.state = PartyState(state_dir)
         if not self.state.exists(META):
-            raise ConfigError(
-                f"{state_dir} is not a site state folder",
-                hint="create one with `fedrema init --site NAME ...`",
+            raise not_a_state_folder(
+                state_dir, "site", hint="create one with `fedrema init --site NAME ...`"
             )
         self.meta = self.state.read_meta(
             META, {"site": str, "workspace": str, "federation_sha256": str, "data": dict}
@@ -132,6 +131,23 @@ class SiteBase:
 
     def data(self) -> SiteData:
         return _load_data(self.config, self.meta["data"])
+
+    def check_data_unchanged(self, data: SiteData) -> None:
+        """The training file is the one this site joined with, byte for byte.
+
+        The privacy plan and every earlier round assume it; a file edited, replaced or grown
+        since `init` would otherwise surface as a budget refusal or a silently different
+        model. State folders from before the fingerprint was recorded are not checked.
+        """
+        joined = self.meta.get("data_sha256", {})
+        expected = joined.get("train") if isinstance(joined, dict) else None
+        if expected is not None and data.train_fingerprint != expected:
+            raise DataError(
+                f"{self.meta['data']['train']} changed since this site ran `fedrema init` "
+                "(its sha256 differs); the privacy plan and earlier rounds assume the data "
+                "it joined with; nothing was trained",
+                hint="restore the file as it was at init",
+            )
 
     def _latest_own(self, before: int) -> Params | None:
         for k in range(before - 1, 0, -1):

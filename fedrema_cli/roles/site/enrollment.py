@@ -69,7 +69,8 @@ class Enrollment(SiteBase):
             "train": str(Path(train).resolve()),
             "test": str(Path(test).resolve()) if test else None,
         }
-        _load_data(config, paths)  # fails with file/line/column before anything is written
+        # fails with file/line/column before anything is written
+        joined_with = _load_data(config, paths).train_fingerprint
         identity = state.create_identity()
         state.write_json(
             META,
@@ -80,6 +81,8 @@ class Enrollment(SiteBase):
                 "federation_id": config.federation_id,
                 "federation_sha256": digest,
                 "data": paths,
+                # train-local names a file changed since (else: a confusing budget refusal)
+                "data_sha256": {"train": joined_with},
             },
         )
         exchange.write_enrollment(

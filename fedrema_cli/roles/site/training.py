@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedrema_cli.config import finetune_rounds
 from fedrema_cli.errors import UsageError
@@ -25,13 +25,19 @@ from fedrema_cli.roles.site.base import (
     _trained,
 )
 
+if TYPE_CHECKING:
+    from fedrema_cli.learning.training import Progress
+
 
 class Training(SiteBase):
     # -- training ---------------------------------------------------------------------------
 
     @_exclusive
-    def train_local(self) -> dict[str, Any]:
+    def train_local(self, progress: Progress | None = None) -> dict[str, Any]:
         """Train this round's update (once per round) and keep it here until `submit`.
+
+        A round already trained is not trained again: its record comes back with
+        ``already_trained`` (so cron can re-run the command every time; nothing changes).
 
         With a privacy policy the order is what makes a crash harmless: the budget gate runs
         before any training; the trained update and the ledger body are saved privately, then
@@ -48,19 +54,24 @@ class Training(SiteBase):
                 hint="run `fedrema personalize` to get your model",
             )
         self._require_active(r)
-        if self.state.exists(_record(r)):
+        if self.state.exists(_record(r)):  # a round trains once; a re-run changes nothing
+            done = self.state.read_json(_record(r))
             if repaired:  # the previous run was cut off after training: it is now complete
-                return {**self.state.read_json(_record(r)), "completed_after_crash": True}
-            raise UsageError(
-                f"already trained for round {r}; a round trains once", hint="`fedrema submit`"
-            )
+                return {**done, "completed_after_crash": True}
+            return {**done, "already_trained": True}
         if not self.fed.exists("model", r):
             raise UsageError(f"round {r} has not started yet", hint="wait for the coordinator")
         self._check_participant(r)
-        return self._train_round(r, self._start_params(r), ledger)
+        return self._train_round(r, self._start_params(r), ledger, progress=progress)
 
     def _train_round(
-        self, r: int, start: Params, ledger: Any, *, head_only: bool = False
+        self,
+        r: int,
+        start: Params,
+        ledger: Any,
+        *,
+        head_only: bool = False,
+        progress: Progress | None = None,
     ) -> dict[str, Any]:
         """One round of local training from ``start``, recorded privately (and in the ledger).
 
@@ -77,6 +88,7 @@ class Training(SiteBase):
         )
 
         data = self.data()
+        self.check_data_unchanged(data)  # before the budget gate: name the real cause
         method = self.config.method_impl()
         trains = method.trains
         pull = None if head_only else method.proximal()
@@ -105,6 +117,7 @@ class Training(SiteBase):
                 replayable_noise_seed=(
                     derive_seed(seed, "dp-noise") if self.simulated_noise else None
                 ),
+                progress=progress,
                 **extra,
             )
         else:  # majority class: no gradient step, nothing leaves the site, nothing to account
