@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from fedrema_cli import ui
-from fedrema_cli.defaults import DEFAULT_METHOD
+from fedrema_cli.defaults import CLASS_WEIGHTING_HELP, DEFAULT_METHOD
 from fedrema_cli.methods import method_help, parse_method_options
 
 
@@ -37,6 +37,7 @@ def simulate(
     epochs: Annotated[int, typer.Option(min=1, help="Local epochs per round.")] = 1,
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
     lr: Annotated[float, typer.Option(min=0)] = 0.05,
+    class_weighting: Annotated[str | None, typer.Option(help=CLASS_WEIGHTING_HELP)] = None,
     finetune_rounds: Annotated[
         int | None,
         typer.Option(
@@ -105,14 +106,23 @@ def simulate(
       fedrema simulate heart-disease --method fedavg --no-dp --no-secure-aggregation
     """
     from fedrema_cli import simulate as sim
-    from fedrema_cli.config import TrainingConfig, checked_options, target_epsilon
+    from fedrema_cli.config import (
+        TrainingConfig,
+        checked_options,
+        parse_class_weighting,
+        target_epsilon,
+    )
 
     epsilon = target_epsilon(epsilon, no_dp=no_dp)
     methods = [m.strip() for m in method.split(",") if m.strip()]
     drops = tuple(sim.Drop.parse(d) for d in (drop or []))
     with checked_options():
         training = TrainingConfig(
-            local_epochs=epochs, batch_size=batch_size, lr=lr, finetune_rounds=finetune_rounds
+            local_epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            finetune_rounds=finetune_rounds,
+            class_weighting=parse_class_weighting(class_weighting),
         )
     results = []
     for m in methods:

@@ -7,7 +7,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from fedrema_cli.config import FederationConfig, TrainingConfig, checked_options, make_config
+from fedrema_cli.config import (
+    FederationConfig,
+    TrainingConfig,
+    checked_options,
+    make_config,
+    parse_class_weighting,
+)
 from fedrema_cli.data.datasets import get_dataset
 from fedrema_cli.data.tables import FeatureRanges, ImageSchema, TabularSchema
 from fedrema_cli.errors import UsageError
@@ -35,6 +41,7 @@ def create(
     epochs: int,
     batch_size: int,
     lr: float,
+    class_weighting: str | None = None,
     seed: int,
     epsilon: float | None,
     delta: float,
@@ -54,7 +61,12 @@ def create(
             method_options=parse_method_options(method, method_options),
             rounds=rounds,
             seed=seed,
-            training=TrainingConfig(local_epochs=epochs, batch_size=batch_size, lr=lr),
+            training=TrainingConfig(
+                local_epochs=epochs,
+                batch_size=batch_size,
+                lr=lr,
+                class_weighting=parse_class_weighting(class_weighting),
+            ),
             secure_aggregation=secure_aggregation,
             consistency_check=consistency_check,
             threshold=threshold,
