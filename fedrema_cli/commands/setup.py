@@ -226,6 +226,8 @@ def init(
                 f"--coordinator-fingerprint): it is {out['coordinator_fingerprint']}; compare it "
                 "with the one the coordinator gave you before you train"
             )
+        for w in out["warnings"]:
+            ui.warn(f"{w['message']} Likely cause: {w['cause']}. Try: {w['advice']}.")
         ui.say("  next: the coordinator runs `fedrema approve`; then `fedrema submit`")
         return None
     out = actions.create(

@@ -150,6 +150,8 @@ def simulate(
         return ui.emit_json(results[0] if len(results) == 1 else {"results": results})
     for t in results_tables(results):
         ui.console.print(t)
+    for line in warning_lines(results):
+        ui.say(line)
     return None
 
 
@@ -167,12 +169,26 @@ def results_tables(results: list[dict]) -> list[object]:
         ],
     )
     private = any(r["privacy"] for r in results)
-    columns = ["method", "mean accuracy", "mean balanced acc.", "mean AUC"]
+    columns = [
+        "method",
+        "mean accuracy",
+        "mean balanced acc.",
+        "mean AUC",
+        "bal. acc. @threshold",
+        "sensitivity @threshold",
+    ]
     if private:
         columns.append("max ε spent")
     rows = []
     for r in results:
-        row = [r["method"], r["mean_accuracy"], r["mean_balanced_accuracy"], r["mean_auc"]]
+        row = [
+            r["method"],
+            r["mean_accuracy"],
+            r["mean_balanced_accuracy"],
+            r["mean_auc"],
+            r.get("mean_balanced_accuracy_at_threshold"),
+            r.get("mean_sensitivity_at_threshold"),
+        ]
         if private:
             eps = [v["epsilon"] for v in r["sites"].values() if v["epsilon"] is not None]
             row.append(max(eps) if eps else None)
@@ -187,7 +203,20 @@ def results_tables(results: list[dict]) -> list[object]:
         f"{first['dataset']}, {first['rounds']} rounds, seed {first['seed']}, "
         f"{privacy}, secure aggregation {secure}"
     )
+    caption += "; @threshold: threshold chosen per site on a validation split of its training file"
     return [per_site, ui.table("Mean over hospitals", columns, rows, caption=caption)]
+
+
+def warning_lines(results: list[dict]) -> list[str]:
+    """Every site's degenerate-model warnings, per method."""
+    from fedrema_cli.views.clinical import warning_lines as lines
+
+    out = []
+    for r in results:
+        for site, v in r["sites"].items():
+            for w in v.get("warnings", []):
+                out += lines([w], prefix=f"{r['method']}, {site} ({w['at']}): ")
+    return out
 
 
 def prepare_data(

@@ -219,7 +219,21 @@ def join(
         "fingerprint": fingerprint(s.fed.identity.public.sign_pk),
         "coordinator_fingerprint": fingerprint(s.config.coordinator.sign_pk),
         "coordinator_fingerprint_checked": coordinator_fingerprint is not None,
+        "warnings": [w.to_json() for w in _data_warnings(s)],
     }
+
+
+def _data_warnings(site: Site) -> list[Any]:
+    """A class with too few training records to learn from (shown to this site only: the
+    counts are patient data and are not published)."""
+    import numpy as np
+
+    from fedrema_cli.learning.metrics import minority_warning
+
+    k = site.config.model.num_classes
+    counts = np.bincount(np.asarray(site.data().y_train, dtype=np.int64), minlength=k)[:k]
+    warning = minority_warning(counts, classes=getattr(site.config.data, "classes", None))
+    return [] if warning is None else [warning]
 
 
 def approve(
