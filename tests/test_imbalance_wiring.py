@@ -75,7 +75,10 @@ def test_the_plan_keeps_release_plus_dp_sgd_within_the_target() -> None:
     plain = plan_round(PrivacyPolicy(**base), dataset_size=199)
     policy = PrivacyPolicy(**base, label_count_noise=LABEL_COUNT_NOISE)
     plan = plan_round(policy, dataset_size=199)
-    history = [*policy.release_history(), (plan.noise_multiplier, plan.sample_rate, 20 * plan.steps_per_round)]
+    history = [
+        *policy.release_history(),
+        (plan.noise_multiplier, plan.sample_rate, 20 * plan.steps_per_round),
+    ]
     composed = epsilon(history, delta=1e-5, mechanism="rdp")
     # More noise than DP-SGD alone needs, so that both together land at (not over) the target.
     assert plan.noise_multiplier > plain.noise_multiplier
@@ -85,9 +88,7 @@ def test_the_plan_keeps_release_plus_dp_sgd_within_the_target() -> None:
     alone = [(plain.noise_multiplier, plain.sample_rate, 20 * plain.steps_per_round)]
     assert epsilon([*policy.release_history(), *alone], delta=1e-5, mechanism="rdp") > 3.0
     # dp-accounting composes the q = 1 Gaussian step the same way (independent check).
-    assert independent_epsilon(history, delta=1e-5).rdp_integer == pytest.approx(
-        composed, abs=0.02
-    )
+    assert independent_epsilon(history, delta=1e-5).rdp_integer == pytest.approx(composed, abs=0.02)
 
 
 def test_validation_split_is_stratified_seeded_and_keeps_a_rare_class() -> None:

@@ -174,8 +174,8 @@ def results_tables(results: list[dict]) -> list[object]:
         "mean accuracy",
         "mean balanced acc.",
         "mean AUC",
-        "bal. acc. @threshold",
-        "sensitivity @threshold",
+        "bal. acc. @thr.",
+        "sens. @thr.",
     ]
     if private:
         columns.append("max ε spent")
@@ -203,7 +203,7 @@ def results_tables(results: list[dict]) -> list[object]:
         f"{first['dataset']}, {first['rounds']} rounds, seed {first['seed']}, "
         f"{privacy}, secure aggregation {secure}"
     )
-    caption += "; @threshold: threshold chosen per site on a validation split of its training file"
+    caption += "; @thr.: threshold chosen per site on a validation split of its training file"
     return [per_site, ui.table("Mean over hospitals", columns, rows, caption=caption)]
 
 
