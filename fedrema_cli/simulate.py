@@ -76,7 +76,19 @@ class SimulationSpec:
 def run(
     spec: SimulationSpec, *, on_round: Callable[[int, int], None] | None = None
 ) -> dict[str, Any]:
-    """Run the federation and return per-site test metrics and their means."""
+    """Run the federation and return per-site test metrics and their means.
+
+    Keys: ``sites[name]`` holds ``accuracy``, ``balanced_accuracy`` and ``auc`` of the
+    deployed model's most probable class (argmax), ``n_test`` and ``epsilon`` (spent, None
+    without DP); beside them, at the decision threshold `personalize` chooses on a stratified
+    validation split of the site's *training* file (binary tasks; None otherwise):
+    ``threshold``, ``balanced_accuracy_at_threshold`` and ``sensitivity_at_threshold``
+    (sensitivity = recall of class 1); and ``warnings``, the degenerate-model warnings
+    (`learning.metrics.model_warnings`: ``code``, ``message``, ``cause``, ``advice``, ``at``:
+    "argmax" or "threshold"). ``mean_accuracy``, ``mean_balanced_accuracy``, ``mean_auc``,
+    ``mean_balanced_accuracy_at_threshold`` and ``mean_sensitivity_at_threshold`` are
+    unweighted means over sites (a site without the value is left out of that mean).
+    """
     if spec.method not in METHODS:
         raise OptionError(f"unknown method {spec.method!r}; choose from {', '.join(METHODS)}")
     info = get_dataset(spec.dataset)
@@ -177,12 +189,21 @@ def _run(
     for name, site in sites.items():
         out = site.personalize()
         m = out["metrics"] or {}
+        clinical = out.get("clinical") or {}
         per_site[name] = {
             "accuracy": m.get("accuracy"),
             "balanced_accuracy": m.get("balanced_accuracy"),
             "auc": m.get("auc"),
             "n_test": m.get("n"),
             "epsilon": site.epsilon_spent(),
+            "threshold": out["threshold"].get("threshold"),
+            "balanced_accuracy_at_threshold": (
+                (clinical.get("balanced_accuracy") or {}).get("value")
+                if out["threshold"].get("threshold") is not None
+                else None
+            ),
+            "sensitivity_at_threshold": (clinical.get("sensitivity") or {}).get("value"),
+            "warnings": _warnings(site, out),
         }
         if spec.predictions:
             per_site[name]["correct"] = _correct(site)
@@ -209,10 +230,33 @@ def _run(
 def _mean_metrics(per_site: dict[str, Any]) -> dict[str, float | None]:
     """Unweighted mean over sites of each metric (a site without AUC is left out of that mean)."""
     out: dict[str, float | None] = {}
-    for key in ("accuracy", "balanced_accuracy", "auc"):
+    keys = ("accuracy", "balanced_accuracy", "auc")
+    if any(v and "sensitivity_at_threshold" in v for v in per_site.values()):
+        keys += ("balanced_accuracy_at_threshold", "sensitivity_at_threshold")
+    for key in keys:
         values = [v[key] for v in per_site.values() if v and v.get(key) is not None]
         out[f"mean_{key}"] = float(np.mean(values)) if values else None
     return out
+
+
+def _warnings(site: Site, out: dict[str, Any]) -> list[dict[str, str]]:
+    """Degenerate-model warnings of a site's deployed model on its test file: at the argmax
+    (the columns `simulate` always showed) and at the chosen threshold."""
+    from fedrema_cli.learning.metrics import model_warnings
+    from fedrema_cli.learning.models import build_model, set_part
+    from fedrema_cli.learning.training import predict_proba
+
+    data = site.data()
+    if data.x_test is None:
+        return []
+    params, _ = site.personalized_params()
+    model = build_model(site.config.model, seed=site.config.seed)
+    set_part(model, "all", params)
+    argmax = model_warnings(predict_proba(model, data.x_test), data.y_test)
+    found = [{**w.to_json(), "at": "argmax"} for w in argmax]
+    if out["threshold"].get("threshold") is not None:
+        found += [{**w, "at": "threshold"} for w in out["warnings"] if w["code"] == "one-class"]
+    return found
 
 
 def _correct(site: Site) -> str:

@@ -92,6 +92,12 @@ class PrivacyPolicy(BaseModel):
     local_epochs: int = Field(ge=1, le=10_000)
     batch_size: int = Field(ge=1, description="expected Poisson batch size")
     grad_sample_mode: GradSampleMode = DEFAULT_GRAD_SAMPLE_MODE
+    label_count_noise: float | None = Field(
+        default=None,
+        gt=0,
+        description="noise multiplier of a Gaussian release of each site's label counts "
+        "(class weights) before its first round; None: no such release",
+    )
 
     @field_validator("target_epsilon", "delta", "max_grad_norm")
     @classmethod
@@ -99,6 +105,13 @@ class PrivacyPolicy(BaseModel):
         if not math.isfinite(value):
             raise ValueError("must be a finite number")
         return value
+
+    def release_history(self) -> list[Triple]:
+        """What a site spends besides DP-SGD: the label-count release, one Gaussian step at
+        q = 1 (L2 sensitivity 1 under add/remove-one), planned into the same budget."""
+        if self.label_count_noise is None:
+            return []
+        return [(float(self.label_count_noise), 1.0, 1)]
 
 
 class RoundPlan(BaseModel):
@@ -227,6 +240,9 @@ def _plan_round(policy: PrivacyPolicy, dataset_size: int) -> RoundPlan:
         steps=total,
         mechanism=policy.accountant,
     )
+    prefix = policy.release_history()
+    if prefix:
+        sigma = _raise_for_prefix(sigma, prefix, policy, q, total)
     expected_batch_size = int(dataset_size * q)
     if expected_batch_size < 1:
         # Opacus divides the noisy gradient sum by int(N * q); 0 would divide by zero.
@@ -235,7 +251,7 @@ def _plan_round(policy: PrivacyPolicy, dataset_size: int) -> RoundPlan:
             hint="use a batch size of at least 2",
         )
     planned_eps = analysis.epsilon(
-        [(sigma, q, total)], delta=policy.delta, mechanism=policy.accountant
+        [*prefix, (sigma, q, total)], delta=policy.delta, mechanism=policy.accountant
     )
     if planned_eps > policy.target_epsilon:
         # Cannot happen with Opacus's bisection (it returns the upper sigma); fail closed anyway.
@@ -261,3 +277,36 @@ def _plan_round(policy: PrivacyPolicy, dataset_size: int) -> RoundPlan:
         planned_epsilon=planned_eps,
         grad_sample_mode=policy.grad_sample_mode,
     )
+
+
+def _raise_for_prefix(
+    sigma: float, prefix: list[Triple], policy: PrivacyPolicy, q: float, steps: int
+) -> float:
+    """The smallest sigma (to ``PLANNER_EPSILON_TOLERANCE`` in epsilon) at which ``prefix``
+    composed with ``steps`` DP-SGD steps at ``q`` stays within the target.
+
+    ``sigma`` (planned for DP-SGD alone) is a lower bound: adding the prefix only raises
+    epsilon. Bisection like Opacus's, returning the upper end, so the plan never overshoots.
+    """
+
+    def eps(s: float) -> float:
+        return analysis.epsilon(
+            [*prefix, (s, q, steps)], delta=policy.delta, mechanism=policy.accountant
+        )
+
+    target = policy.target_epsilon
+    if analysis.epsilon(prefix, delta=policy.delta, mechanism=policy.accountant) >= target:
+        raise PolicyError(
+            f"the label-count release alone spends epsilon {target} or more",
+            hint="raise the target epsilon, or use --class-weighting none or explicit weights",
+        )
+    low, high = sigma, sigma
+    while eps(high) > target:
+        low, high = high, high * 1.5
+    while high - low > 1e-4 and target - eps(high) > PLANNER_EPSILON_TOLERANCE:
+        mid = (low + high) / 2
+        if eps(mid) > target:
+            low = mid
+        else:
+            high = mid
+    return high

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from fedrema_cli import ui
-from fedrema_cli.defaults import DEFAULT_EPSILON, DEFAULT_METHOD
+from fedrema_cli.defaults import CLASS_WEIGHTING_HELP, DEFAULT_EPSILON, DEFAULT_METHOD
 from fedrema_cli.methods import method_help
 
 
@@ -132,6 +132,10 @@ def init(
     ] = 1,
     batch_size: Annotated[int, typer.Option(min=1, rich_help_panel="Creating a federation")] = 16,
     lr: Annotated[float, typer.Option(min=0, rich_help_panel="Creating a federation")] = 0.05,
+    class_weighting: Annotated[
+        str | None,
+        typer.Option(help=CLASS_WEIGHTING_HELP, rich_help_panel="Creating a federation"),
+    ] = None,
     seed: Annotated[
         int, typer.Option(help="Seeds the initial model.", rich_help_panel="Creating a federation")
     ] = 0,
@@ -222,6 +226,8 @@ def init(
                 f"--coordinator-fingerprint): it is {out['coordinator_fingerprint']}; compare it "
                 "with the one the coordinator gave you before you train"
             )
+        for w in out["warnings"]:
+            ui.warn(f"{w['message']} Likely cause: {w['cause']}. Try: {w['advice']}.")
         ui.say("  next: the coordinator runs `fedrema approve`; then `fedrema submit`")
         return None
     out = actions.create(
@@ -240,6 +246,7 @@ def init(
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,
+        class_weighting=class_weighting,
         seed=seed,
         epsilon=target_epsilon(epsilon, no_dp=no_dp),
         delta=delta,

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from fedrema_cli import ui
-from fedrema_cli.defaults import DEFAULT_METHOD
+from fedrema_cli.defaults import CLASS_WEIGHTING_HELP, DEFAULT_METHOD
 from fedrema_cli.methods import method_help, parse_method_options
 
 
@@ -37,6 +37,7 @@ def simulate(
     epochs: Annotated[int, typer.Option(min=1, help="Local epochs per round.")] = 1,
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
     lr: Annotated[float, typer.Option(min=0)] = 0.05,
+    class_weighting: Annotated[str | None, typer.Option(help=CLASS_WEIGHTING_HELP)] = None,
     finetune_rounds: Annotated[
         int | None,
         typer.Option(
@@ -105,14 +106,23 @@ def simulate(
       fedrema simulate heart-disease --method fedavg --no-dp --no-secure-aggregation
     """
     from fedrema_cli import simulate as sim
-    from fedrema_cli.config import TrainingConfig, checked_options, target_epsilon
+    from fedrema_cli.config import (
+        TrainingConfig,
+        checked_options,
+        parse_class_weighting,
+        target_epsilon,
+    )
 
     epsilon = target_epsilon(epsilon, no_dp=no_dp)
     methods = [m.strip() for m in method.split(",") if m.strip()]
     drops = tuple(sim.Drop.parse(d) for d in (drop or []))
     with checked_options():
         training = TrainingConfig(
-            local_epochs=epochs, batch_size=batch_size, lr=lr, finetune_rounds=finetune_rounds
+            local_epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            finetune_rounds=finetune_rounds,
+            class_weighting=parse_class_weighting(class_weighting),
         )
     results = []
     for m in methods:
@@ -140,6 +150,8 @@ def simulate(
         return ui.emit_json(results[0] if len(results) == 1 else {"results": results})
     for t in results_tables(results):
         ui.console.print(t)
+    for line in warning_lines(results):
+        ui.say(line)
     return None
 
 
@@ -157,12 +169,26 @@ def results_tables(results: list[dict]) -> list[object]:
         ],
     )
     private = any(r["privacy"] for r in results)
-    columns = ["method", "mean accuracy", "mean balanced acc.", "mean AUC"]
+    columns = [
+        "method",
+        "mean accuracy",
+        "mean balanced acc.",
+        "mean AUC",
+        "bal. acc. @thr.",
+        "sens. @thr.",
+    ]
     if private:
         columns.append("max ε spent")
     rows = []
     for r in results:
-        row = [r["method"], r["mean_accuracy"], r["mean_balanced_accuracy"], r["mean_auc"]]
+        row = [
+            r["method"],
+            r["mean_accuracy"],
+            r["mean_balanced_accuracy"],
+            r["mean_auc"],
+            r.get("mean_balanced_accuracy_at_threshold"),
+            r.get("mean_sensitivity_at_threshold"),
+        ]
         if private:
             eps = [v["epsilon"] for v in r["sites"].values() if v["epsilon"] is not None]
             row.append(max(eps) if eps else None)
@@ -177,7 +203,20 @@ def results_tables(results: list[dict]) -> list[object]:
         f"{first['dataset']}, {first['rounds']} rounds, seed {first['seed']}, "
         f"{privacy}, secure aggregation {secure}"
     )
+    caption += "; @thr.: threshold chosen per site on a validation split of its training file"
     return [per_site, ui.table("Mean over hospitals", columns, rows, caption=caption)]
+
+
+def warning_lines(results: list[dict]) -> list[str]:
+    """Every site's degenerate-model warnings, per method."""
+    from fedrema_cli.views.clinical import warning_lines as lines
+
+    out = []
+    for r in results:
+        for site, v in r["sites"].items():
+            for w in v.get("warnings", []):
+                out += lines([w], prefix=f"{r['method']}, {site} ({w['at']}): ")
+    return out
 
 
 def prepare_data(

@@ -128,6 +128,13 @@ def personalize(
         Path | None,
         typer.Option(help="Write the deployable model here (safetensors + model card JSON)."),
     ] = None,
+    target_sensitivity: Annotated[
+        float | None,
+        typer.Option(
+            help="Choose the threshold to reach this sensitivity on the validation split "
+            "(default: maximise balanced accuracy).",
+        ),
+    ] = None,
     workspace: ui.WorkspaceOpt = None,
     json_out: ui.JsonOpt = False,
 ) -> None:
@@ -139,19 +146,23 @@ def personalize(
       fedrema personalize -s cleveland --export models/cleveland
     """
     from fedrema_cli.roles.site import Site
+    from fedrema_cli.views.clinical import clinical_lines, threshold_line, warning_lines
 
     site = Site(state, workspace=workspace)
-    out = site.personalize(export)
+    out = site.personalize(export, target_sensitivity=target_sensitivity)
     if json_out:
         return ui.emit_json(out)
     m = out["metrics"]
     status = "final" if out["complete"] else f"after round {out['after_round']} (not finished)"
-    ui.say(f"[green]✓[/] {site.name}: personalized model, {status}, method {out['method']}")
+    mark = "[yellow]![/]" if out["warnings"] else "[green]✓[/]"
+    ui.say(f"{mark} {site.name}: personalized model, {status}, method {out['method']}")
     if m:
         ui.say(
-            f"  hold-out ({m['n']} records): accuracy {m['accuracy']:.3f}, balanced accuracy "
-            f"{m['balanced_accuracy']:.3f}, AUC {ui.fmt(m['auc'])}"
+            f"  hold-out ({m['n']} records), most probable class: accuracy {m['accuracy']:.3f}, "
+            f"balanced accuracy {m['balanced_accuracy']:.3f}, AUC {ui.fmt(m['auc'])}"
         )
+    for line in [threshold_line(out), *clinical_lines(out), *warning_lines(out["warnings"])]:
+        ui.say(line)
     if out.get("exported"):
         ui.say(f"  exported to {out['exported']}")
     return None

@@ -77,7 +77,23 @@ def _show(out: dict[str, Any]) -> None:
         )
     if out.get("you"):
         ui.say(f"  you are [bold]{out['you']}[/]: next → {escape(out['next'])}")
+        _show_evaluation(out)
     else:
         for who, what in out["next_for"].items():
             ui.say(f"  {who}: {escape(what)}")
     return None
+
+
+def _show_evaluation(out: dict[str, Any]) -> None:
+    """The warnings of this site's last `personalize` (status itself evaluates nothing)."""
+    from fedrema_cli.views.clinical import warning_lines
+
+    ev = out.get("last_evaluation")
+    if not ev:
+        return
+    if not ev["warnings"]:
+        ui.say(f"  last `fedrema personalize` (after round {ev['after_round']}): no warnings")
+        return
+    ui.say(f"  last `fedrema personalize` (after round {ev['after_round']}) warned:")
+    for line in warning_lines(ev["warnings"], prefix="  "):
+        ui.say(f"  {line}")

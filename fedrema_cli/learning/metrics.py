@@ -217,6 +217,29 @@ def basic_metrics(proba: np.ndarray, y: np.ndarray, *, threshold: float | None =
 # ---------------------------------------------------------------------------------------------
 # Choosing the operating point (validation data only)
 
+VALIDATION_FRACTION = 0.25
+
+
+def validation_split(
+    labels: np.ndarray, *, seed: int, fraction: float = VALIDATION_FRACTION
+) -> np.ndarray:
+    """Sorted indices of a stratified, seeded validation split of a site's *training* labels.
+
+    Each class contributes ``round(fraction * n_c)`` of its records, at least one when it has
+    two or more (so a rare class is not left out of the split that picks the threshold) and
+    none when it has one. The test file never enters: its labels are not an argument.
+    """
+    y = np.asarray(labels).astype(np.int64)
+    if not 0 < fraction < 1:
+        raise ValueError(f"validation fraction must be in (0, 1), got {fraction}")
+    rng = np.random.default_rng(seed)
+    picked = []
+    for c in np.unique(y):
+        members = np.flatnonzero(y == c)
+        take = 0 if len(members) < 2 else max(1, round(fraction * len(members)))
+        picked.append(rng.permutation(members)[:take])
+    return np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)
+
 
 @dataclass(frozen=True)
 class ThresholdChoice:

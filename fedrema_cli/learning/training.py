@@ -35,7 +35,7 @@ from torch import nn
 from torch.nn import functional
 from torch.utils.data import DataLoader, TensorDataset
 
-from fedrema_cli.config import TrainingConfig
+from fedrema_cli.config import LABEL_COUNT_NOISE, TrainingConfig
 from fedrema_cli.learning.metrics import Metrics, basic_metrics
 
 if TYPE_CHECKING:
@@ -164,7 +164,15 @@ class NoisyLabelCounts:
 
     def history(self) -> list[Triple]:
         """The accountant entry of this release: one step of the Gaussian mechanism, q = 1."""
-        return [(self.noise_multiplier, 1.0, 1)]
+        return [self.triple()]
+
+    # What a ledger entry records of a release (`privacy.ledger.RoundRecordLike`): the
+    # histogram's L2 sensitivity stands where DP-SGD's clipping norm does.
+    max_grad_norm = 1.0
+    grad_sample_mode = "label-counts"
+
+    def triple(self) -> Triple:
+        return (self.noise_multiplier, 1.0, 1)
 
 
 def dp_label_counts(
@@ -199,15 +207,6 @@ def dp_label_counts(
         delta=delta,
         mechanism=mechanism,
     )
-
-
-LABEL_COUNT_NOISE = 10.0
-"""Default noise multiplier of `dp_label_counts`. Composed with a site's DP-SGD steps it adds
-+0.035 to epsilon at a target of 3 and +0.085 at 1 (RDP, delta 1e-5, for each of the four
-heart-disease sites: one Gaussian step at q = 1 beside 20 rounds of DP-SGD), and the
-inverse-frequency weights from these noisy counts scored the same balanced accuracy as
-weights from the exact counts (fedrema, heart disease, epsilon 3, seeds 1-3: 0.77 and 0.76).
-On its own the release would be epsilon 0.375; counted like that it would look 10x dearer."""
 
 
 def balanced_class_weights(

@@ -17,6 +17,7 @@ import numpy as np
 
 from fedrema_cli.config import FederationConfig
 from fedrema_cli.data.tables import Standardizer
+from fedrema_cli.errors import UsageError
 from fedrema_cli.learning.params import save_params
 from fedrema_cli.store.storage import LocalStorage
 
@@ -33,6 +34,7 @@ def export_model(
     card: Mapping[str, Any],
 ) -> str:
     store = LocalStorage(folder)
+    _refuse_other_site(store, folder, str(card.get("site")))
     full_card = {
         "format": "fedrema-model-card/1",
         **card,
@@ -45,3 +47,25 @@ def export_model(
     store.replace(WEIGHTS, save_params(params))
     store.replace(CARD, json.dumps(full_card, indent=1, sort_keys=True).encode() + b"\n")
     return str(folder)
+
+
+def _refuse_other_site(store: LocalStorage, folder: Path, site: str) -> None:
+    """Refuse a folder whose model card names another site (or is not a model card)."""
+    if not store.exists(CARD):
+        return
+    try:
+        existing = json.loads(store.read_bytes(CARD, max_bytes=16 << 20))
+    except ValueError:
+        existing = None
+    owner = existing.get("site") if isinstance(existing, dict) else None
+    if not isinstance(owner, str):
+        raise UsageError(
+            f"{folder / CARD} is not a fedrema model card; refusing to overwrite it",
+            hint="export into an empty folder",
+        )
+    if owner != site:
+        raise UsageError(
+            f"{folder} holds site {owner!r}'s exported model; refusing to overwrite it "
+            f"with {site!r}'s",
+            hint="export each site into its own folder",
+        )

@@ -7,7 +7,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from fedrema_cli.config import FederationConfig, TrainingConfig, checked_options, make_config
+from fedrema_cli.config import (
+    FederationConfig,
+    TrainingConfig,
+    checked_options,
+    make_config,
+    parse_class_weighting,
+)
 from fedrema_cli.data.datasets import get_dataset
 from fedrema_cli.data.tables import FeatureRanges, ImageSchema, TabularSchema
 from fedrema_cli.errors import OptionError
@@ -35,6 +41,7 @@ def create(
     epochs: int,
     batch_size: int,
     lr: float,
+    class_weighting: str | None = None,
     seed: int,
     epsilon: float | None,
     delta: float,
@@ -54,7 +61,12 @@ def create(
             method_options=parse_method_options(method, method_options),
             rounds=rounds,
             seed=seed,
-            training=TrainingConfig(local_epochs=epochs, batch_size=batch_size, lr=lr),
+            training=TrainingConfig(
+                local_epochs=epochs,
+                batch_size=batch_size,
+                lr=lr,
+                class_weighting=parse_class_weighting(class_weighting),
+            ),
             secure_aggregation=secure_aggregation,
             consistency_check=consistency_check,
             threshold=threshold,
@@ -207,7 +219,21 @@ def join(
         "fingerprint": fingerprint(s.fed.identity.public.sign_pk),
         "coordinator_fingerprint": fingerprint(s.config.coordinator.sign_pk),
         "coordinator_fingerprint_checked": coordinator_fingerprint is not None,
+        "warnings": [w.to_json() for w in _data_warnings(s)],
     }
+
+
+def _data_warnings(site: Site) -> list[Any]:
+    """A class with too few training records to learn from (shown to this site only: the
+    counts are patient data and are not published)."""
+    import numpy as np
+
+    from fedrema_cli.learning.metrics import minority_warning
+
+    k = site.config.model.num_classes
+    counts = np.bincount(np.asarray(site.data().y_train, dtype=np.int64), minlength=k)[:k]
+    warning = minority_warning(counts, classes=getattr(site.config.data, "classes", None))
+    return [] if warning is None else [warning]
 
 
 def approve(

@@ -25,6 +25,8 @@ def federation_status(*, state: Path | None, workspace: str | None) -> dict[str,
         site = Site(state, workspace=workspace)
         out = round_status(site.fed).to_json()
         out["you"], out["next"] = site.name, site.next_step(out)
+        # status evaluates nothing (it must stay cheap); it shows what `personalize` found last
+        out["last_evaluation"] = site.last_evaluation()
         return {**out, "ignored": dict(site.fed.ignored)}
     if workspace is None:
         raise OptionError("say whose status: --state DIR (a party) or --workspace WS (anyone)")

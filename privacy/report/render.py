@@ -175,7 +175,7 @@ def _site_dict(s: SiteReport) -> dict[str, Any]:
         "missing_rounds": list(s.missing_rounds),
         "verified_through_round": prefix.round if prefix else None,
         "epsilon_verified_at_least": _num(prefix.epsilon) if prefix else None,
-        "rounds_trained": len(s.rounds),
+        "rounds_trained": sum(r.round > 0 for r in s.rounds),  # round 0: a label-count release
         "steps": sum(r.steps for r in s.rounds),
         "ledger_head": s.head,
         "library_versions": dict(s.library_versions),

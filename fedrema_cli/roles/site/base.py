@@ -38,6 +38,8 @@ META = SITE_META
 LEDGER = "ledger.jsonl"
 ACCOUNTANT = "accountant.json"
 FINGERPRINT_KEY = "ledger-fingerprint-key.json"
+EVALUATION = "last-evaluation.json"  # what the last `personalize` found, for `status`
+LABEL_RELEASE = "label-counts.json"  # the DP label-count release behind "balanced" weights
 
 
 def _trained(r: int) -> str:

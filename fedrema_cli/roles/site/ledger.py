@@ -16,8 +16,10 @@ from fedrema_cli.protocol.rounds import (
 from fedrema_cli.roles.site.base import (
     ACCOUNTANT,
     FINGERPRINT_KEY,
+    LABEL_RELEASE,
     LEDGER,
     SiteBase,
+    _json_bytes,
     _record,
     read_ledger_text,
 )
@@ -87,11 +89,14 @@ class Ledger(SiteBase):
         parsed = self._ledger()
         entries = list(parsed.entries)
         recorded = {e.round for e in entries}
+        pending = [LABEL_RELEASE] if self.state.exists(LABEL_RELEASE) and 0 not in recorded else []
         for name in self.state.list("rounds"):
             r = round_number(name)
             if r is None or r in recorded or not self.state.exists(_record(r)):
                 continue
-            record = self.state.read_json(_record(r))
+            pending.append(_record(r))
+        for path in pending:
+            record = self.state.read_json(path)
             if "ledger_body" not in record:  # nothing was trained (majority class): no spend
                 continue
             body = LedgerBody.model_validate(record["ledger_body"], strict=False)
@@ -121,6 +126,86 @@ class Ledger(SiteBase):
                 if not self.fed.exists("ledger-entry", entry.round, site=self.name):
                     self.fed.put("ledger-entry", entry.round, entry.model_dump(mode="json"))
         return parsed
+
+    def _class_weights(self, y: Any, ledger: Any) -> tuple[list[float] | None, Any]:
+        """This site's loss weight per class (None: unweighted), and the ledger after any release.
+
+        "balanced" under DP: the weights come from label counts released once, before the
+        site's first trained round, by the Gaussian mechanism the policy planned; the release
+        is kept privately (`LABEL_RELEASE`, the commit marker), then recorded as the ledger's
+        round-0 entry (one step at q = 1), so the accountant, the published ledger, the
+        report and the independent check all compose it with the DP-SGD steps.
+        """
+        import numpy as np
+
+        from fedrema_cli.learning.training import balanced_class_weights
+
+        weighting = self.config.training.class_weighting
+        if weighting == "none":
+            return None, ledger
+        if isinstance(weighting, list):
+            return [float(w) for w in weighting], ledger
+        k = self.config.model.num_classes
+        policy = self.config.privacy
+        if policy is None:
+            return [float(w) for w in balanced_class_weights(y, k, private=False)[0]], ledger
+        if self.state.exists(LABEL_RELEASE):
+            return list(self.state.read_json(LABEL_RELEASE)["weights"]), ledger
+        if ledger.entries:
+            from privacy import LedgerIntegrityError
+
+            raise LedgerIntegrityError(
+                f"{LABEL_RELEASE} is missing although the ledger records trained rounds: the "
+                "class weights this site trained with are lost",
+                hint=f"restore {LABEL_RELEASE} from a backup",
+            )
+        from fedrema_cli.protocol.rounds import derive_seed, timestamp
+        from privacy import restore_accountant
+
+        assert policy.label_count_noise is not None  # the config's validation ties the two
+        seed = derive_seed(self.config.seed, self.name, "label-counts")
+        weights, release = balanced_class_weights(
+            y,
+            k,
+            private=True,
+            rng=np.random.default_rng(seed if self.simulated_noise else None),
+            delta=policy.delta,
+            mechanism=policy.accountant,
+            noise_multiplier=policy.label_count_noise,
+        )
+        assert release is not None
+        accountant = restore_accountant(entries=[], mechanism=policy.accountant)
+        accountant.extend(release.history())
+        from privacy import body_from_record
+
+        at = timestamp()
+        body = body_from_record(
+            release,
+            accountant=accountant,
+            delta=policy.delta,
+            target_epsilon=policy.target_epsilon,
+            federation=self.config.federation_id,
+            site=self.name,
+            round=0,
+            dataset_fingerprint=self._ledger_fingerprint(self.data().train_fingerprint),
+            model_hashes={},
+            timestamp=at,
+        )
+        self.state.write_once(
+            LABEL_RELEASE,
+            _json_bytes(
+                {
+                    "weights": [float(w) for w in weights],
+                    "noisy_counts": [float(c) for c in release.counts],
+                    "noise_multiplier": release.noise_multiplier,
+                    "released_at": at,
+                    "ledger_body": body.model_dump(mode="json"),
+                }
+            ),
+        )
+        ledger = self._sync_ledger()
+        self.state.write_json(ACCOUNTANT, accountant.state_dict())
+        return [float(w) for w in weights], ledger
 
     def _privacy_gate(self, ledger: Any, r: int, n: int) -> Any:
         """Plan the round for this site's data size and refuse it if it would cross the budget."""

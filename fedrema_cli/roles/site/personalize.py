@@ -8,11 +8,11 @@ from typing import Any
 from fedrema_cli.errors import UsageError
 from fedrema_cli.learning.params import Params, params_hash
 from fedrema_cli.protocol import secagg as secure
-from fedrema_cli.protocol.rounds import (
-    current_round,
-)
+from fedrema_cli.protocol.rounds import current_round, derive_seed
 from fedrema_cli.roles.site.base import (
+    EVALUATION,
     SiteBase,
+    SiteData,
     _exclusive,
 )
 
@@ -36,13 +36,33 @@ class Personalizing(SiteBase):
         return params, last
 
     @_exclusive
-    def personalize(self, export: str | Path | None = None) -> dict[str, Any]:
+    def personalize(
+        self, export: str | Path | None = None, *, target_sensitivity: float | None = None
+    ) -> dict[str, Any]:
+        """Build this site's model, choose its decision threshold, evaluate it, maybe export it.
+
+        ``metrics`` are the argmax metrics (what `simulate` always reported). The threshold
+        (binary tasks) is chosen on a stratified, seeded validation split of the *training*
+        file, to maximise balanced accuracy or to reach ``target_sensitivity``; the test file
+        is scored only at that fixed threshold (``clinical``: every metric with a 95%
+        interval). The federation trains on the whole training file, so the validation records
+        were seen in training: the threshold is fit in-sample, never on test data. Warnings
+        (a one-class model, AUC below 0.5) are kept in the state folder for `status`.
+        """
         from fedrema_cli.learning.models import build_model, set_part
         from fedrema_cli.learning.training import evaluate
 
         # A run cut off after training a round but before its ledger append (here: the last
         # fine-tuning round) must not export that model before its spend is on record.
         self._require_admitted()
+        k = self.config.model.num_classes
+        if target_sensitivity is not None and not 0 < target_sensitivity <= 1:
+            raise UsageError(f"--target-sensitivity must be in (0, 1], got {target_sensitivity}")
+        if target_sensitivity is not None and k != 2:
+            raise UsageError(
+                f"--target-sensitivity needs a binary task; this one has {k} classes",
+                hint="leave it out: the prediction is the most probable class",
+            )
         self._repair_ledger()
         params, last = self.personalized_params()
         secure.forget_secrets(self.state, before=last + 1)  # finished rounds need no secrets
@@ -51,9 +71,7 @@ class Personalizing(SiteBase):
         set_part(model, "all", params)
         metrics = None
         if data.x_test is not None:
-            metrics = evaluate(
-                model, data.x_test, data.y_test, num_classes=self.config.model.num_classes
-            )
+            metrics = evaluate(model, data.x_test, data.y_test, num_classes=k)
         out: dict[str, Any] = {
             "site": self.name,
             "federation": self.config.federation_id,
@@ -62,7 +80,9 @@ class Personalizing(SiteBase):
             "complete": last >= self.config.rounds,
             "model_hash": params_hash(params),
             "metrics": metrics.to_json() if metrics else None,
+            **self._operating_point(model, data, target_sensitivity),
         }
+        self.state.write_json(EVALUATION, _evaluation_summary(out))
         if export is not None:
             from fedrema_cli.roles.export import export_model
 
@@ -74,3 +94,84 @@ class Personalizing(SiteBase):
                 card=out,
             )
         return out
+
+    def _operating_point(
+        self, model: Any, data: SiteData, target_sensitivity: float | None
+    ) -> dict[str, Any]:
+        """Threshold (chosen on validation data), test report at it, class balance, warnings."""
+        import numpy as np
+
+        from fedrema_cli.learning.metrics import (
+            clinical_report,
+            model_warnings,
+            select_threshold,
+            validation_split,
+        )
+        from fedrema_cli.learning.training import predict_proba
+
+        k = self.config.model.num_classes
+        val = validation_split(
+            data.y_train, seed=derive_seed(self.config.seed, self.name, "validation")
+        )
+        val_proba = predict_proba(model, data.x_train[val])
+        choice = (
+            select_threshold(val_proba, data.y_train[val], target_sensitivity=target_sensitivity)
+            if k == 2
+            else None
+        )
+        threshold = choice.threshold if choice is not None else None
+        report = None
+        if data.x_test is not None and data.y_test is not None:
+            report = clinical_report(
+                predict_proba(model, data.x_test),
+                data.y_test,
+                threshold=threshold,
+                seed=derive_seed(self.config.seed, self.name, "bootstrap"),
+            )
+            warnings = list(report.warnings)
+            warned_on = "test"
+        else:  # no test file: the validation split is all this site can look at
+            warnings = model_warnings(val_proba, data.y_train[val], threshold=threshold)
+            warned_on = "validation"
+
+        def counts(y: Any) -> list[int] | None:
+            if y is None:
+                return None
+            return [int(c) for c in np.bincount(np.asarray(y, dtype=np.int64), minlength=k)[:k]]
+
+        return {
+            "threshold": (
+                choice.to_json()
+                if choice is not None
+                else {"threshold": None, "criterion": "argmax (more than two classes)"}
+            ),
+            "decision_rule": (
+                f"predict class 1 when P(class 1) >= {threshold:.6g}"
+                if threshold is not None
+                else "predict the most probable class"
+            ),
+            "clinical": report.to_json() if report is not None else None,
+            "class_balance": {
+                "train": counts(data.y_train),
+                "validation": counts(data.y_train[val]),
+                "test": counts(data.y_test),
+            },
+            "warnings": [{**w.to_json(), "on": warned_on} for w in warnings],
+        }
+
+    def last_evaluation(self) -> dict[str, Any] | None:
+        """What the last `personalize` found (round, model hash, warnings), or None."""
+        if not self.state.exists(EVALUATION):
+            return None
+        return self.state.read_json(EVALUATION)
+
+
+def _evaluation_summary(out: dict[str, Any]) -> dict[str, Any]:
+    clinical = out.get("clinical") or {}
+    return {
+        "after_round": out["after_round"],
+        "model_hash": out["model_hash"],
+        "threshold": out["threshold"].get("threshold"),
+        "balanced_accuracy": (clinical.get("balanced_accuracy") or {}).get("value"),
+        "warnings": out["warnings"],
+    }

@@ -97,6 +97,7 @@ class Training(SiteBase):
             if pull is None
             else {"proximal": Proximal(pull[0], part_of(read_model(self.fed, r), pull[1]))}
         )
+        weights, ledger = self._class_weights(data.y_train, ledger) if trains else (None, ledger)
         private = (
             self._privacy_gate(ledger, r, len(data.y_train))
             if self.config.privacy and trains
@@ -118,6 +119,7 @@ class Training(SiteBase):
                     derive_seed(seed, "dp-noise") if self.simulated_noise else None
                 ),
                 progress=progress,
+                class_weights=weights,
                 **extra,
             )
         else:  # majority class: no gradient step, nothing leaves the site, nothing to account
@@ -133,6 +135,8 @@ class Training(SiteBase):
             "data_fingerprint": data.train_fingerprint,
             "trained_at": timestamp(),
         }
+        if weights is not None:
+            record["class_weights"] = weights
         if head_only:
             record["finetune"] = True
         if private is not None:
