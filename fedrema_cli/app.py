@@ -25,9 +25,10 @@ from fedrema_cli.errors import (
 )
 
 EPILOG = (
-    "Exit codes: 0 done · 1 bad input or wrong order · 2 usage · 3 integrity failure "
-    "(forged/tampered/replayed file) · 4 privacy budget exceeded · 5 secure aggregation "
-    "aborted · 75 nothing to do yet: waiting on other parties · 130 interrupted (Ctrl-C)."
+    "Exit codes: 0 done · 1 bad input or wrong order · 2 usage (bad option or value) · "
+    "3 integrity failure (forged/tampered/replayed file) · 4 privacy budget exceeded · "
+    "5 secure aggregation aborted · 75 nothing to do yet: waiting on other parties (or on "
+    "this site's train-local) · 130 interrupted (Ctrl-C)."
 )
 
 INTERRUPTED = "fedrema: interrupted; nothing half-written, run the command again"

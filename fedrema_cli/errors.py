@@ -8,7 +8,8 @@ Exit codes (also in `fedrema --help` and the README):
     4  privacy budget would be exceeded: nothing was trained
     5  protocol aborted: too few sites survived the round
    75  nothing could be done yet: other parties must act first (or a `--wait` ran out of
-       time); run the same command again later
+       time, or `submit` waits for this site's `train-local`); run the same command again
+       later
   130  interrupted (Ctrl-C): nothing is half-written; run the same command again
 """
 

@@ -63,6 +63,8 @@ def test_a_wait_that_times_out_still_prints_its_json(tmp_path: Path) -> None:
     assert body["timed_out"] is True and body["site"] == "cleveland"
     assert body["done"] and body["waiting_for"]  # its keys went out; it waits for the coordinator
     assert "gave up after 1s" in out.stderr
+    # one document: the command's own, with the error in it
+    assert body["ok"] is False and body["exit_code"] == 75 and "gave up" in body["error"]
     out = run("aggregate", "-s", fed.coordinator, "--wait", "--timeout", "1", "--json")
     assert out.exit_code == 75, (out.stdout, out.stderr)
     body = out.json()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from fedrema_cli.config import finetune_rounds
-from fedrema_cli.errors import UsageError
+from fedrema_cli.errors import NotYetError, UsageError
 from fedrema_cli.learning.params import Params, load_params, params_hash, part_of, save_params
 from fedrema_cli.protocol.rounds import (
     current_round,
@@ -60,7 +60,7 @@ class Training(SiteBase):
                 return {**done, "completed_after_crash": True}
             return {**done, "already_trained": True}
         if not self.fed.exists("model", r):
-            raise UsageError(f"round {r} has not started yet", hint="wait for the coordinator")
+            raise NotYetError(f"round {r} has not started yet", hint="wait for the coordinator")
         self._check_participant(r)
         return self._train_round(r, self._start_params(r), ledger, progress=progress)
 
