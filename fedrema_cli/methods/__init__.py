@@ -10,7 +10,7 @@ from typing import Any
 from fedrema_cli.methods.base import Method, Outcome, RoundInputs
 from fedrema_cli.methods.fedavg import FedAvg, FedAvgFineTune
 from fedrema_cli.methods.fedper import FedPer
-from fedrema_cli.methods.fedrema import FedReMa, FedReMaPaper
+from fedrema_cli.methods.fedrema import FedReMa, FedReMaModel, FedReMaPaper
 from fedrema_cli.methods.local import Local, LocalLogistic, Majority
 from fedrema_cli.methods.mrmtl import MRMTL
 from fedrema_cli.methods.pfednet import PFedNet, PFedNetPaper
@@ -20,6 +20,7 @@ METHODS: dict[str, type[Method]] = {
     for m in (
         FedReMa,
         FedReMaPaper,
+        FedReMaModel,
         PFedNet,
         PFedNetPaper,
         MRMTL,
