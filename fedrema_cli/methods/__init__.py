@@ -61,7 +61,7 @@ def markdown_table() -> str:
     ]
     for name, m in METHODS.items():
         shared = _PARTS[m.shared] if m.shared else "nothing"
-        sealed = "classifier head" if m.personal == "head" else (m.personal or "nothing")
+        sealed = {"head": "classifier head", "all": "whole model"}.get(m.personal or "", "nothing")
         lines.append(f"| `{name}` | {shared} | {sealed} | {m.next_head} | {m.deployed} |")
     return "\n".join(lines) + "\n"
 
