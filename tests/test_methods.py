@@ -233,3 +233,27 @@ def test_summaries_count_how_often_merged_sites_share_a_planted_block() -> None:
     stats = METHODS["pfednet"]().summarize(pfednet_log, blocks)
     assert stats["mean_fused_edges"] == 2.0
     assert stats["peer_same_block_rate"] == 2 / 4  # (a,b) twice; (a,c), (b,c) once
+
+
+def test_fedrema_model_merges_whole_models_with_the_most_alike_peer() -> None:
+    """Two planted pairs of alike models: each site is merged with its own pair's other model
+    (whole models, nothing summed), and starts the next round from what came back."""
+    rng = np.random.default_rng(0)
+    base = {"a": model(1), "c": model(2)}
+    trained = {
+        s: {k: v + 0.01 * rng.standard_normal(v.shape).astype(np.float32) for k, v in m.items()}
+        for s, m in (("a", base["a"]), ("b", base["a"]), ("c", base["c"]), ("d", base["c"]))
+    }
+    method = METHODS["fedrema-model"](METHODS["fedrema-model"].Options(self_weight=None))
+    assert method.shared is None and method.personal == "all"
+    out = method.aggregate(inputs("fedrema-model", trained, model(0)), None)
+    assert {s: sorted(v) for s, v in out.log["selected"].items()} == {
+        "a": ["a", "b"],
+        "b": ["a", "b"],
+        "c": ["c", "d"],
+        "d": ["c", "d"],
+    }
+    for key, value in out.personal["a"].items():
+        np.testing.assert_allclose(value, (trained["a"][key] + trained["b"][key]) / 2, atol=1e-6)
+    start = method.start(model(0), own=trained["a"], received=out.personal["a"])
+    assert all(np.array_equal(start[k], out.personal["a"][k]) for k in start)

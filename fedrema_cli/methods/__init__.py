@@ -10,7 +10,7 @@ from typing import Any
 from fedrema_cli.methods.base import Method, Outcome, RoundInputs
 from fedrema_cli.methods.fedavg import FedAvg, FedAvgFineTune
 from fedrema_cli.methods.fedper import FedPer
-from fedrema_cli.methods.fedrema import FedReMa, FedReMaPaper
+from fedrema_cli.methods.fedrema import FedReMa, FedReMaModel, FedReMaPaper
 from fedrema_cli.methods.local import Local, LocalLogistic, Majority
 from fedrema_cli.methods.mrmtl import MRMTL
 from fedrema_cli.methods.pfednet import PFedNet, PFedNetPaper
@@ -20,6 +20,7 @@ METHODS: dict[str, type[Method]] = {
     for m in (
         FedReMa,
         FedReMaPaper,
+        FedReMaModel,
         PFedNet,
         PFedNetPaper,
         MRMTL,
@@ -60,7 +61,7 @@ def markdown_table() -> str:
     ]
     for name, m in METHODS.items():
         shared = _PARTS[m.shared] if m.shared else "nothing"
-        sealed = "classifier head" if m.personal == "head" else (m.personal or "nothing")
+        sealed = {"head": "classifier head", "all": "whole model"}.get(m.personal or "", "nothing")
         lines.append(f"| `{name}` | {shared} | {sealed} | {m.next_head} | {m.deployed} |")
     return "\n".join(lines) + "\n"
 
