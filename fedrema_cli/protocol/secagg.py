@@ -563,5 +563,5 @@ def _left_out(site: SiteRound, r: int) -> bool:
     if fed.exists("masking-roster", r) and site.name not in participants(fed, r):
         return True
     return fed.exists("unmask-request", r) and site.name not in _names(
-        fed, unmask_request(fed, r).survivors
+        fed, unmask_request(fed, r).survivors, r
     )
