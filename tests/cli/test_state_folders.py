@@ -190,14 +190,14 @@ def test_status_of_an_enrolled_site_waiting_for_or_left_out_of_the_roster(tmp_pa
     out = run("status", "-s", fed.site("va"), "--json")
     assert out.exit_code == 0, out.stderr
     assert out.json()["phase"] == "enrolling" and "approve" in out.json()["next"]
-    assert run("approve", "-s", fed.coordinator, "cleveland", "hungary").exit_code == 0
+    assert run("approve", "-s", fed.coordinator, "cleveland", "hungary", "--yes").exit_code == 0
     before = snapshot(fed.site("va")), snapshot(fed.workspace)
     out = run("status", "-s", fed.site("va"))
     assert out.exit_code == 0, out.stderr
     assert "you are va" in out.stdout and "not admitted" in out.stdout
     out = run("status", "-s", fed.site("va"), "--json")
     assert out.exit_code == 0 and out.json()["next"].startswith("not admitted")
-    assert "ask the coordinator" in out.json()["next"]
+    assert "fedrema approve SITE" in out.json()["next"]
     for command in ("train-local", "submit", "personalize"):  # still refused, with what to do
         _one_line_error(run(command, "-s", fed.site("va")), 1, "does not include va", "next:")
     assert (snapshot(fed.site("va")), snapshot(fed.workspace)) == before
