@@ -81,8 +81,10 @@ submit hungary-annex                         # its keys for round 3
 
 step "Round 2: four hospitals, switzerland back"
 train cleveland hungary switzerland va
-$FEDREMA aggregate -s "$C"
-submit cleveland hungary switzerland va
+$FEDREMA aggregate -s "$C"                   # round 2 closed; U1(3) with hungary-annex
+# hungary-annex shares its round-3 keys with the others' unmasking step: the coordinator
+# fixes round 3's masking roster as soon as round 2 finishes
+submit cleveland hungary switzerland va hungary-annex
 $FEDREMA aggregate -s "$C"
 
 step "Round 3: five hospitals, cleveland on its new key"
