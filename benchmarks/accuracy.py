@@ -462,6 +462,12 @@ def paired(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def _largest(by_kind: dict[str, float]) -> str:
+    """The three largest file kinds, in KiB."""
+    top = sorted(by_kind.items(), key=lambda kv: -kv[1])[:3]
+    return ", ".join(f"{k} {v / 1024:.1f}" for k, v in top)
+
+
 def traffic(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Bytes a site uploads and downloads per round (mean over sites and rounds), by method,
     from the runs made through secure aggregation."""
@@ -470,19 +476,14 @@ def traffic(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         b = r.get("bytes")
         if not b:
             continue
-        top = (
-            lambda d: ", ".join(  # noqa: E731
-                f"{k} {v / 1024:.1f}" for k, v in sorted(d.items(), key=lambda kv: -kv[1])[:3]
-            )
-        )
         rows.append(
             {
                 "dataset": r["dataset"],
                 "method": r["method"],
                 "bytes_up": b["bytes_up"],
                 "bytes_down": b["bytes_down"],
-                "largest_up_kib": top(b.get("up_by_kind", {})),
-                "largest_down_kib": top(b.get("down_by_kind", {})),
+                "largest_up_kib": _largest(b.get("up_by_kind", {})),
+                "largest_down_kib": _largest(b.get("down_by_kind", {})),
             }
         )
     return rows

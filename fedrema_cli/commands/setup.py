@@ -15,6 +15,7 @@ from fedrema_cli.methods import method_help
 def register(app: typer.Typer) -> None:
     app.command(name="init")(init)
     app.command(name="approve")(approve)
+    app.command(name="rotate-key")(rotate_key)
 
 
 def init(
@@ -274,18 +275,55 @@ def approve(
     state: ui.StateOpt,
     sites: Annotated[list[str] | None, typer.Argument(help="Sites to approve.")] = None,
     all_sites: Annotated[bool, typer.Option("--all", help="Approve every enrolled site.")] = False,
+    remove: Annotated[
+        list[str] | None,
+        typer.Option("--remove", help="Remove this site from the roster (from the next round)."),
+    ] = None,
+    yes: Annotated[
+        bool,
+        typer.Option("--yes", "-y", help="Sign even if enrolled sites are left out; no question."),
+    ] = False,
     workspace: ui.WorkspaceOpt = None,
     json_out: ui.JsonOpt = False,
 ) -> None:
-    """List enrolled sites with their key fingerprints, or approve them and start round 1.
+    """List enrolled sites with their key fingerprints, or sign the roster (the sites, t of n).
 
     Compare each fingerprint with the one the hospital read to you, then:
 
       fedrema approve -s coord --all
-    """
-    from fedrema_cli.roles import onboarding as actions
 
-    out = actions.approve(state=state, workspace=workspace, sites=sites, all_sites=all_sites)
+    In a running federation the same command signs a new roster version, in force from the
+    next round whose key exchange has not started: `approve SITE` adds a newly enrolled site
+    (or approves its key rotation), `approve --remove SITE` removes one. Before it leaves out
+    an enrolled site it asks (or needs --yes).
+    """
+    import sys
+
+    from fedrema_cli.errors import UsageError
+    from fedrema_cli.roles import onboarding as actions
+    from fedrema_cli.roles.coordinator import RosterChange
+
+    def confirm(change: RosterChange) -> bool:
+        if not change.left_out or yes:
+            return True
+        left = ", ".join(change.left_out)
+        if json_out or not sys.stdin.isatty():
+            raise UsageError(
+                f"this roster leaves out enrolled site(s) {left}; nothing was signed",
+                hint="approve them by name, or pass --yes to leave them out",
+            )
+        return typer.confirm(
+            f"The roster leaves out enrolled site(s) {left}. Sign it anyway?", default=False
+        )
+
+    out = actions.approve(
+        state=state,
+        workspace=workspace,
+        sites=sites,
+        all_sites=all_sites,
+        remove=remove,
+        confirm=confirm,
+    )
     if json_out:
         return ui.emit_json(out)
     ui.console.print(
@@ -300,14 +338,63 @@ def approve(
     )
     for site, why in out["refused_enrollments"].items():
         ui.warn(f"enrollment {site!r} refused, not approved: {why}")
-    if out.get("approved_now"):
+    fixed = (
+        f"{', '.join(out['roster'])}; secure aggregation needs t = {out['threshold']} of "
+        f"n = {out['n']} ({out['threshold_rule']})"
+        if out["roster_approved"]
+        else ""
+    )
+    if out["signed"]:
+        changes = [
+            f"{what} {', '.join(out[key])}"
+            for what, key in (("added", "added"), ("removed", "removed"), ("new key", "rotated"))
+            if out[key] and out["version"] > 1
+        ]
         ui.say(
-            f"[green]✓[/] roster signed: {', '.join(out['approved_now'])} "
-            f"(secure-aggregation threshold {out['threshold']})"
+            f"[green]✓[/] roster version {out['version']} signed, in force from round "
+            f"{out['effective_from_round']}: {fixed}"
         )
-        ui.say("  next: each site runs `fedrema submit` (key exchange), then `fedrema train-local`")
+        if changes:
+            ui.say(f"  changes: {'; '.join(changes)}")
+        if out["left_out"]:
+            ui.say(f"  left out (enrolled, not approved): {', '.join(out['left_out'])}")
+        if out["version"] == 1:
+            ui.say(
+                "  next: each site runs `fedrema submit` (key exchange), then `fedrema train-local`"
+            )
     elif out["unchanged"]:
-        ui.say(f"  the roster is already signed for {', '.join(out['roster'])}; nothing changed")
+        ui.say(f"  the roster is already signed for {fixed}; nothing changed")
+    elif sites or all_sites or remove:
+        ui.say("  nothing was signed")
     elif not out["roster_approved"]:
         ui.say("  approve with `fedrema approve --all` or `fedrema approve SITE ...`")
+    else:
+        ui.say(f"  roster version {out['version']}: {fixed}")
+    return None
+
+
+def rotate_key(
+    state: ui.StateOpt, workspace: ui.WorkspaceOpt = None, json_out: ui.JsonOpt = False
+) -> None:
+    """Replace this site's identity key (it leaked, or its server was rebuilt).
+
+    Publishes the new public key signed by the old one and by the new one; the coordinator
+    approves it (`fedrema approve SITE`) into the next roster version. Rounds before that keep
+    the old key, so their files still verify; nobody else's keys change.
+
+      fedrema rotate-key -s cleveland
+    """
+    from fedrema_cli.roles.site import Site
+
+    out = Site(state, workspace=workspace).rotate_key()
+    if json_out:
+        return ui.emit_json(out)
+    ui.say(
+        f"[green]✓[/] {out['site']}: new key {out['new_fingerprint']} published "
+        f"({out['published']}), signed by the old key {out['old_fingerprint']}"
+    )
+    ui.say(
+        "  next: read the new fingerprint to the coordinator, who runs "
+        f"`fedrema approve {out['site']}`; rounds before then use the old key"
+    )
     return None

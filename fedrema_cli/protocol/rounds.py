@@ -126,9 +126,9 @@ def gone_in(phase: Phase, r: int, withdrawn: Mapping[str, int]) -> frozenset[str
 
 
 def expected_in(fed: Federation, r: int, phase: Phase) -> tuple[str, ...]:
-    """The sites a phase waits for: the roster, then U1, then U2, then U3's survivors."""
+    """The sites a phase waits for: round r's roster, then U1, then U2, then U3's survivors."""
     if phase is Phase.WAITING:
-        return tuple(fed.require_roster().names)
+        return tuple(fed.roster_for(r).names)
     if phase is Phase.KEYS:
         return key_roster_parties(fed, r)
     if phase is Phase.COLLECT:

@@ -107,15 +107,16 @@ def check_parameters(config: FederationConfig, roster: Roster) -> None:
 
 
 def _ctx(fed: Federation, r: int) -> RoundContext:
-    return round_context(fed.config, fed.require_roster(), r)
+    """Round r's session: bound to the roster version in force for round r."""
+    return round_context(fed.config, fed.roster_for(r), r)
 
 
-def _index(fed: Federation, site: str) -> int:
-    return fed.require_roster().site(site).index
+def _index(fed: Federation, site: str, r: int) -> int:
+    return fed.site_entry(site, r).index
 
 
-def _names(fed: Federation, parties: tuple[int, ...]) -> list[str]:
-    roster = fed.require_roster()
+def _names(fed: Federation, parties: tuple[int, ...], r: int) -> list[str]:
+    roster = fed.roster_for(r)
     return [roster.by_index(p).name for p in parties]
 
 
@@ -125,7 +126,7 @@ def _names(fed: Federation, parties: tuple[int, ...]) -> list[str]:
 def _advert(fed: Federation, r: int, site: str) -> KeyAdvert:
     body = messages.read(fed, "key-advert", r, messages.KeyAdvertBody, site=site)
     advert = KeyAdvert.from_bytes(unb64(body.advert, what=f"{site}'s key advert"))
-    if advert.party != _index(fed, site) or advert.round != r:
+    if advert.party != _index(fed, site, r) or advert.round != r:
         raise IntegrityError(f"round {r}: {site}'s key advert claims another party or round")
     return advert
 
@@ -133,7 +134,7 @@ def _advert(fed: Federation, r: int, site: str) -> KeyAdvert:
 def _message(fed: Federation, kind: str, r: int, site: str, name: str, cls: type) -> Any:
     art = fed.get(kind, r, site=site, attachments=(name,))
     msg = cls.from_bytes(art.attachments[name])
-    if msg.party != _index(fed, site) or msg.round != r:
+    if msg.party != _index(fed, site, r) or msg.round != r:
         raise IntegrityError(f"round {r}: {site}'s {kind} claims another party or round")
     return msg
 
@@ -162,7 +163,7 @@ Rejected = dict[str, str]
 
 
 def _without_refused(
-    fed: Federation, sites: list[str], build: Callable[[list[str]], Any]
+    fed: Federation, r: int, sites: list[str], build: Callable[[list[str]], Any]
 ) -> tuple[Any, Rejected]:
     """``build(sites)``, leaving out every site whose message the protocol refuses.
 
@@ -178,7 +179,7 @@ def _without_refused(
         except MalformedMessage as e:
             if e.party is None:
                 raise
-            name = fed.require_roster().by_index(e.party).name
+            name = fed.roster_for(r).by_index(e.party).name
             if name not in sites:
                 raise
             sites.remove(name)
@@ -213,7 +214,7 @@ def verified_key_roster(fed: Federation, r: int) -> KeyRoster:
     """
     roster = key_roster(fed, r)
     for advert in roster.adverts:
-        name = fed.require_roster().by_index(advert.party).name
+        name = fed.roster_for(r).by_index(advert.party).name
         if not fed.exists("key-advert", r, site=name) or _advert(fed, r, name) != advert:
             raise IntegrityError(
                 f"round {r}: the key roster carries keys for {name} that {name} did not sign; "
@@ -237,10 +238,11 @@ def fix_key_roster(
 ) -> tuple[dict[str, Any], Rejected]:
     roster, rejected = _without_refused(
         fed,
+        r,
         advertised,
         lambda sites: _fix_key_roster(_ctx(fed, r), _read_all(fed, "key-advert", r, sites)),
     )
-    body = {"round": r, "parties": _names(fed, roster.parties), "roster": b64(roster.to_bytes())}
+    body = {"round": r, "parties": _names(fed, roster.parties, r), "roster": b64(roster.to_bytes())}
     return body, rejected
 
 
@@ -250,6 +252,7 @@ def fix_masking_roster(
     u1 = set(key_roster_parties(fed, r))
     roster, rejected = _without_refused(
         fed,
+        r,
         [s for s in shared if s in u1],
         lambda sites: _fix_masking_roster(
             _ctx(fed, r), key_roster(fed, r), _read_all(fed, "shares", r, sites)
@@ -257,7 +260,7 @@ def fix_masking_roster(
     )
     body = {
         "round": r,
-        "participants": _names(fed, roster.participants),
+        "participants": _names(fed, roster.participants, r),
         "roster": b64(roster.to_bytes()),
     }
     return body, rejected
@@ -266,6 +269,7 @@ def fix_masking_roster(
 def fix_survivors(fed: Federation, r: int, submitted: list[str]) -> tuple[dict[str, Any], Rejected]:
     request, rejected = _without_refused(
         fed,
+        r,
         submitted,
         lambda sites: _fix_survivors(
             _ctx(fed, r), masking_roster(fed, r), _read_each(fed, "submission", r, sites)
@@ -273,8 +277,8 @@ def fix_survivors(fed: Federation, r: int, submitted: list[str]) -> tuple[dict[s
     )
     body = {
         "round": r,
-        "survivors": _names(fed, request.survivors),
-        "dropped": _names(fed, request.dropped),
+        "survivors": _names(fed, request.survivors, r),
+        "dropped": _names(fed, request.dropped, r),
         "request": b64(request.to_bytes()),
     }
     return body, rejected
@@ -288,9 +292,10 @@ def unmask_sum(fed: Federation, r: int, revealed: list[str]) -> tuple[np.ndarray
     """
     ctx = _ctx(fed, r)
     request = unmask_request(fed, r)
-    survivors = _names(fed, request.survivors)
+    survivors = _names(fed, request.survivors, r)
     total, _ = _without_refused(
         fed,
+        r,
         [s for s in revealed if s in survivors],
         lambda sites: finalize(
             ctx,
@@ -408,7 +413,7 @@ def advertise(fed: Federation, state: PartyState, r: int) -> None:
     """Round 0 for round r: fresh key pairs, kept here; the advert goes to the workspace."""
     secrets = _Secrets(state, r)
     if secrets.client is None:
-        client, advert = start_round(_ctx(fed, r), _index(fed, fed.me), rng=os.urandom)
+        client, advert = start_round(_ctx(fed, r), _index(fed, fed.me, r), rng=os.urandom)
         secrets.save(client, "key-advert", {"round": r, "advert": b64(advert.to_bytes())})
     secrets.flush(fed)
 
@@ -431,6 +436,7 @@ class SiteRound:
     state: PartyState
     last: int
     updates: Mapping[int, SiteUpdate]
+    first: int = 1  # the first round this site is in the roster for
 
     @property
     def name(self) -> str:
@@ -444,6 +450,8 @@ def site_steps(site: SiteRound, r: int, actions: Actions) -> None:
     for rr in (r, r + 1):
         if rr > last:
             break
+        if rr < site.first:
+            continue
         secrets = _Secrets(state, rr)
         secrets.flush(fed)
         if secrets.client is None:
@@ -457,7 +465,7 @@ def site_steps(site: SiteRound, r: int, actions: Actions) -> None:
         _submit_masked(site, rr, secrets, actions)
         _reveal(site, rr, secrets, actions)
     forget_secrets(state, before=r)
-    _rejoin(site, r, last, actions)
+    _rejoin(site, max(r, site.first), last, actions)
 
 
 def forget_secrets(state: PartyState, *, before: int, start: int = 1) -> None:
@@ -497,7 +505,7 @@ def _submit_masked(site: SiteRound, r: int, secrets: _Secrets, actions: Actions)
         actions.waiting.append(f"round {r}: the coordinator to open the round (other sites' keys)")
         return
     roster = masking_roster(fed, r)
-    me = _index(fed, site.name)
+    me = _index(fed, site.name, r)
     if me not in roster.participants:
         return
     if fed.exists("unmask-request", r):
@@ -515,7 +523,7 @@ def _submit_masked(site: SiteRound, r: int, secrets: _Secrets, actions: Actions)
         weight=weight,
         rng=np.random.default_rng(int.from_bytes(os.urandom(16), "big")),
     )
-    senders = [s for s in _names(fed, roster.participants) if s != site.name]
+    senders = [s for s in _names(fed, roster.participants, r) if s != site.name]
     inbox = route_ciphertexts(roster, _read_all(fed, "shares", r, senders), me)
     step = secrets.client.handle(roster, inbox=inbox, x=x)
     if r < site.last and step[1] is not None:
@@ -532,7 +540,7 @@ def _reveal(site: SiteRound, r: int, secrets: _Secrets, actions: Actions) -> Non
     if not fed.exists("unmask-request", r):
         return
     request = unmask_request(fed, r)
-    if _index(fed, site.name) not in request.survivors:
+    if _index(fed, site.name, r) not in request.survivors:
         actions.waiting.append(f"round {r}: closed without this site's update (too late)")
         return
     if fed.config.secagg.consistency_check and not _consistent(site, r, request, actions):
@@ -554,7 +562,7 @@ def _consistent(site: SiteRound, r: int, request: UnmaskRequest, actions: Action
     if not fed.exists("survivors-signed", r, site=site.name):
         fed.put("survivors-signed", r, {"round": r, "unmask_request_sha256": digest})
         actions.done.append(f"round {r}: survivor set signed (consistency check)")
-    survivors = _names(fed, request.survivors)
+    survivors = _names(fed, request.survivors, r)
     # Every signer counts as a witness, not only the survivors of this site's view: a site
     # signs only a set that lists it as a survivor, so any other digest is equivocation.
     everyone = fed.sites_with("survivors-signed", r)
@@ -568,7 +576,7 @@ def _consistent(site: SiteRound, r: int, request: UnmaskRequest, actions: Action
                 f"round {r}: {other} was shown a different survivor set than this site: the "
                 "coordinator or the storage equivocates; no unmasking share is revealed"
             )
-    t = fed.require_roster().threshold
+    t = fed.roster_for(r).threshold
     if len(signed) < t:
         actions.waiting.append(
             f"round {r}: {t - len(signed)} more survivors to sign the "
@@ -598,5 +606,5 @@ def _left_out(site: SiteRound, r: int) -> bool:
     if fed.exists("masking-roster", r) and site.name not in participants(fed, r):
         return True
     return fed.exists("unmask-request", r) and site.name not in _names(
-        fed, unmask_request(fed, r).survivors
+        fed, unmask_request(fed, r).survivors, r
     )

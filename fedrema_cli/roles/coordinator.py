@@ -57,11 +57,11 @@ from fedrema_cli.protocol.rounds import (
 )
 from fedrema_cli.store.federation import (
     FEDERATION,
-    ROSTER,
     Federation,
     Roster,
     RosterSite,
     read_federation,
+    roster_base,
 )
 from fedrema_cli.store.state import (
     COORDINATOR_META,
@@ -70,7 +70,7 @@ from fedrema_cli.store.state import (
     not_a_state_folder,
 )
 from fedrema_cli.store.storage import lasting_location
-from fedrema_cli.store.workspace import COORDINATOR, SITE_NAME, Workspace
+from fedrema_cli.store.workspace import COORDINATOR, SITE_NAME, Workspace, round_path
 from fedrema_cli.suggest import did_you_mean
 
 META = COORDINATOR_META
@@ -90,6 +90,19 @@ class Enrollment:
     fingerprint: str
     public: PublicIdentity
     approved: bool
+
+
+@dataclass(frozen=True)
+class RosterChange:
+    """A roster version `approve` would sign, and what it changes (for the operator)."""
+
+    roster: Roster
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    rotated: tuple[str, ...]
+    #: enrolled sites not in the roster that this change does not approve either
+    left_out: tuple[str, ...]
+    unchanged: bool
 
 
 @dataclass
@@ -216,23 +229,23 @@ class Coordinator:
             out.append(Enrollment(site, fingerprint(pub.sign_pk), pub, site in approved))
         return out
 
-    def approve(self, sites: list[str] | None = None) -> Roster:
-        """Sign the roster (all enrolled sites, or the named ones) and open round 1.
+    def plan_roster(
+        self, sites: list[str] | None = None, *, remove: tuple[str, ...] = ()
+    ) -> RosterChange:
+        """What approving ``sites`` (None: every enrolled site) and removing ``remove`` would
+        sign, without signing it: the command shows it (and asks) first.
 
-        Once it is signed, approving the same sites again changes nothing; other sites are
-        refused (a running federation's sites cannot change).
+        Before round 1 this is the first roster. In a running federation it is a new roster
+        version in force from the next round whose key exchange has not started: named
+        enrolled sites are added, sites with an approved key rotation get their new keys,
+        ``remove`` leaves the roster; sites already in it and not named stay as they are.
         """
         enrolled = {e.site: e for e in self.enrollments()}
-        chosen = sorted(enrolled) if not sites else sorted(set(sites))
-        if self.fed.roster is not None:
-            signed = sorted(self.fed.roster.names)
-            if chosen == signed:
-                return self.fed.roster
-            raise UsageError(
-                f"the roster is already signed for {', '.join(signed)}, not "
-                f"{', '.join(chosen)}; sites cannot be added to or removed from a running "
-                "federation; nothing was changed"
-            )
+        ever = {x.name: x.index for v in self.fed.rosters for x in v.sites}
+        current = self.fed.roster
+        listed = set(current.names) if current else set()
+        removed_before = set(ever) - listed  # `--all` does not bring a removed site back
+        chosen = sorted(set(enrolled) - removed_before) if not sites else sorted(set(sites))
         refused = [s for s in chosen if s in self.refused_enrollments]
         if refused:
             raise IntegrityError(
@@ -247,39 +260,108 @@ class Coordinator:
                 f"(enrolled: {', '.join(sorted(enrolled)) or 'none'})"
                 + "".join(did_you_mean(u, enrolled) for u in unknown[:1])
             )
-        if len(chosen) < 2:
+        not_listed = [s for s in remove if s not in listed]
+        if not_listed:
             raise UsageError(
-                f"a federation needs at least 2 sites, {len(chosen)} enrolled",
+                f"cannot remove {', '.join(not_listed)}: not in the roster "
+                f"({', '.join(sorted(listed)) or 'not approved yet'})"
+            )
+        both = sorted(set(remove) & set(chosen)) if sites else []  # `--all`: all but those
+        if both:
+            raise UsageError(f"{', '.join(both)} named both to approve and to remove")
+        if sites is None:
+            chosen = [s for s in chosen if s not in remove]
+        keys = {s: enrolled[s].public for s in chosen}
+        rotations: dict[str, PublicIdentity] = {}
+        if current is not None:
+            rotations, bad = exchange.pending_rotations(self.fed)
+            self.refused_enrollments.update(bad)
+        rotated = sorted(s for s in chosen if s in rotations and s not in remove)
+        keys.update({s: rotations[s] for s in rotated})
+        names = sorted((listed | set(chosen)) - set(remove))
+        added = tuple(s for s in names if s not in listed)
+        pending = {s for s in enrolled if s not in listed and s not in removed_before}
+        left_out = tuple(sorted(pending - set(chosen)))
+        if current is not None and not added and not remove and not rotated:
+            return RosterChange(current, (), (), (), left_out, unchanged=True)
+        if len(names) < 2:
+            raise UsageError(
+                f"a federation needs at least 2 sites, this roster would have {len(names)}",
                 hint="each hospital runs `fedrema init --site NAME ...` first",
             )
-        n = len(chosen)
+        n = len(names)
         threshold = self.config.secagg.threshold or default_threshold(n)
         if threshold > n:
-            raise ConfigError(f"secure-aggregation threshold {threshold} exceeds the {n} sites")
+            raise ConfigError(
+                f"secure-aggregation threshold {threshold} (set at init) exceeds the {n} sites "
+                "this roster would have; nothing was changed"
+            )
+        nxt = max(ever.values(), default=0)
+        index: dict[str, int] = {}
+        for s in names:  # a site keeps its index for good; a new site gets the next unused
+            if s in ever:
+                index[s] = ever[s]
+            else:
+                nxt += 1
+                index[s] = nxt
+        old = {x.name: x for x in current.sites} if current else {}
+        entries = []
+        for s in names:
+            pub = keys[s] if (s in added or s in rotated) else old[s].public
+            entries.append(
+                RosterSite(name=s, index=index[s], sign_pk=pub.sign_pk, seal_pk=pub.seal_pk)
+            )
+        entries.sort(key=lambda x: x.index)
+        version = len(self.fed.rosters) + 1
         roster = Roster(
             federation_id=self.fed.id,
             threshold=threshold,
             approved_at=timestamp(),
-            sites=tuple(
-                RosterSite(
-                    name=s,
-                    index=i + 1,
-                    sign_pk=enrolled[s].public.sign_pk,
-                    seal_pk=enrolled[s].public.seal_pk,
-                )
-                for i, s in enumerate(chosen)
-            ),
+            sites=tuple(entries),
+            version=version,
+            effective_from_round=1 if current is None else self._next_unstarted_round(),
+            previous_sha256=None
+            if current is None
+            else self.fed.ws.raw_sha256(roster_base(version - 1)),
         )
         if self.config.secure:
             secure.check_parameters(self.config, roster)  # headroom etc. before anything is signed
-        self.fed.put(
-            "model",
-            1,
-            {"round": 1, "created": timestamp()},
-            attachments=model_attachment(initial_params(self.config)),
+        return RosterChange(
+            roster, added, tuple(sorted(remove)), tuple(rotated), left_out, unchanged=False
         )
+
+    def _next_unstarted_round(self) -> int:
+        """The first round nobody has started its key exchange for (no key advert, no key
+        roster, not open): a roster change can only take effect there, since a round's
+        session is bound to the roster it starts under."""
+        r = current_round(self.fed)
+        while r <= self.config.rounds and (
+            self.fed.present("key-roster", r)
+            or self.fed.present("masking-roster", r)
+            or self.fed.ws.names(round_path(r, "keys"))
+        ):
+            r += 1
+        if r > self.config.rounds:
+            raise UsageError(
+                f"every round of {self.fed.id} has started ({self.config.rounds} rounds): "
+                "a roster change has no round left to take effect in; nothing was changed"
+            )
+        return r
+
+    def sign_roster(self, change: RosterChange) -> Roster:
+        """Sign the planned roster version; the first one also opens round 1."""
+        roster = change.roster
+        if change.unchanged:
+            return roster
+        if roster.version == 1:
+            self.fed.put(
+                "model",
+                1,
+                {"round": 1, "created": timestamp()},
+                attachments=model_attachment(initial_params(self.config)),
+            )
         self.fed.ws.put(
-            ROSTER,
+            roster_base(roster.version),
             kind="roster",
             federation=self.fed.id,
             round=0,
@@ -287,9 +369,14 @@ class Coordinator:
             identity=self.fed.identity,
             body=roster.model_dump(mode="json"),
         )
-        self.fed.roster = roster
-        self._open_round(1, Progress())
+        self.fed.rosters.append(roster)
+        if roster.version == 1:
+            self._open_round(1, Progress())
         return roster
+
+    def approve(self, sites: list[str] | None = None, *, remove: tuple[str, ...] = ()) -> Roster:
+        """Plan and sign in one step (no question asked): `plan_roster`, then `sign_roster`."""
+        return self.sign_roster(self.plan_roster(sites, remove=remove))
 
     # -- moving rounds forward --------------------------------------------------------------
 
@@ -348,11 +435,12 @@ class Coordinator:
             )
             if not close and utcnow() < deadline:
                 return False
-        need = self.fed.require_roster().threshold
+        roster = self.fed.roster_for(t.round)
+        need = roster.threshold
         if len(t.acted) < need:
             left = sorted((set(t.expected) - set(t.acted)) & t.gone)
             hint = "wait for more sites and run `fedrema aggregate` again"
-            if len(set(self.fed.require_roster().names) - t.gone) < need:
+            if len(set(roster.names) - t.gone) < need:
                 hint = (
                     "too few sites remain after withdrawals for this threshold: the federation "
                     "cannot go on; sites run `fedrema personalize` for their models so far"
@@ -443,7 +531,7 @@ class Coordinator:
         """Round r can start: fix U1(r) (secure) or its participants (plaintext)."""
         if r > self.config.rounds:
             return
-        roster = self.fed.require_roster()
+        roster = self.fed.roster_for(r)
         if not self.config.secure:
             self.fed.put(
                 "masking-roster",
@@ -520,7 +608,7 @@ class Coordinator:
         if self.config.secure:
             if r < self.config.rounds and self.fed.exists("key-roster", r + 1):
                 shared = self._acted("shares", r + 1, progress)
-                if len(shared) >= self.fed.require_roster().threshold:
+                if len(shared) >= self.fed.roster_for(r + 1).threshold:
                     self._fix_masking_roster(r + 1, shared, progress)
         else:
             self._open_round(r + 1, progress)
@@ -548,7 +636,7 @@ class Coordinator:
             summed=summed,
             total_weight=total_weight,
             personal=personal,
-            sites=self.fed.require_roster().names,
+            sites=self.fed.roster_for(r).names,
             survivors=tuple(survivors),
             spec=self.config.model,
             rng=np.random.default_rng([self.config.seed, r]),
@@ -570,6 +658,7 @@ class Coordinator:
             "heads": {
                 site: exchange.sealed_head_body(self.fed, r + 1, site, save_params(part))
                 for site, part in outcome.personal.items()
+                if site in self.fed.roster_for(r + 1).names  # removed from r+1: no head
             },
             "result": {
                 "round": r,

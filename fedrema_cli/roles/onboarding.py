@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from fedrema_cli.errors import OptionError
 from fedrema_cli.identity import fingerprint
 from fedrema_cli.learning.modelspec import ModelSpec
 from fedrema_cli.methods import parse_method_options
-from fedrema_cli.roles.coordinator import Coordinator
+from fedrema_cli.roles.coordinator import Coordinator, RosterChange
 from fedrema_cli.roles.site import Site
 
 
@@ -237,25 +238,51 @@ def _data_warnings(site: Site) -> list[Any]:
 
 
 def approve(
-    *, state: Path, workspace: str | None, sites: list[str] | None, all_sites: bool
+    *,
+    state: Path,
+    workspace: str | None,
+    sites: list[str] | None,
+    all_sites: bool,
+    remove: list[str] | None = None,
+    confirm: Callable[[RosterChange], bool] = lambda change: True,
 ) -> dict[str, Any]:
+    """List enrollments; with sites, ``--all`` or ``remove``: plan a roster version, let
+    ``confirm`` see what it fixes (it returns False to sign nothing), then sign it."""
     coord = Coordinator(state, workspace=workspace)
-    already = coord.fed.roster is not None
-    approved_now: list[str] = []
-    if sites or all_sites:
-        roster = coord.approve(None if all_sites else sites)
-        approved_now = [] if already else list(roster.names)
+    change = None
+    signed = False
+    if sites or all_sites or remove:
+        change = coord.plan_roster(None if all_sites else sites or [], remove=tuple(remove or ()))
+        if not change.unchanged and confirm(change):
+            coord.sign_roster(change)
+            signed = True
     roster = coord.fed.roster
     return {
         "federation": coord.config.federation_id,
         "roster_approved": roster is not None,
-        "unchanged": already and bool(sites or all_sites),
+        "unchanged": change is not None and change.unchanged,
+        "signed": signed,
         "roster": list(roster.names) if roster else [],
         "threshold": roster.threshold if roster else None,
-        "approved_now": approved_now,
+        "n": len(roster.names) if roster else None,
+        "version": roster.version if roster else None,
+        "effective_from_round": roster.effective_from_round if roster else None,
+        "threshold_rule": threshold_rule(coord.config),
+        "added": list(change.added) if change and signed else [],
+        "removed": list(change.removed) if change and signed else [],
+        "rotated": list(change.rotated) if change and signed else [],
+        "left_out": list(change.left_out) if change else [],
+        "approved_now": list(change.added) if change and signed else [],
         "enrollments": [
             {"site": e.site, "fingerprint": e.fingerprint, "approved": e.approved}
             for e in coord.enrollments()
         ],
         "refused_enrollments": dict(coord.refused_enrollments),
     }
+
+
+def threshold_rule(config: Any) -> str:
+    """How t follows n in this federation, in words (kept for every roster version)."""
+    if config.secagg.threshold:
+        return f"t = {config.secagg.threshold}, fixed at init"
+    return "t = max(2, floor(2n/3) + 1), the default"

@@ -7,7 +7,7 @@ who must have signed it, and with which key to check it. Nothing is read unverif
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,12 +22,14 @@ from fedrema_cli.errors import (
     StoreError,
     WriteOnceError,
 )
-from fedrema_cli.identity import Identity, PublicIdentity, fingerprint
+from fedrema_cli.identity import Identity, PublicIdentity, fingerprint, unb64
 from fedrema_cli.store.envelope import sha256
 from fedrema_cli.store.workspace import COORDINATOR, Artifact, Workspace, round_path, site_author
 
 FEDERATION = "federation"
 ROSTER = "roster"
+#: Later roster versions (2, 3, ...): ``rosters/0002.json``; version 1 is ``roster.json``.
+ROSTERS = "rosters"
 ROUND_NAME = re.compile(r"[0-9]{4,5}")
 
 #: Every file this process found where an artifact belongs but that did not verify (path ->
@@ -75,7 +77,13 @@ class RosterSite(BaseModel):
 
 
 class Roster(BaseModel):
-    """The approved sites, their keys and SecAgg party indices (1..n in name order)."""
+    """One version of the approved sites: their keys, SecAgg party indices and threshold t.
+
+    Version 1 (``roster.json``) numbers its sites 1..n in name order. A later version
+    (``rosters/<v>.json``, write-once like every file) is in force from
+    ``effective_from_round`` on and names the file it amends by hash; a site keeps its index
+    for good and a new site gets the next unused one, so an index never means two sites.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -83,6 +91,9 @@ class Roster(BaseModel):
     sites: tuple[RosterSite, ...]
     threshold: int = Field(ge=1)
     approved_at: str
+    version: int = Field(default=1, ge=1)
+    effective_from_round: int = Field(default=1, ge=1)
+    previous_sha256: str | None = None
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -104,6 +115,11 @@ class Roster(BaseModel):
     def digest(self) -> bytes:
         """Hash bound into every SecAgg session id, so a changed roster cannot be replayed."""
         return bytes.fromhex(sha256(canonical_json(self.model_dump(mode="json"))))
+
+
+def roster_base(version: int) -> str:
+    """Where roster version ``version`` lives in the workspace."""
+    return ROSTER if version == 1 else f"{ROSTERS}/{version:04d}"
 
 
 def file_limit(config: FederationConfig) -> int:
@@ -165,7 +181,10 @@ class Federation:
         self.config = config
         self.me = me  # "coordinator" or a site name
         self.identity = identity
-        self.roster = roster
+        #: every identity this party has held (key rotation), by public signing key
+        self.identities: dict[str, Identity] = {identity.public.sign_pk: identity}
+        #: the verified roster versions, oldest first; ``roster`` is the latest
+        self.rosters: list[Roster] = [roster] if roster is not None else []
         self.coordinator_key = PublicIdentity(
             sign_pk=config.coordinator.sign_pk, seal_pk=config.coordinator.seal_pk
         )
@@ -187,14 +206,49 @@ class Federation:
 
     # -- roster -----------------------------------------------------------------------------
 
+    @property
+    def roster(self) -> Roster | None:
+        """The latest roster version (None before approval)."""
+        return self.rosters[-1] if self.rosters else None
+
     def load_roster(self, *, pinned_sha256: str | None = None) -> Roster | None:
-        """Read and verify the roster if the coordinator has approved one."""
+        """Read and verify every roster version the coordinator has signed; return the latest.
+
+        Version 1 is checked against the hash this party pinned; each later version must be
+        signed by the coordinator, numbered in sequence, name the previous file's hash and
+        not take effect before it. Anything else is refused: a party never guesses who is in.
+        """
         if not self.ws.exists(ROSTER):
+            self.rosters = []
             return None
         if pinned_sha256 is not None and self.ws.raw_sha256(ROSTER) != pinned_sha256:
             raise IntegrityError("roster.json changed since this party pinned it")
+        versions = [self._read_roster_version(1, None)]
+        names = {n for n in self.ws.names(ROSTERS)}
+        v = 2
+        while f"{v:04d}" in names:
+            previous = versions[-1]
+            roster = self._read_roster_version(v, self.ws.raw_sha256(roster_base(v - 1)))
+            if roster.effective_from_round < previous.effective_from_round:
+                raise IntegrityError(
+                    f"{roster_base(v)}.json takes effect before the version it amends"
+                )
+            versions.append(roster)
+            names.discard(f"{v:04d}")
+            v += 1
+        stray = sorted(n for n in names if round_number(n) is not None)
+        if stray:
+            raise IntegrityError(
+                f"{ROSTERS}/{stray[0]}.json is not the next roster version (expected "
+                f"{v:04d}): refusing a roster whose history has a gap"
+            )
+        self.rosters = versions
+        return self.roster
+
+    def _read_roster_version(self, v: int, previous_sha256: str | None) -> Roster:
+        where = f"{roster_base(v)}.json"
         art = self.ws.get(
-            ROSTER,
+            roster_base(v),
             kind="roster",
             federation=self.id,
             round=0,
@@ -202,12 +256,17 @@ class Federation:
             key=self.coordinator_key,
         )
         try:
-            self.roster = Roster.model_validate(art.body)
+            roster = Roster.model_validate(art.body)
         except ValidationError:
-            raise IntegrityError("roster.json does not match the roster schema") from None
-        if self.roster.federation_id != self.id:
-            raise IntegrityError("roster.json belongs to another federation")
-        return self.roster
+            raise IntegrityError(f"{where} does not match the roster schema") from None
+        if roster.federation_id != self.id:
+            raise IntegrityError(f"{where} belongs to another federation")
+        if roster.version != v or roster.previous_sha256 != previous_sha256:
+            raise IntegrityError(f"{where} is not version {v} amending the roster before it")
+        indices = [s.index for s in roster.sites]
+        if indices != sorted(set(indices)) or len({s.name for s in roster.sites}) != len(indices):
+            raise IntegrityError(f"{where} lists a site or a party index twice")
+        return roster
 
     def require_roster(self) -> Roster:
         if self.roster is None:
@@ -222,10 +281,85 @@ class Federation:
             )
         return self.roster
 
-    def key_for(self, author: str) -> PublicIdentity:
+    def roster_for(self, r: int) -> Roster:
+        """The roster version in force for round r: who is expected, with which keys and t."""
+        self.require_roster()
+        for roster in reversed(self.rosters):
+            if roster.effective_from_round <= max(r, 1):
+                return roster
+        return self.rosters[0]
+
+    def site_entry(self, name: str, r: int) -> RosterSite:
+        """Site ``name`` as the roster in force for round r lists it; a site that round's
+        roster does not list is refused (its files for that round are not the protocol's)."""
+        roster = self.roster_for(r)
+        if name in roster.names:
+            return roster.site(name)
+        raise IntegrityError(f"{name} is not in the roster for round {r}")
+
+    def ever_listed(self) -> tuple[str, ...]:
+        """Every site any roster version listed, in first-listed order."""
+        seen: dict[str, None] = {}
+        for roster in self.rosters:
+            seen.update(dict.fromkeys(roster.names))
+        return tuple(seen)
+
+    def first_round(self, name: str) -> int | None:
+        """The first round the site is in the roster for (None: never listed)."""
+        for roster in self.rosters:
+            if name in roster.names:
+                return roster.effective_from_round
+        return None
+
+    def removed_from(self, name: str) -> int | None:
+        """The round from which the coordinator removed the site (None: not removed)."""
+        listed = False
+        for roster in self.rosters:
+            if name in roster.names:
+                listed = True
+            elif listed:
+                return roster.effective_from_round
+        return None
+
+    def identity_for(self, r: int) -> Identity:
+        """This party's identity for round r: the key the roster in force then names."""
+        if self.me == COORDINATOR or not self.rosters or self.me not in self.ever_listed():
+            return self.identity
+        roster = self.roster_for(r)
+        if self.me not in roster.names:  # out of that round (joined later, removed): latest
+            roster = next(x for x in reversed(self.rosters) if self.me in x.names)
+        return self.identities.get(roster.site(self.me).sign_pk, self.identity)
+
+    def key_for(self, author: str, r: int = 0) -> PublicIdentity:
+        """The key that must have signed ``author``'s artifact of round r.
+
+        r = 0 (per-federation files, e.g. a withdrawal): the site's latest key.
+        """
         if author == COORDINATOR:
             return self.coordinator_key
-        return self.require_roster().site(author.removeprefix("site:")).public
+        name = author.removeprefix("site:")
+        if r >= 1:
+            return self.site_entry(name, r).public
+        for roster in reversed(self.rosters):
+            if name in roster.names:
+                return roster.site(name).public
+        return self.require_roster().site(name).public
+
+    def ledger_verifier(self, site: str) -> Callable[[bytes, bytes], None]:
+        """Verify one of ``site``'s privacy-ledger entries with the key the roster named for
+        the round the (signed) entry is about: entries signed before a key rotation stay
+        valid under the old key, and the old key cannot sign for rounds after it."""
+        import crypto
+        from crypto.canonical import parse_json
+
+        def verify(signature: bytes, payload: bytes) -> None:
+            r = parse_json(payload).get("round")
+            if not isinstance(r, int) or isinstance(r, bool):
+                raise IntegrityError("a ledger entry without a round")
+            pk = self.key_for(site_author(site), max(r, 1)).sign_pk
+            crypto.verify_signature(unb64(pk, what=f"{site}'s key"), signature, payload)
+
+        return verify
 
     # -- round artifacts --------------------------------------------------------------------
 
@@ -266,7 +400,7 @@ class Federation:
                 federation=self.id,
                 round=r,
                 author=author,
-                identity=self.identity,
+                identity=self.identity_for(r),
                 body=body,
                 attachments=attachments,
             )
@@ -292,7 +426,7 @@ class Federation:
             federation=self.id,
             round=r,
             author=author,
-            key=self.key_for(author),
+            key=self.key_for(author, r),
             attachments=attachments,
         )
         self._verified.add(base)
@@ -329,13 +463,12 @@ class Federation:
         return self.ws.exists(self._base(kind, r, site)[0])
 
     def sites_with(self, kind: str, r: int) -> list[str]:
-        """Roster sites that have written a verified artifact of this kind for round r."""
+        """Sites of round r's roster that have written a verified artifact of this kind."""
+        names = self.roster_for(r).names
         if kind == "ledger-entry":
-            return [s for s in self.require_roster().names if self.exists(kind, r, site=s)]
+            return [s for s in names if self.exists(kind, r, site=s)]
         present = set(self.ws.names(round_path(r, KINDS[kind].folder)))
-        return [
-            s for s in self.require_roster().names if s in present and self.exists(kind, r, site=s)
-        ]
+        return [s for s in names if s in present and self.exists(kind, r, site=s)]
 
     def ledger_rounds(self, site: str) -> list[int]:
         """Rounds with a file in ``ledger/<site>/`` (names parsed strictly; not verified)."""
@@ -348,5 +481,6 @@ class Federation:
         One listing of ``withdrawals/``, so every status and coordinator step can afford it,
         also on remote storage.
         """
+        self.require_roster()
         present = set(self.ws.names("withdrawals"))
-        return [s for s in self.require_roster().names if s in present]
+        return [s for s in self.ever_listed() if s in present]

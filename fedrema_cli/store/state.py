@@ -21,6 +21,7 @@ from fedrema_cli.identity import Identity
 from fedrema_cli.store.storage import LocalStorage
 
 IDENTITY = "identity.json"
+PAST_IDENTITIES = "past-identities"
 #: What makes a folder a site's or the coordinator's state folder (its own record).
 SITE_META = "site.json"
 COORDINATOR_META = "coordinator.json"
@@ -133,6 +134,24 @@ class PartyState:
                 hint="run `fedrema init` first, or pass the right --state",
             )
         return Identity.from_json(self.read_json(IDENTITY))
+
+    def past_identities(self) -> dict[str, Identity]:
+        """Identities this party held before a key rotation, by public signing key: rounds
+        before the rotation took effect are still signed (and their heads sealed) with them."""
+        out = {}
+        for name in self.list(PAST_IDENTITIES):
+            if name.endswith(".json"):
+                identity = Identity.from_json(self.read_json(f"{PAST_IDENTITIES}/{name}"))
+                out[identity.public.sign_pk] = identity
+        return out
+
+    def rotate_identity(self) -> Identity:
+        """A new identity; the current one is archived first (kept: earlier rounds need it),
+        so a crash in between leaves both on disk."""
+        old = self.identity()
+        n = len([x for x in self.list(PAST_IDENTITIES) if x.endswith(".json")]) + 1
+        self.write_json(f"{PAST_IDENTITIES}/{n:04d}.json", old.to_json())
+        return self.create_identity()
 
     def create_identity(self) -> Identity:
         identity = Identity.generate()

@@ -23,7 +23,7 @@ from fedrema_cli.errors import (
 from fedrema_cli.identity import Identity, fingerprint, unb64
 from fedrema_cli.protocol.rounds import timestamp
 from fedrema_cli.store.federation import Federation, read_federation
-from fedrema_cli.store.workspace import Workspace
+from fedrema_cli.store.workspace import Workspace, site_author
 
 if TYPE_CHECKING:
     from fedrema_cli.config import FederationConfig
@@ -204,7 +204,11 @@ def build(*, state: Path | None, workspace: str | None) -> tuple[PrivacyReport, 
         policy = _policy(site.config)
         text = read_ledger_text(site.state)
         ledgers = {site.name: text}
-        verifiers = {site.name: _verifier(fed.identity.public.sign_pk)}
+        verifiers = {
+            site.name: fed.ledger_verifier(site.name)
+            if site.name in fed.ever_listed()
+            else _verifier(fed.identity.public.sign_pk)
+        }
         fingerprints = {site.name: fingerprint(fed.identity.public.sign_pk)}
         config = site.config
         results, bad_results, problems = _round_results(fed)
@@ -226,13 +230,13 @@ def build(*, state: Path | None, workspace: str | None) -> tuple[PrivacyReport, 
         results, bad_results, problems = _round_results(fed)
         extra += problems
         ledgers, verifiers, fingerprints = {}, {}, {}
-        for s in roster.sites:
-            text, problems = _published_ledger(fed, s.name)
-            ledgers[s.name] = text
-            verifiers[s.name] = _verifier(s.sign_pk)
-            fingerprints[s.name] = fingerprint(s.sign_pk)
-            extra += [f"{s.name}: {p}" for p in problems]
-            extra += [f"{s.name}: {p}" for p in _unrecorded_updates(fed, s.name, results)]
+        for name in fed.ever_listed():  # every version: a removed site's spend still counts
+            text, problems = _published_ledger(fed, name)
+            ledgers[name] = text
+            verifiers[name] = fed.ledger_verifier(name)  # the key in force for each round
+            fingerprints[name] = fingerprint(fed.key_for(site_author(name)).sign_pk)
+            extra += [f"{name}: {p}" for p in problems]
+            extra += [f"{name}: {p}" for p in _unrecorded_updates(fed, name, results)]
     report = build_report(
         policy=policy,
         ledgers=ledgers,

@@ -99,14 +99,18 @@ def test_a_join_whose_enrollment_failed_can_be_run_again(
     assert [e["site"] for e in listed] == ["cleveland", "hungary", "va"]
 
 
-def test_joining_after_the_roster_is_approved_writes_nothing(tmp_path: Path) -> None:
+def test_joining_after_the_roster_is_approved_enrolls_and_waits_for_approval(
+    tmp_path: Path,
+) -> None:
     fed = make_federation(tmp_path, "--no-dp", sites=("cleveland", "hungary"))
     before = snapshot(fed.workspace)
     out = _join(fed, "va")
-    assert out.exit_code == 1, out.stdout
-    assert "already running" in out.stderr
-    assert snapshot(fed.workspace) == before
-    assert not fed.site("va").exists() or not any(fed.site("va").iterdir())
+    assert out.exit_code == 0, out.stderr
+    added = set(snapshot(fed.workspace)) - set(before)
+    assert added == {"enrollments/va.json"}, added  # the request, nothing else
+    out = run("train-local", "-s", fed.site("va"))
+    assert out.exit_code == 1 and "does not include va" in out.stderr
+    assert "fedrema approve" in out.stderr
 
 
 @pytest.mark.parametrize(
@@ -186,14 +190,14 @@ def test_status_of_an_enrolled_site_waiting_for_or_left_out_of_the_roster(tmp_pa
     out = run("status", "-s", fed.site("va"), "--json")
     assert out.exit_code == 0, out.stderr
     assert out.json()["phase"] == "enrolling" and "approve" in out.json()["next"]
-    assert run("approve", "-s", fed.coordinator, "cleveland", "hungary").exit_code == 0
+    assert run("approve", "-s", fed.coordinator, "cleveland", "hungary", "--yes").exit_code == 0
     before = snapshot(fed.site("va")), snapshot(fed.workspace)
     out = run("status", "-s", fed.site("va"))
     assert out.exit_code == 0, out.stderr
     assert "you are va" in out.stdout and "not admitted" in out.stdout
     out = run("status", "-s", fed.site("va"), "--json")
     assert out.exit_code == 0 and out.json()["next"].startswith("not admitted")
-    assert "ask the coordinator" in out.json()["next"]
+    assert "fedrema approve SITE" in out.json()["next"]
     for command in ("train-local", "submit", "personalize"):  # still refused, with what to do
         _one_line_error(run(command, "-s", fed.site("va")), 1, "does not include va", "next:")
     assert (snapshot(fed.site("va")), snapshot(fed.workspace)) == before

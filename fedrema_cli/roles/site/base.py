@@ -108,9 +108,10 @@ class SiteBase:
             )
         self.name: str = self.meta["site"]
         self.fed = Federation(ws, config, me=self.name, identity=self.state.identity())
+        self.fed.identities.update(self.state.past_identities())  # before key rotations
         roster = self.fed.load_roster(pinned_sha256=self.meta.get("roster_sha256"))
-        #: The coordinator signed a roster without this site: only `status` has anything to say.
-        self.left_out = roster is not None and self.name not in roster.names
+        #: No roster version lists this site (yet): only `status` has anything to say.
+        self.left_out = roster is not None and self.name not in self.fed.ever_listed()
         if roster is not None and "roster_sha256" not in self.meta and not self.left_out:
             self.meta["roster_sha256"] = self.fed.ws.raw_sha256("roster")
             self.state.write_json(META, self.meta)
@@ -118,7 +119,7 @@ class SiteBase:
     def _not_admitted(self) -> ConfigError:
         return ConfigError(
             f"the coordinator's roster does not include {self.name}",
-            hint="ask the coordinator; sites cannot join a running federation yet",
+            hint="the coordinator approves it with `fedrema approve SITE` (from the next round)",
         )
 
     def _require_admitted(self) -> None:

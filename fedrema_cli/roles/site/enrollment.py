@@ -5,14 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Self
 
-from fedrema_cli.errors import UsageError
+from fedrema_cli.errors import ConfigError, UsageError
+from fedrema_cli.identity import Identity, fingerprint
 from fedrema_cli.protocol import exchange
 from fedrema_cli.roles.site.base import (
     META,
     SiteBase,
     _load_data,
 )
-from fedrema_cli.store.federation import ROSTER, read_federation
+from fedrema_cli.store.federation import read_federation
 from fedrema_cli.store.state import COORDINATOR_META, PartyState
 from fedrema_cli.store.storage import lasting_location
 from fedrema_cli.store.workspace import SITE_NAME, Workspace
@@ -54,12 +55,8 @@ class Enrollment(SiteBase):
                 hint="give --state a new folder",
             )
         config, digest = read_federation(ws, expect_fingerprint=coordinator_fingerprint)
-        if ws.exists(ROSTER):
-            raise UsageError(
-                f"{config.federation_id} is already running (its roster is approved); "
-                "sites cannot join a running federation yet; nothing was changed",
-                hint="ask the coordinator",
-            )
+        # A running federation takes new sites too: the coordinator approves the enrollment
+        # into a new roster version, in force from the next round not yet started.
         if ws.exists(f"enrollments/{name}"):
             raise UsageError(
                 f"a site named {name!r} has already enrolled in {config.federation_id}",
@@ -100,11 +97,8 @@ class Enrollment(SiteBase):
     ) -> Self:
         """A re-run of an `init --site` whose enrollment never reached the workspace."""
         config, digest = read_federation(ws)
-        if digest != meta.get("federation_sha256") or ws.exists(ROSTER):
-            raise UsageError(
-                f"{state_dir} joined another federation, or this one is already running; "
-                "nothing was changed"
-            )
+        if digest != meta.get("federation_sha256"):
+            raise UsageError(f"{state_dir} joined another federation; nothing was changed")
         exchange.write_enrollment(
             ws,
             federation_id=config.federation_id,
@@ -113,3 +107,49 @@ class Enrollment(SiteBase):
             identity=state.identity(),
         )
         return cls(state_dir)
+
+    # -- key rotation -----------------------------------------------------------------------
+
+    def rotate_key(self) -> dict[str, Any]:
+        """Make a new identity key and ask the coordinator to put it in the next roster.
+
+        The request is signed by the key the roster names now (only this site can ask) and
+        by the new key (it is held). Until the coordinator approves it, and for every round
+        before the one it takes effect in, this site keeps signing with the old key; earlier
+        rounds' files stay verifiable with it. Nobody else's keys change.
+        """
+        self._require_admitted()
+        if self.name not in self.fed.roster.names:  # type: ignore[union-attr]
+            raise UsageError(f"{self.name} is no longer in the roster: there is no key to rotate")
+        in_roster = self.fed.key_for(f"site:{self.name}").sign_pk
+        current = self.fed.identity
+        if current.public.sign_pk != in_roster:
+            pending, _ = exchange.pending_rotations(self.fed)
+            if self.name in pending and pending[self.name].sign_pk == current.public.sign_pk:
+                raise UsageError(
+                    f"{self.name}'s previous key rotation is not in the roster yet; nothing was "
+                    "changed",
+                    hint="the coordinator approves it with `fedrema approve SITE`",
+                )
+            # A rotation cut off after the new key was made: publish it now.
+            with self.state.exclusive():
+                where = exchange.write_rotation(
+                    self.fed, federation_sha256=self.meta["federation_sha256"], new=current
+                )
+            return self._rotated(in_roster, current, where)
+        if in_roster not in self.fed.identities:
+            raise ConfigError(f"{self.state.root} does not hold the key the roster names")
+        with self.state.exclusive():
+            new = self.state.rotate_identity()
+            where = exchange.write_rotation(
+                self.fed, federation_sha256=self.meta["federation_sha256"], new=new
+            )
+        return self._rotated(in_roster, new, where)
+
+    def _rotated(self, old_pk: str, new: Identity, where: str) -> dict[str, Any]:
+        return {
+            "site": self.name,
+            "published": where,
+            "old_fingerprint": fingerprint(old_pk),
+            "new_fingerprint": fingerprint(new.public.sign_pk),
+        }

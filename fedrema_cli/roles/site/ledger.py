@@ -31,11 +31,13 @@ class Ledger(SiteBase):
     # -- privacy ----------------------------------------------------------------------------
 
     def _verify_own(self, signature: bytes, message: bytes) -> None:
-        import crypto
+        if self.fed.roster is None or self.name not in self.fed.ever_listed():
+            import crypto
 
-        crypto.verify_signature(
-            unb64(self.fed.identity.public.sign_pk, what="own key"), signature, message
-        )
+            pk = unb64(self.fed.identity.public.sign_pk, what="own key")
+            crypto.verify_signature(pk, signature, message)
+            return
+        self.fed.ledger_verifier(self.name)(signature, message)
 
     def _ledger(self) -> Any:
         """This site's verified privacy ledger; a line torn by a crash is cut off."""
@@ -100,7 +102,9 @@ class Ledger(SiteBase):
             if "ledger_body" not in record:  # nothing was trained (majority class): no spend
                 continue
             body = LedgerBody.model_validate(record["ledger_body"], strict=False)
-            entry = make_entry(entries[-1] if entries else None, body, self.fed.identity.sign)
+            entry = make_entry(
+                entries[-1] if entries else None, body, self.fed.identity_for(r).sign
+            )
             text = (parsed.committed_text if entries else "") + encode_line(entry)
             self.state.write_bytes(LEDGER, text.encode("utf-8"))
             parsed = self._ledger()

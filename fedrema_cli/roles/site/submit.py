@@ -37,7 +37,7 @@ class Submitting(SiteBase):
             secure.forget_secrets(self.state, before=r)  # the last rounds' secrets too
             actions.waiting.append("nothing: the federation is complete; run `fedrema personalize`")
             return actions
-        self._require_active(r)
+        self._require_active(r, joining=True)
         if self.config.secure:
             secure.site_steps(self.secagg_view(r), r, actions)
         else:
@@ -65,7 +65,9 @@ class Submitting(SiteBase):
             if (update := self.trained_update(rr)) is not None:
                 delta, weight, trained = update
                 updates[rr] = secure.SiteUpdate(delta, weight, self.submission_body(rr, trained))
-        return secure.SiteRound(self.fed, self.state, self.last_round(), updates)
+        return secure.SiteRound(
+            self.fed, self.state, self.last_round(), updates, first=self.first_round()
+        )
 
     def submission_body(self, r: int, trained: Params) -> dict[str, Any]:
         body: dict[str, Any] = {"round": r, "method": self.config.method}
@@ -77,6 +79,9 @@ class Submitting(SiteBase):
         return body
 
     def _submit_plain(self, r: int, actions: Actions) -> None:
+        if r < self.first_round():
+            actions.waiting.append(f"round {self.first_round()}: this site joins then")
+            return
         if self.fed.exists("submission", r, site=self.name):
             actions.waiting.append(f"round {r}: the coordinator to aggregate")
             return

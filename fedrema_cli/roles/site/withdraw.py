@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fedrema_cli.errors import IntegrityError, UsageError
+from fedrema_cli.errors import IntegrityError, NotYetError, UsageError
 from fedrema_cli.protocol import secagg as secure
 from fedrema_cli.protocol.rounds import (
     Withdrawal,
@@ -32,13 +32,39 @@ class Withdrawing(SiteBase):
     def last_round(self) -> int:
         """The last round this site takes part in: the federation's, or the one before its
         withdrawal (or the withdrawal's own round, if the site's update is in that sum)."""
+        last = self.config.rounds
+        if self.fed.roster is not None and (out := self.fed.removed_from(self.name)) is not None:
+            last = out - 1  # the coordinator removed it from round ``out`` on
         w = self.withdrawal()
         if w is None:
-            return self.config.rounds
+            return last
         in_sum = self.fed.exists("submission", w.from_round, site=self.name)
-        return min(self.config.rounds, w.from_round if in_sum else w.from_round - 1)
+        return min(last, w.from_round if in_sum else w.from_round - 1)
 
-    def _require_active(self, r: int) -> None:
+    def first_round(self) -> int:
+        """The first round this site takes part in (a site approved later joins then)."""
+        first = self.fed.first_round(self.name) if self.fed.roster is not None else None
+        return first or 1
+
+    def _require_active(self, r: int, *, joining: bool = False) -> None:
+        """Refuse a round this site is not part of. ``joining``: a round before its first is
+        fine (`submit` advertises keys for its first round)."""
+        if r < self.first_round() and not joining:
+            raise NotYetError(
+                f"{self.name} joins the federation at round {self.first_round()}; "
+                f"round {r} runs without it",
+                hint="run `fedrema submit` (it advertises keys for that round), then wait",
+            )
+        out = self.fed.removed_from(self.name) if self.fed.roster is not None else None
+        if r > self.last_round() and out is not None:
+            w = self.withdrawal()
+            if w is None or out <= w.from_round:
+                secure.forget_secrets(self.state, before=self.config.rounds + 1)
+                raise UsageError(
+                    f"the coordinator removed {self.name} from the roster from round {out} "
+                    "on; it sends nothing more",
+                    hint="`fedrema personalize` builds this site's model from the rounds so far",
+                )
         if r > self.last_round():
             w = self.withdrawal()
             assert w is not None
