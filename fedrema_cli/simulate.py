@@ -25,6 +25,8 @@ from fedrema_cli.methods import METHODS
 from fedrema_cli.protocol.rounds import current_round, phase_of
 from fedrema_cli.roles.coordinator import Coordinator
 from fedrema_cli.roles.site import Site
+from fedrema_cli.store.traffic import Meter, MeteredStorage
+from fedrema_cli.store.workspace import COORDINATOR
 
 STAGES = {"keys": "keys", "submit": "collect", "unmask": "unmask", "offline": None}
 
@@ -140,6 +142,7 @@ def _run(
         )
         for name, paths in files.items()
     }
+    meter = _metered(coord, sites)
     coord.approve(None)
     for s in sites.values():  # pin the roster; DP noise replayable from the seed (simulation)
         s.fed.load_roster()
@@ -201,9 +204,48 @@ def _run(
         result["evaluated_on"] = "validation"
     if spec.track:
         result["curve"] = curve
+    result["communication"] = communication(meter, list(sites), spec.rounds)
     if coord.merge_log():
         result["merging"] = coord.config.method_impl().summarize(coord.merge_log(), info.blocks)
     return result
+
+
+# -- bytes on the wire ------------------------------------------------------------------------
+
+
+def _metered(coord: Coordinator, sites: dict[str, Site]) -> Meter:
+    """Count every party's workspace traffic from here on (one meter, one store per party)."""
+    meter = Meter()
+    for party, fed in [(COORDINATOR, coord.fed), *((n, s.fed) for n, s in sites.items())]:
+        fed.ws.storage = MeteredStorage(fed.ws.storage, meter, party)
+    return meter
+
+
+def communication(meter: Meter, sites: list[str], rounds: int) -> dict[str, Any]:
+    """Bytes per round (mean over rounds 1..R) each site uploads and downloads, by kind;
+    their mean over sites; the coordinator's; and the one-off setup files."""
+    span = range(1, rounds + 1)
+    per_site = {name: meter.summary(name, span) for name in sites}
+    mean: dict[str, Any] = {}
+    for direction in ("up", "down"):
+        mean[f"bytes_{direction}"] = round(
+            float(np.mean([v[f"bytes_{direction}"] for v in per_site.values()])), 1
+        )
+        kinds = sorted({k for v in per_site.values() for k in v[f"{direction}_by_kind"]})
+        mean[f"{direction}_by_kind"] = {
+            k: round(
+                float(np.mean([v[f"{direction}_by_kind"].get(k, 0.0) for v in per_site.values()])),
+                1,
+            )
+            for k in kinds
+        }
+    return {
+        "unit": "bytes per round, mean over rounds 1..R",
+        "sites": per_site,
+        "mean": mean,
+        "coordinator": meter.summary(COORDINATOR, span),
+        "setup": {p: meter.setup(p) for p in [COORDINATOR, *sites]},
+    }
 
 
 def _mean_metrics(per_site: dict[str, Any]) -> dict[str, float | None]:

@@ -30,6 +30,7 @@ from crypto.secagg import (
     ShareKeysMsg,
     UnmaskRequest,
     UnmaskShares,
+    choose_width,
     decode_aggregate,
     encode_update,
     finalize,
@@ -71,14 +72,31 @@ def _dim(config: FederationConfig) -> int:
     return part_size(config.model, part) + 1  # + the sample weight
 
 
+def width(config: FederationConfig, n_sites: int) -> tuple[int, int]:
+    """(modulus_bits, frac_bits) of the masked sum: fixed in the config, or derived from it and
+    the roster's size alone ("auto"), so every party computes the same."""
+    c = config.secagg
+    if c.modulus_bits != "auto":
+        return c.modulus_bits, c.frac_bits
+    try:
+        return choose_width(
+            n_sites, c.clip, c.max_weight, min_frac_bits=c.min_frac_bits, frac_bits_64=c.frac_bits
+        )
+    except SecAggError as e:
+        raise ConfigError(
+            f"secure-aggregation parameters do not work for {n_sites} sites: {e}"
+        ) from None
+
+
 def round_context(config: FederationConfig, roster: Roster, r: int) -> RoundContext:
     """Everything round r's SecAgg session is bound to, built from signed, public data."""
     c = config.secagg
+    modulus_bits, frac_bits = width(config, len(roster.sites))
     params = SecAggParams(
         threshold=roster.threshold,
-        modulus_bits=c.modulus_bits,
+        modulus_bits=modulus_bits,
         dim=_dim(config),
-        frac_bits=c.frac_bits,
+        frac_bits=frac_bits,
         clip=c.clip,
         max_weight=c.max_weight,
     )
