@@ -259,6 +259,7 @@ def make_config(
     max_grad_norm: float = 1.0,
     accountant: str = "rdp",
     method_options: dict[str, Any] | None = None,
+    modulus_bits: Literal["auto", 32, 64] = "auto",
 ) -> dict[str, Any]:
     """A federation config (without the coordinator's keys) from the usual choices.
 
@@ -289,7 +290,10 @@ def make_config(
         "data": data.model_dump(mode="json"),
         "training": training.model_dump(mode="json"),
         "secagg": SecAggConfig(
-            enabled=secure_aggregation, threshold=threshold, consistency_check=consistency_check
+            enabled=secure_aggregation,
+            threshold=threshold,
+            consistency_check=consistency_check,
+            modulus_bits=modulus_bits,
         ).model_dump(mode="json"),
         "round": RoundConfig(timeout_seconds=timeout_seconds).model_dump(mode="json"),
         "method_options": dict(method_options or {}),

@@ -68,6 +68,7 @@ class SimulationSpec:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     method_options: dict[str, Any] = field(default_factory=dict)
     drops: tuple[Drop, ...] = ()
+    secagg_bits: str = "auto"  # the masked sum's width: "auto", "32" or "64"
     workdir: Path | None = None
     keep: bool = False
     validation: bool = False  # train on part of each training set, score on the rest
@@ -130,6 +131,7 @@ def _run(
             delta=spec.delta,
             max_grad_norm=spec.max_grad_norm,
             method_options=spec.method_options,
+            modulus_bits=_secagg_bits(spec.secagg_bits),
         )
     coord = Coordinator.create(workspace=workspace, state_dir=root / "coordinator", config=config)
     sites = {
@@ -211,6 +213,12 @@ def _run(
 
 
 # -- bytes on the wire ------------------------------------------------------------------------
+
+
+def _secagg_bits(text: str) -> str | int:
+    if text not in ("auto", "32", "64"):
+        raise UsageError(f"--secagg-bits must be auto, 32 or 64, not {text!r}")
+    return text if text == "auto" else int(text)
 
 
 def _metered(coord: Coordinator, sites: dict[str, Site]) -> Meter:
