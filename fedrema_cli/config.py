@@ -104,6 +104,10 @@ class FederationConfig(_Frozen):
     secagg: SecAggConfig = SecAggConfig()
     round: RoundConfig = RoundConfig()
     privacy: PrivacyPolicy | None = None
+    #: the width the global model travels in: float16 (stochastically rounded: half the bytes
+    #: of every model download, accuracy measured unchanged) or float32 (every federation
+    #: created before the choice existed)
+    broadcast: Literal["float32", "float16"] = "float32"
     coordinator: CoordinatorKeys
 
     @model_validator(mode="before")
@@ -260,6 +264,7 @@ def make_config(
     accountant: str = "rdp",
     method_options: dict[str, Any] | None = None,
     modulus_bits: Literal["auto", 32, 64] = "auto",
+    broadcast: Literal["float32", "float16"] = "float16",
 ) -> dict[str, Any]:
     """A federation config (without the coordinator's keys) from the usual choices.
 
@@ -298,4 +303,5 @@ def make_config(
         "round": RoundConfig(timeout_seconds=timeout_seconds).model_dump(mode="json"),
         "method_options": dict(method_options or {}),
         "privacy": privacy.model_dump(mode="json") if privacy else None,
+        "broadcast": broadcast,
     }

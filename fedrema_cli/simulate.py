@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -69,6 +69,7 @@ class SimulationSpec:
     method_options: dict[str, Any] = field(default_factory=dict)
     drops: tuple[Drop, ...] = ()
     secagg_bits: str = "auto"  # the masked sum's width: "auto", "32" or "64"
+    broadcast: str = "float16"  # the model's width on the wire: "float16" or "float32"
     workdir: Path | None = None
     keep: bool = False
     validation: bool = False  # train on part of each training set, score on the rest
@@ -132,6 +133,7 @@ def _run(
             max_grad_norm=spec.max_grad_norm,
             method_options=spec.method_options,
             modulus_bits=_secagg_bits(spec.secagg_bits),
+            broadcast=_broadcast(spec.broadcast),
         )
     coord = Coordinator.create(workspace=workspace, state_dir=root / "coordinator", config=config)
     sites = {
@@ -219,6 +221,12 @@ def _secagg_bits(text: str) -> str | int:
     if text not in ("auto", "32", "64"):
         raise UsageError(f"--secagg-bits must be auto, 32 or 64, not {text!r}")
     return text if text == "auto" else int(text)
+
+
+def _broadcast(text: str) -> Literal["float32", "float16"]:
+    if text not in ("float32", "float16"):
+        raise UsageError(f"--broadcast must be float16 or float32, not {text!r}")
+    return text
 
 
 def _metered(coord: Coordinator, sites: dict[str, Site]) -> Meter:

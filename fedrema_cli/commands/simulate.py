@@ -94,6 +94,13 @@ def simulate(
             rich_help_panel="Secure aggregation",
         ),
     ] = "auto",
+    broadcast: Annotated[
+        str,
+        typer.Option(
+            help="Width of the model download: float16 (stochastically rounded) or float32 "
+            "(every round before float16, for comparing bytes).",
+        ),
+    ] = "float16",
     workdir: Annotated[
         Path | None,
         typer.Option(
@@ -147,6 +154,7 @@ def simulate(
             method_options=parse_method_options(m, option) if option else {},
             drops=drops,
             secagg_bits=secagg_bits,
+            broadcast=broadcast,
             validation=validation,
             workdir=(workdir / m) if workdir and len(methods) > 1 else workdir,
         )
