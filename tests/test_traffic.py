@@ -6,9 +6,11 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fedrema_cli import simulate as sim
+from fedrema_cli.learning.params import load_params
 from fedrema_cli.store.storage import LocalStorage
 from fedrema_cli.store.traffic import Meter, MeteredStorage, classify
 from fedrema_cli.store.workspace import COORDINATOR
@@ -88,6 +90,9 @@ def test_simulated_counts_are_the_sizes_of_the_rounds_files(tmp_path: Path) -> N
             assert down[kind] == sum(up[s][kind] for s in sites if s != site)
         assert comm["sites"][site]["bytes_up"] == sum(up[site].values())
     assert comm["coordinator"]["up_by_kind"] == pytest.approx(dict(up[COORDINATOR]))
+    # the model travels in float16 (half the bytes), read back as float32
+    model = load_params((ws / "rounds/0001/model.params.safetensors").read_bytes())
+    assert {v.dtype for v in model.values()} == {np.dtype(np.float16)}
     # 2^32 masked sums ("auto" for 4 sites): 4 bytes per coordinate, plus a small header
     masked = comm["mean"]["up_by_kind"]["masked-update"]
     assert 4 * 1000 < masked < 4 * 1200
