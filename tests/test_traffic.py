@@ -86,8 +86,14 @@ def test_simulated_counts_are_the_sizes_of_the_rounds_files(tmp_path: Path) -> N
         assert down["model"] == up[COORDINATOR]["model"]
         for kind in ("key-roster", "masking-roster", "unmask-request", "result"):
             assert down[kind] == up[COORDINATOR][kind]
-        for kind in ("key-advert", "shares"):
-            assert down[kind] == sum(up[s][kind] for s in sites if s != site)
+        assert down["key-advert"] == sum(up[s]["key-advert"] for s in sites if s != site)
+        # of each peer's key shares, the envelope and the one ciphertext addressed to it
+        mine = f"to-{sites.index(site) + 1}.bin"
+        assert down["shares"] == sum(
+            sizes[f"rounds/0001/shares/{s}.json"] + sizes[f"rounds/0001/shares/{s}.{mine}"]
+            for s in sites
+            if s != site
+        )
         assert comm["sites"][site]["bytes_up"] == sum(up[site].values())
     assert comm["coordinator"]["up_by_kind"] == pytest.approx(dict(up[COORDINATOR]))
     # the model travels in float16 (half the bytes), read back as float32
