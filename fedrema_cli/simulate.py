@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -25,6 +25,8 @@ from fedrema_cli.methods import METHODS
 from fedrema_cli.protocol.rounds import current_round, phase_of
 from fedrema_cli.roles.coordinator import Coordinator
 from fedrema_cli.roles.site import Site
+from fedrema_cli.store.traffic import Meter, MeteredStorage
+from fedrema_cli.store.workspace import COORDINATOR
 
 STAGES = {"keys": "keys", "submit": "collect", "unmask": "unmask", "offline": None}
 
@@ -66,6 +68,8 @@ class SimulationSpec:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     method_options: dict[str, Any] = field(default_factory=dict)
     drops: tuple[Drop, ...] = ()
+    secagg_bits: str = "auto"  # the masked sum's width: "auto", "32" or "64"
+    broadcast: str = "float16"  # the model's width on the wire: "float16" or "float32"
     workdir: Path | None = None
     keep: bool = False
     validation: bool = False  # train on part of each training set, score on the rest
@@ -140,6 +144,8 @@ def _run(
             delta=spec.delta,
             max_grad_norm=spec.max_grad_norm,
             method_options=spec.method_options,
+            modulus_bits=_secagg_bits(spec.secagg_bits),
+            broadcast=_broadcast(spec.broadcast),
         )
     coord = Coordinator.create(workspace=workspace, state_dir=root / "coordinator", config=config)
     sites = {
@@ -152,6 +158,7 @@ def _run(
         )
         for name, paths in files.items()
     }
+    meter = _metered(coord, sites)
     coord.approve(None)
     for s in sites.values():  # pin the roster; DP noise replayable from the seed (simulation)
         s.fed.load_roster()
@@ -222,9 +229,60 @@ def _run(
         result["evaluated_on"] = "validation"
     if spec.track:
         result["curve"] = curve
+    result["communication"] = communication(meter, list(sites), spec.rounds)
     if coord.merge_log():
         result["merging"] = coord.config.method_impl().summarize(coord.merge_log(), info.blocks)
     return result
+
+
+# -- bytes on the wire ------------------------------------------------------------------------
+
+
+def _secagg_bits(text: str) -> str | int:
+    if text not in ("auto", "32", "64"):
+        raise UsageError(f"--secagg-bits must be auto, 32 or 64, not {text!r}")
+    return text if text == "auto" else int(text)
+
+
+def _broadcast(text: str) -> Literal["float32", "float16"]:
+    if text not in ("float32", "float16"):
+        raise UsageError(f"--broadcast must be float16 or float32, not {text!r}")
+    return text
+
+
+def _metered(coord: Coordinator, sites: dict[str, Site]) -> Meter:
+    """Count every party's workspace traffic from here on (one meter, one store per party)."""
+    meter = Meter()
+    for party, fed in [(COORDINATOR, coord.fed), *((n, s.fed) for n, s in sites.items())]:
+        fed.ws.storage = MeteredStorage(fed.ws.storage, meter, party)
+    return meter
+
+
+def communication(meter: Meter, sites: list[str], rounds: int) -> dict[str, Any]:
+    """Bytes per round (mean over rounds 1..R) each site uploads and downloads, by kind;
+    their mean over sites; the coordinator's; and the one-off setup files."""
+    span = range(1, rounds + 1)
+    per_site = {name: meter.summary(name, span) for name in sites}
+    mean: dict[str, Any] = {}
+    for direction in ("up", "down"):
+        mean[f"bytes_{direction}"] = round(
+            float(np.mean([v[f"bytes_{direction}"] for v in per_site.values()])), 1
+        )
+        kinds = sorted({k for v in per_site.values() for k in v[f"{direction}_by_kind"]})
+        mean[f"{direction}_by_kind"] = {
+            k: round(
+                float(np.mean([v[f"{direction}_by_kind"].get(k, 0.0) for v in per_site.values()])),
+                1,
+            )
+            for k in kinds
+        }
+    return {
+        "unit": "bytes per round, mean over rounds 1..R",
+        "sites": per_site,
+        "mean": mean,
+        "coordinator": meter.summary(COORDINATOR, span),
+        "setup": {p: meter.setup(p) for p in [COORDINATOR, *sites]},
+    }
 
 
 def _mean_metrics(per_site: dict[str, Any]) -> dict[str, float | None]:

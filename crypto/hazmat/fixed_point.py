@@ -27,7 +27,7 @@ import numpy.typing as npt
 from crypto.errors import HeadroomError, ParameterError
 from crypto.hazmat.prg import UIntArray, uint_dtype
 
-__all__ = ["check_headroom", "decode", "encode"]
+__all__ = ["check_headroom", "decode", "encode", "largest_frac_bits"]
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -64,6 +64,25 @@ def check_headroom(
             f"{n_parties} parties * W={max_weight} * C={clip} * 2^{frac_bits} >= "
             f"2^{modulus_bits - 1}: lower frac_bits or use modulus_bits=64"
         )
+
+
+def largest_frac_bits(
+    n_parties: int, clip: float, modulus_bits: int, max_weight: float = 1.0
+) -> int | None:
+    """The largest f that passes :func:`check_headroom`, or None if not even f = 0 does.
+
+    >>> largest_frac_bits(50, 1.0, 32)
+    25
+    >>> largest_frac_bits(4, 64.0, 32, max_weight=100_000)
+    6
+    """
+    for f in range(modulus_bits - 1, -1, -1):
+        try:
+            check_headroom(n_parties, clip, f, modulus_bits, max_weight)
+        except HeadroomError:
+            continue
+        return f
+    return None
 
 
 def encode(

@@ -57,7 +57,7 @@ from crypto.secagg.messages import (
     parse_message,
 )
 from crypto.secagg.params import SUITE, RoundContext, SecAggParams, compute_session_id
-from crypto.secagg.quantize import decode_aggregate, encode_update
+from crypto.secagg.quantize import choose_width, decode_aggregate, encode_update
 from crypto.secagg.server import (
     finalize,
     fix_key_roster,
@@ -95,6 +95,7 @@ __all__ = [
     "StageError",
     "UnmaskRequest",
     "UnmaskShares",
+    "choose_width",
     "compute_session_id",
     "decode_aggregate",
     "encode_update",

@@ -19,11 +19,34 @@ from crypto.hazmat import fixed_point
 from crypto.hazmat.prg import UIntArray
 from crypto.secagg.params import SecAggParams
 
-__all__ = ["decode_aggregate", "encode_update"]
+__all__ = ["choose_width", "decode_aggregate", "encode_update"]
 
 
 #: Values are encoded this many at a time (float64 temporaries of 512 KiB each).
 ENCODE_CHUNK = 1 << 16
+
+
+def choose_width(
+    n_parties: int, clip: float, max_weight: float, *, min_frac_bits: int, frac_bits_64: int
+) -> tuple[int, int]:
+    """(modulus_bits, frac_bits) for n parties: 2^32 with the finest f the headroom rule
+    ``n * W * max(C, 1) * 2^f < 2^31`` allows, if that f is at least ``min_frac_bits``;
+    otherwise 2^64 with ``frac_bits_64``. Half the bytes per masked coordinate whenever the
+    precision floor holds; a pure function of public, signed values, so every party agrees.
+
+    A decoded sum of n sites is within n * 2^-f of the exact sum of clipped, weighted
+    values, so the weighted mean is within n * 2^-f / (sum of weights).
+
+    >>> choose_width(4, 64.0, 100_000, min_frac_bits=4, frac_bits_64=24)
+    (32, 6)
+    >>> choose_width(4, 64.0, 100_000, min_frac_bits=8, frac_bits_64=24)
+    (64, 24)
+    """
+    f = fixed_point.largest_frac_bits(n_parties, max(clip, 1.0), 32, max_weight)
+    if f is not None and f >= min_frac_bits:
+        return 32, f
+    fixed_point.check_headroom(n_parties, max(clip, 1.0), frac_bits_64, 64, max_weight)
+    return 64, frac_bits_64
 
 
 def encode_update(

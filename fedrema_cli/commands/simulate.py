@@ -86,6 +86,22 @@ def simulate(
             "other 25%; the test files are never read.",
         ),
     ] = False,
+    secagg_bits: Annotated[
+        str,
+        typer.Option(
+            "--secagg-bits",
+            help="Width of the masked sum: auto (2^32 when the headroom rule allows, else "
+            "2^64), 32 or 64 (64: every round before 'auto', for comparing bytes).",
+            rich_help_panel="Secure aggregation",
+        ),
+    ] = "auto",
+    broadcast: Annotated[
+        str,
+        typer.Option(
+            help="Width of the model download: float16 (stochastically rounded) or float32 "
+            "(every round before float16, for comparing bytes).",
+        ),
+    ] = "float16",
     workdir: Annotated[
         Path | None,
         typer.Option(
@@ -104,6 +120,16 @@ def simulate(
       fedrema simulate heart-disease --method local,fedavg,fedrema --epsilon 1
 
       fedrema simulate heart-disease --method fedavg --no-dp --no-secure-aggregation
+
+    Bytes on the wire (--json ``communication``; a third table): every file a party creates
+    in the workspace is an upload, every file it reads that another party wrote a download,
+    each counted once per party, filed under its round and kind by its path. Keys:
+    ``sites.<site>`` and ``mean`` (over sites) and ``coordinator`` hold ``bytes_up`` and
+    ``bytes_down`` (mean bytes per round over rounds 1..R) and ``up_by_kind`` /
+    ``down_by_kind`` (the same split by file kind: key-advert, shares, masked-update,
+    submission (envelope and sealed head), reveal, ledger-entry, model, key-roster,
+    masking-roster, unmask-request, head, result); ``setup`` holds each party's one-off bytes
+    (config, enrollment, roster), not in the per-round figures.
     """
     from fedrema_cli import simulate as sim
     from fedrema_cli.config import (
@@ -137,6 +163,8 @@ def simulate(
             training=training,
             method_options=parse_method_options(m, option) if option else {},
             drops=drops,
+            secagg_bits=secagg_bits,
+            broadcast=broadcast,
             validation=validation,
             workdir=(workdir / m) if workdir and len(methods) > 1 else workdir,
         )
@@ -204,7 +232,38 @@ def results_tables(results: list[dict]) -> list[object]:
         f"{privacy}, secure aggregation {secure}"
     )
     caption += "; @thr.: threshold chosen per site on a validation split of its training file"
-    return [per_site, ui.table("Mean over hospitals", columns, rows, caption=caption)]
+    return [
+        per_site,
+        ui.table("Mean over hospitals", columns, rows, caption=caption),
+        bytes_table(results),
+    ]
+
+
+def bytes_table(results: list[dict]) -> object:
+    """Mean bytes per site per round, up and down, and the two largest kinds each way."""
+
+    def largest(by_kind: dict[str, float]) -> str:
+        top = sorted(by_kind.items(), key=lambda kv: -kv[1])[:2]
+        return ", ".join(f"{k} {v:,.0f}" for k, v in top) or "–"
+
+    rows = []
+    for r in results:
+        m = r["communication"]["mean"]
+        rows.append(
+            [
+                r["method"],
+                f"{m['bytes_up']:,.0f}",
+                f"{m['bytes_down']:,.0f}",
+                f"{m['bytes_up'] + m['bytes_down']:,.0f}",
+                largest(m["up_by_kind"]),
+                largest(m["down_by_kind"]),
+            ]
+        )
+    return ui.table(
+        "Bytes per site per round (mean over sites and rounds)",
+        ["method", "up", "down", "total", "largest up", "largest down"],
+        rows,
+    )
 
 
 def warning_lines(results: list[dict]) -> list[str]:

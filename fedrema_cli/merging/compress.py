@@ -298,6 +298,34 @@ def decode_floats(blob: bytes, kind: FloatKind) -> np.ndarray:
     return out
 
 
+def round_float16(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """x rounded *stochastically* to float16: to one of its two float16 neighbours, the upper
+    with probability proportional to the distance from the lower, so E[result] = x.
+
+    For a model broadcast every round: round-to-nearest would swallow every change smaller
+    than half a float16 step (2^-12 relative) round after round; unbiased rounding adds noise
+    of at most one step instead, which averages out. Refuses values beyond float16's range.
+
+    >>> x = np.full(10_000, 1 + 2**-12)  # a quarter of the way from 1 to the next float16
+    >>> h = round_float16(x, np.random.default_rng(0))
+    >>> sorted(set(h.tolist())), bool(abs(h.astype(np.float64).mean() - (1 + 2**-12)) < 2e-5)
+    ([1.0, 1.0009765625], True)
+    """
+    a = np.asarray(x, dtype=np.float64)
+    if not np.isfinite(a).all() or (np.abs(a) > 65504).any():
+        raise ValueError("payload exceeds the float16 range (|x| <= 65504)")
+    near = a.astype(np.float16)
+    below = near.astype(np.float64) > a
+    with np.errstate(over="ignore"):  # the neighbour of +-65504 is inf: never chosen
+        lo = np.where(below, np.nextafter(near, np.float16(-np.inf)), near)
+        hi = np.where(below, near, np.nextafter(near, np.float16(np.inf)))
+    lo64, hi64 = lo.astype(np.float64), hi.astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p_up = np.where(np.isfinite(hi64) & (hi64 > lo64), (a - lo64) / (hi64 - lo64), 0.0)
+    up = rng.random(a.shape) < p_up
+    return np.where(up, hi, lo).astype(np.float16)
+
+
 @dataclass(frozen=True)
 class FloatError:
     """What a lower-bit payload costs and loses against float32."""

@@ -47,6 +47,12 @@ class MaskingRosterBody(Body):
     opened_at: str
 
 
+class SharesBody(Body):
+    """R1 ShareKeys(r): the commitment to b_u; the ciphertexts are attachments, one per peer."""
+
+    commitment: str
+
+
 class SubmissionBody(Body):
     method: str
     sealed_head: str | None = None  # the method's personal part, sealed to the coordinator
@@ -89,6 +95,7 @@ BODIES: dict[str, type[BaseModel]] = {
     "key-advert": KeyAdvertBody,
     "key-roster": KeyRosterBody,
     "masking-roster": MaskingRosterBody,
+    "shares": SharesBody,
     "submission": SubmissionBody,
     "unmask-request": UnmaskRequestBody,
     "survivors-signed": SurvivorsSignedBody,

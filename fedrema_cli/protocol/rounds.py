@@ -210,11 +210,21 @@ def initial_params(config: FederationConfig) -> Params:
 
 
 def read_model(fed: Federation, r: int) -> Params:
+    """Round r's global model, as float32 whatever width it travelled in (every party reads
+    the same file, so every party starts from, and computes deltas against, the same values)."""
     art = fed.get("model", r, attachments=(PARAMS,))
-    return load_params(art.attachments[PARAMS])
+    return {k: v.astype(np.float32) for k, v in load_params(art.attachments[PARAMS]).items()}
 
 
-def model_attachment(params: Mapping[str, np.ndarray]) -> dict[str, bytes]:
+def model_attachment(
+    params: Mapping[str, np.ndarray], config: FederationConfig, rng: np.random.Generator
+) -> dict[str, bytes]:
+    """The model file in the config's ``broadcast`` width: float32, or float16 rounded
+    stochastically (unbiased; half the bytes of every model download)."""
+    if config.broadcast == "float16":
+        from fedrema_cli.merging.compress import round_float16
+
+        params = {k: round_float16(v, rng) for k, v in params.items()}
     return {PARAMS: save_params(params)}
 
 

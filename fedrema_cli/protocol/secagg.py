@@ -9,6 +9,7 @@ bytes. Secrets of a round are deleted once its result is out (forward secrecy).
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,7 @@ from crypto.secagg import (
     ShareKeysMsg,
     UnmaskRequest,
     UnmaskShares,
+    choose_width,
     decode_aggregate,
     encode_update,
     finalize,
@@ -71,14 +73,31 @@ def _dim(config: FederationConfig) -> int:
     return part_size(config.model, part) + 1  # + the sample weight
 
 
+def width(config: FederationConfig, n_sites: int) -> tuple[int, int]:
+    """(modulus_bits, frac_bits) of the masked sum: fixed in the config, or derived from it and
+    the roster's size alone ("auto"), so every party computes the same."""
+    c = config.secagg
+    if c.modulus_bits != "auto":
+        return c.modulus_bits, c.frac_bits
+    try:
+        return choose_width(
+            n_sites, c.clip, c.max_weight, min_frac_bits=c.min_frac_bits, frac_bits_64=c.frac_bits
+        )
+    except SecAggError as e:
+        raise ConfigError(
+            f"secure-aggregation parameters do not work for {n_sites} sites: {e}"
+        ) from None
+
+
 def round_context(config: FederationConfig, roster: Roster, r: int) -> RoundContext:
     """Everything round r's SecAgg session is bound to, built from signed, public data."""
     c = config.secagg
+    modulus_bits, frac_bits = width(config, len(roster.sites))
     params = SecAggParams(
         threshold=roster.threshold,
-        modulus_bits=c.modulus_bits,
+        modulus_bits=modulus_bits,
         dim=_dim(config),
-        frac_bits=c.frac_bits,
+        frac_bits=frac_bits,
         clip=c.clip,
         max_weight=c.max_weight,
     )
@@ -139,8 +158,50 @@ def _message(fed: Federation, kind: str, r: int, site: str, name: str, cls: type
     return msg
 
 
+#: Key shares travel one attachment per recipient (``to-<party index>.bin``, the raw AES-GCM
+#: ciphertext), so a site downloads only the ciphertexts addressed to it, not every site's
+#: whole message: n - 1 ciphertexts per round instead of (n - 1)^2. The coordinator reads them
+#: all and rebuilds each ShareKeys message. (Files written before this are one ``msg.bin``.)
+_TO = re.compile(r"to-([1-9][0-9]{0,4})\.bin")
+
+
+def shares_parts(msg: ShareKeysMsg) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """A ShareKeys message as a body (round, commitment) and one attachment per recipient."""
+    body = {"round": msg.round, "commitment": b64(msg.commitment)}
+    return body, {f"to-{v}.bin": ct for v, ct in sorted(msg.ciphertexts.items())}
+
+
+def read_shares(fed: Federation, r: int, site: str, *, to: int | None = None) -> ShareKeysMsg:
+    """``site``'s key shares of round r: every ciphertext, or only the one addressed ``to`` a
+    party (all a recipient needs, and all it downloads). Signature and hashes checked."""
+    head = fed.get("shares", r, site=site)
+    listed = dict(head.envelope.header.get("attachments") or {})
+    if MSG in listed:  # the single-file layout
+        msg = _message(fed, "shares", r, site, MSG, ShareKeysMsg)
+        if to is None:
+            return msg
+        cts = {to: msg.ciphertexts[to]} if to in msg.ciphertexts else {}
+        return ShareKeysMsg(msg.party, msg.round, cts, msg.commitment)
+    recipients = {}
+    for name in listed:
+        m = _TO.fullmatch(name)
+        if m is None:
+            raise IntegrityError(f"round {r}: {site}'s key shares carry an unknown part {name!r}")
+        recipients[int(m.group(1))] = name
+    wanted = recipients if to is None else {to: recipients[to]} if to in recipients else {}
+    art = fed.get("shares", r, site=site, attachments=tuple(wanted.values()))
+    body = messages.read(fed, "shares", r, messages.SharesBody, site=site)
+    if body.round != r:
+        raise IntegrityError(f"round {r}: {site}'s key shares claim another round")
+    return ShareKeysMsg(
+        _index(fed, site),
+        r,
+        {v: art.attachments[name] for v, name in wanted.items()},
+        unb64(body.commitment, what=f"{site}'s commitment"),
+    )
+
+
 _MESSAGES: dict[str, tuple[type, str]] = {
-    "shares": (ShareKeysMsg, MSG),
     "submission": (MaskedInput, MASKED),
     "reveal": (UnmaskShares, MSG),
 }
@@ -154,6 +215,8 @@ def read_message(fed: Federation, kind: str, r: int, site: str) -> Any:
     """
     if kind == "key-advert":
         return _advert(fed, r, site)
+    if kind == "shares":
+        return read_shares(fed, r, site)
     cls, name = _MESSAGES[kind]
     return _message(fed, kind, r, site, name, cls)
 
@@ -492,8 +555,13 @@ def _share_keys(site: SiteRound, r: int, secrets: _Secrets, actions: Actions) ->
         return
     if site.name not in key_roster_parties(fed, r):
         return
-    step = secrets.client.handle(verified_key_roster(fed, r), rng=os.urandom)
-    secrets.advance(fed, step, "shares", {"round": r}, MSG)
+    client, msg = secrets.client.handle(verified_key_roster(fed, r), rng=os.urandom)
+    if msg is None:
+        secrets.save(client)
+        _raise_if_aborted(client, r)
+    body, parts = shares_parts(msg)
+    secrets.save(client, "shares", body, parts)
+    secrets.flush(fed)
     actions.done.append(f"round {r}: key shares sent to peers (encrypted)")
 
 
@@ -524,7 +592,7 @@ def _submit_masked(site: SiteRound, r: int, secrets: _Secrets, actions: Actions)
         rng=np.random.default_rng(int.from_bytes(os.urandom(16), "big")),
     )
     senders = [s for s in _names(fed, roster.participants, r) if s != site.name]
-    inbox = route_ciphertexts(roster, _read_all(fed, "shares", r, senders), me)
+    inbox = route_ciphertexts(roster, [read_shares(fed, r, s, to=me) for s in senders], me)
     step = secrets.client.handle(roster, inbox=inbox, x=x)
     if r < site.last and step[1] is not None:
         advertise(fed, site.state, r + 1)  # keys for the next round travel with this update

@@ -77,6 +77,9 @@ META = COORDINATOR_META
 METHOD_STATE = "method-state.json"
 LEGACY_FEDREMA_STATE = "fedrema-state.json"
 MERGE_LOG = "merge-log.json"
+#: the coordinator's random stream for rounding the broadcast model (its own: the method's
+#: stream, default_rng([seed, r]), stays what it was)
+BROADCAST_STREAM = 2
 
 
 def _outcome(r: int) -> str:
@@ -358,7 +361,11 @@ class Coordinator:
                 "model",
                 1,
                 {"round": 1, "created": timestamp()},
-                attachments=model_attachment(initial_params(self.config)),
+                attachments=model_attachment(
+                    initial_params(self.config),
+                    self.config,
+                    np.random.default_rng([self.config.seed, 0, BROADCAST_STREAM]),
+                ),
             )
         self.fed.ws.put(
             roster_base(roster.version),
@@ -654,7 +661,13 @@ class Coordinator:
         ]
         plan = {
             "model_body": {"round": r + 1, "created": timestamp()},
-            "model_params": b64(model_attachment(outcome.model)[PARAMS]),
+            "model_params": b64(
+                model_attachment(
+                    outcome.model,
+                    self.config,
+                    np.random.default_rng([self.config.seed, r, BROADCAST_STREAM]),
+                )[PARAMS]
+            ),
             "heads": {
                 site: exchange.sealed_head_body(self.fed, r + 1, site, save_params(part))
                 for site, part in outcome.personal.items()

@@ -5,11 +5,12 @@ The only code that knows where artifacts live. It holds public, signed files onl
     federation.json                      coordinator: the signed federation config
     enrollments/<site>.json              a site's request to join (self-signed)
     roster.json                          coordinator: approved sites, their keys, SecAgg indices
-    rounds/<r>/model.json (+.params.safetensors)        global model for round r
+    rounds/<r>/model.json (+.params.safetensors)        global model for round r (float16
+                                                        or float32: config ``broadcast``)
     rounds/<r>/heads/<site>.json         a site's FedReMa head for round r, sealed to that site
     rounds/<r>/keys/<site>.json          SecAgg key advert for round r
     rounds/<r>/key-roster.json           coordinator: U1(r)
-    rounds/<r>/shares/<site>.json (+.bin)              SecAgg encrypted key shares
+    rounds/<r>/shares/<site>.json (+.to-<v>.bin)       SecAgg key shares, one ciphertext per peer v
     rounds/<r>/masking-roster.json       coordinator: U2(r); round r is open for submissions
     rounds/<r>/submissions/<site>.json (+.masked.bin)  masked update, sealed head, metadata
     rounds/<r>/unmask-request.json       coordinator: U3(r), the survivors

@@ -93,7 +93,7 @@ def test_a_site_whose_update_is_in_the_sum_reveals_before_it_leaves(federation: 
     train_and_submit(fed, OTHERS)
     _finish_round_without_close(fed, OTHERS)
     assert _body(fed, "rounds/0002/result.json")["survivors"] == list(OTHERS)
-    assert not (fed.workspace / "rounds/0002/shares/va.msg.bin").exists()
+    assert not (fed.workspace / "rounds/0002/shares/va.json").exists()
 
 
 def test_too_few_sites_left_stops_with_a_clear_error(federation: Fed) -> None:

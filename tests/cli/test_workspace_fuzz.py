@@ -33,7 +33,7 @@ KINDS = (
     "rounds/0001/keys/va.json",
     "rounds/0001/key-roster.json",
     "rounds/0001/shares/va.json",
-    "rounds/0001/shares/va.msg.bin",
+    "rounds/0001/shares/va.to-1.bin",  # its ciphertext for cleveland (party 1)
     "rounds/0001/masking-roster.json",
     "rounds/0001/submissions/va.json",
     "rounds/0001/submissions/va.masked.bin",
