@@ -194,7 +194,7 @@ def read_shares(fed: Federation, r: int, site: str, *, to: int | None = None) ->
     if body.round != r:
         raise IntegrityError(f"round {r}: {site}'s key shares claim another round")
     return ShareKeysMsg(
-        _index(fed, site),
+        _index(fed, site, r),
         r,
         {v: art.attachments[name] for v, name in wanted.items()},
         unb64(body.commitment, what=f"{site}'s commitment"),
