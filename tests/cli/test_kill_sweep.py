@@ -1,49 +1,60 @@
-"""SIGKILL every command of a round at many points of its writes, re-run it, finish the study.
+"""SIGKILL every command of a round at sampled points of its writes, re-run it, finish the study.
 
-test_crash_resume.py raises out of the store in-process before a write; here the process
-really dies: each command runs as ``python -m fedrema_cli`` with FEDREMA_TEST_KILL_AT=N, and
-the store kills it (SIGKILL, nothing runs after it: no finally, no flush) at the N-th step of
-a local write: before the temporary file, after writing it but before its fsync, after the
-fsync but before the rename, after the rename, after a delete. Killed mid-read is the same
-state as killed before the next write (reads change nothing), so the steps cover those too.
+test_crash_resume.py raises out of the store in-process before each write; here the process
+really dies: the command runs as ``python -m fedrema_cli`` with FEDREMA_TEST_KILL_AT=N, and the
+store kills it (SIGKILL: no finally, no flush, no atexit) at the N-th step of a local write:
+before its temporary file, written but not synced, synced but not renamed, renamed; after a
+delete. Killed mid-read is the state of killed before the next write (reads change nothing),
+so these steps stand for those too.
 
-For every command, from one saved copy of all parties' folders: kill at step N, re-run it
-normally, check the result looks like an unkilled run's; N = 1, 1 + k, 1 + 2k, ... until a
-run is not killed (k = STRIDE[command]; 1 for the cheap commands). The federation then goes
-on from one of the killed-and-re-run copies (a different step each command), so the later
-commands and the final checks run on state a real crash left behind.
+Each swept command first runs unkilled in-process from a saved copy of every party's folder,
+counting its steps and which file each belongs to. Then, from the same copy each time: kill a
+real child process at step N, re-run the command normally, and check that every party holds
+the same files and ledger entries as after the unkilled run. The federation goes on from one
+of those killed-and-re-run copies (a different step each command), so later commands and the
+final checks (one ledger entry per trained round, a clean audit, every result verifying) run
+on what a real crash left behind.
+
+Every kill point is a fresh Python loading the CLI (torch and Opacus for train-local and
+personalize), so the steps are sampled deterministically: every step of a write to the privacy
+ledger (the thing that must not be lost or doubled), and every STRIDE-th step elsewhere, with
+an offset that rotates from command to command so each kind of step gets hit.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
+from fedrema_cli.store import storage
 from fedrema_cli.store.federation import COORDINATOR, Federation, read_federation
 from fedrema_cli.store.state import PartyState
 from fedrema_cli.store.workspace import Workspace
-from tests.cli.conftest import Fed, make_federation
+from tests.cli.conftest import Fed, make_federation, run
 
 ROOT = Path(__file__).resolve().parents[2]
 SITES = ("cleveland", "hungary", "switzerland")
 KILLED = -signal.SIGKILL
-#: Every k-th kill point per command (all of them where k = 1). The costly commands load
-#: torch and Opacus on every start; their first round is swept at this stride, the second
-#: at twice it. The counts tried are printed (pytest -s) and asserted below.
-STRIDE = {"submit": 1, "train-local": 3, "personalize": 3}
+#: Every STRIDE-th step of a command outside the ledger writes (5: prime to the 4 steps of a
+#: write, so one command's points fall on different kinds of step).
+STRIDE = {"submit": 5, "aggregate": 5, "train-local": 11, "personalize": 1}
 
 
-def fedrema(*args: str | Path, kill_at: int | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "FEDREMA_TEST_KILL_AT"}
+def fedrema_killed_at(n: int, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    """The command in a child process that the store SIGKILLs at its n-th write step."""
+    env = {**os.environ, "FEDREMA_TEST_KILL_AT": str(n)}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    if kill_at is not None:
-        env["FEDREMA_TEST_KILL_AT"] = str(kill_at)
     return subprocess.run(
         [sys.executable, "-m", "fedrema_cli", *map(str, args)],
         env=env,
@@ -53,6 +64,30 @@ def fedrema(*args: str | Path, kill_at: int | None = None) -> subprocess.Complet
         timeout=300,
         check=False,
     )
+
+
+@contextmanager
+def counting_steps(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[int, str]]]:
+    """Count the store's write steps in this process (never killing); yields, per write, the
+    step count before it and the file written."""
+    writes: list[tuple[int, str]] = []
+
+    def tracing(name: str):  # type: ignore[no-untyped-def]
+        original = getattr(storage.LocalStorage, name)
+
+        def traced(self: storage.LocalStorage, path: str, *a: object) -> object:
+            writes.append((storage._test_kill_steps, f"{self.root.name}/{path}"))
+            return original(self, path, *a)
+
+        return traced
+
+    with monkeypatch.context() as m:
+        m.setattr(storage, "_TEST_KILL_AT", 1 << 60)
+        m.setattr(storage, "_test_kill_steps", 0)
+        for name in ("write_once", "replace", "delete"):
+            m.setattr(storage.LocalStorage, name, tracing(name))
+        yield writes
+        writes.append((storage._test_kill_steps, ""))  # the end: the total
 
 
 def visible_files(folder: Path) -> set[str]:
@@ -77,9 +112,10 @@ class Sweep:
 
     fed: Fed
     saved: Path
-    tried: dict[str, int] = field(default_factory=dict)
-    commands: int = 0
-    leftovers: int = 0  # temporary files a kill left behind (invisible to every reader)
+    monkeypatch: pytest.MonkeyPatch
+    tried: dict[str, list[int]] = field(default_factory=dict)
+    steps: dict[str, int] = field(default_factory=dict)
+    leftovers: int = 0  # temporary files kills left behind (invisible to every reader)
 
     def _parties(self) -> list[Path]:
         return [self.fed.workspace, self.fed.coordinator, *map(self.fed.site, SITES)]
@@ -94,45 +130,52 @@ class Sweep:
             shutil.rmtree(p)
             shutil.copytree(src / p.name, p, symlinks=True)
 
-    def _snapshot(self) -> dict[str, set[str]]:
-        return {p.name: visible_files(p) for p in self._parties()}
+    def _seen(self) -> tuple[dict[str, set[str]], dict[str, list[int]]]:
+        files = {p.name: visible_files(p) for p in self._parties()}
+        return files, {s: ledger_rounds(self.fed, s) for s in SITES}
 
-    def run(self, label: str, name: str, state: Path, *, stride: int) -> None:
-        """Kill ``fedrema name -s state`` at steps 1, 1 + stride, ... until it is not killed."""
+    def plain(self, name: str, state: Path) -> None:
+        out = run(name, "-s", state)
+        assert out.exit_code in (0, 75), (name, state, out.stderr)
+
+    def run(self, label: str, name: str, state: Path) -> None:
+        """Kill ``fedrema name -s state`` at sampled steps, each time from the same start."""
         args = (name, "-s", state)
         self._save(self.saved / "before")
-        recovered: list[tuple[int, dict[str, set[str]], dict[str, list[int]]]] = []
-        n = 1
-        while True:
+        with counting_steps(self.monkeypatch) as writes:
+            out = run(*args)
+        assert out.exit_code == 0, (label, out.stderr)
+        clean = self._seen()
+        total = writes[-1][0]
+        stride = min(STRIDE[name], total)
+        offset = len(self.tried) % stride
+        points = sorted(
+            {n for n in range(1, total + 1) if n % stride == offset}
+            | {  # every step of every write to a ledger
+                n
+                for (begin, path), (end, _) in itertools.pairwise(writes)
+                if "ledger" in path
+                for n in range(begin + 1, end + 1)
+            }
+        )
+        assert points, f"{label}: not one write to kill"
+        forward = points[len(self.tried) * 7 % len(points)]
+        for n in points:
             self._restore(self.saved / "before")
-            out = fedrema(*args, kill_at=n)
-            if out.returncode != KILLED:
-                break  # no step n: the command ran to its end
-            again = fedrema(*args)
-            assert again.returncode == 0, (label, n, again.stdout[-800:], again.stderr[-800:])
-            self.leftovers += sum(
-                1 for p in self._parties() for f in p.rglob(".*.tmp") if f.is_file()
-            )
-            recovered.append((n, self._snapshot(), {s: ledger_rounds(self.fed, s) for s in SITES}))
-            self._save(self.saved / f"after-{n}")
-            n += stride
-        assert out.returncode == 0, (label, n, out.stdout[-800:], out.stderr[-800:])
-        print(f"{label}: {len(recovered)} kill points, up to step {n - stride}", flush=True)
-        assert recovered, f"{label}: not one write to kill"
-        clean = self._snapshot()
-        ledgers = {s: ledger_rounds(self.fed, s) for s in SITES}
-        for k, files, rounds in recovered:
+            killed = fedrema_killed_at(n, *args)
+            assert killed.returncode == KILLED, (label, n, killed.returncode, killed.stderr)
+            again = run(*args)  # re-run, as the operator (or cron) would
+            assert again.exit_code in (0, 75), (label, n, again.stderr)
+            self.leftovers += sum(1 for p in self._parties() for _ in p.rglob(".*.tmp"))
+            files, rounds = self._seen()
             for party, names in files.items():
-                assert names == clean[party], (label, k, party, names ^ clean[party])
-            assert rounds == ledgers, (label, k, rounds, ledgers)
-        # Go on from state a kill left behind and a re-run repaired, not from the clean run;
-        # the kill point rotates from one command to the next.
-        forward = recovered[(self.commands * 7) % len(recovered)][0]
-        self._restore(self.saved / f"after-{forward}")
-        for k, *_ in recovered:
-            shutil.rmtree(self.saved / f"after-{k}")
-        self.tried[label] = len(recovered)
-        self.commands += 1
+                assert names == clean[0][party], (label, n, party, names ^ clean[0][party])
+            assert rounds == clean[1], (label, n, rounds, clean[1])
+            if n == forward:
+                self._save(self.saved / "forward")
+        # Go on from state a kill left behind and a re-run repaired, not from the clean run.
+        self._restore(self.saved / "forward")
+        self.tried[label], self.steps[label] = points, total
 
 
 def verify_results(fed: Fed, rounds: int) -> None:
@@ -151,36 +194,44 @@ def verify_results(fed: Fed, rounds: int) -> None:
         assert body["survivors"] == list(SITES), body
 
 
-def test_every_command_survives_sigkill_at_its_write_steps(tmp_path: Path) -> None:
+def test_every_command_survives_sigkill_at_its_write_steps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     fed = make_federation(tmp_path, "--epsilon", "3", sites=SITES)
-    sweep = Sweep(fed, tmp_path / "saved")
-    coordinator = fed.coordinator
-    # round 1's key exchange: advertise keys, fix U1, share keys, fix U2
-    for phase, closing in (("advertise", "fix-U1"), ("share-keys", "fix-U2")):
-        for s in SITES:
-            sweep.run(f"r0 submit {phase} {s}", "submit", fed.site(s), stride=STRIDE["submit"])
-        sweep.run(f"r0 aggregate {closing}", "aggregate", coordinator, stride=1)
-    for r in (1, 2):
-        scale = r  # round 2: every other point of round 1's stride, for the costly commands
-        for s in SITES:
-            stride = STRIDE["train-local"] * scale
-            sweep.run(f"r{r} train-local {s}", "train-local", fed.site(s), stride=stride)
-        for s in SITES:  # masked update (and round r+1's key advert)
-            sweep.run(f"r{r} submit masked {s}", "submit", fed.site(s), stride=STRIDE["submit"])
-        sweep.run(f"r{r} aggregate close", "aggregate", coordinator, stride=1)
-        for s in SITES:  # unmasking shares (and round r+1's key shares)
-            sweep.run(f"r{r} submit reveal {s}", "submit", fed.site(s), stride=STRIDE["submit"])
-        sweep.run(f"r{r} aggregate finalize", "aggregate", coordinator, stride=1)
-        for s in SITES:
-            stride = STRIDE["personalize"] * scale
-            sweep.run(f"r{r} personalize {s}", "personalize", fed.site(s), stride=stride)
+    sweep = Sweep(fed, tmp_path / "saved", monkeypatch)
+    coord = fed.coordinator
+    turn = itertools.cycle(SITES)  # the site whose command is swept this time
 
-    print(f"\nkill points tried: {sum(sweep.tried.values())} {sweep.tried}")
+    def each_site(label: str, name: str) -> None:
+        swept = next(turn)
+        for s in SITES:
+            if s == swept:
+                sweep.run(f"{label} {s}", name, fed.site(s))
+            else:
+                sweep.plain(name, fed.site(s))
+
+    # round 1's key exchange: advertise keys, fix U1, share keys, fix U2
+    each_site("r0 submit advertise", "submit")
+    sweep.run("r0 aggregate fix-U1", "aggregate", coord)
+    each_site("r0 submit share-keys", "submit")
+    sweep.run("r0 aggregate fix-U2", "aggregate", coord)
+    for r in (1, 2):
+        each_site(f"r{r} train-local", "train-local")
+        each_site(f"r{r} submit masked", "submit")  # and round r+1's key advert
+        sweep.run(f"r{r} aggregate close", "aggregate", coord)
+        each_site(f"r{r} submit reveal", "submit")  # and round r+1's key shares
+        sweep.run(f"r{r} aggregate finalize", "aggregate", coord)
+        each_site(f"r{r} personalize", "personalize")
+
+    tried = sum(map(len, sweep.tried.values()))
+    print(f"\nkill points tried: {tried} of {sum(sweep.steps.values())} steps")
+    for label, points in sweep.tried.items():
+        print(f"  {label}: {len(points)} of {sweep.steps[label]}: {points}")
     print(f"temporary files left behind by kills: {sweep.leftovers}")
-    assert sum(sweep.tried.values()) >= 100
+    assert tried >= 60
 
     for s in SITES:
         assert ledger_rounds(fed, s) == [1, 2], s
-    audit = fedrema("audit", "-w", fed.workspace)
-    assert audit.returncode == 0, audit.stdout[-2000:] + audit.stderr[-2000:]
+    audit = run("audit", "-w", fed.workspace)
+    assert audit.exit_code == 0, audit.stdout[-2000:] + audit.stderr[-2000:]
     verify_results(fed, 2)

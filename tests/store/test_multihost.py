@@ -7,8 +7,9 @@ command runs as its own process inside its host (``ip netns exec``) and reaches 
 workspace only over SSH to the store's address, with the server's key pinned.
 
 Mid-round one site's cable is pulled (its switch port goes down) after it sent its masked
-update and before it revealed: the round must finish on the quorum, the next one must run,
-and the site, its link back, must find its way into a later round.
+update and before it revealed: the round must finish on the quorum (2 of 3), the next one
+must run without it, and the site, its link back, advertises keys to rejoin at the first
+round still open to it.
 
 Needs root (CAP_NET_ADMIN) and ``ip``; without them the test skips and says why.
 """
@@ -129,7 +130,7 @@ class Hosts:
             cwd=ROOT,
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=600,
             check=False,
         )
 
@@ -158,7 +159,7 @@ class Hosts:
             for s in sites
         }
         for s, proc in procs.items():
-            _, err = proc.communicate(timeout=120)
+            _, err = proc.communicate(timeout=600)
             assert proc.returncode in ok, (s, args, proc.returncode, err[-1500:])
 
     def state(self, role: str) -> Path:
@@ -186,7 +187,7 @@ def test_a_federation_across_hosts_survives_a_cable_pulled_mid_round(
         assert ws.startswith(f"sftp://hospital-it@{SUBNET}.")
         out = hosts.fedrema("coord", "prepare-data", "heart-disease", "--out", hospitals)
         assert out.returncode == 0, out.stderr
-        init = ("init", "-w", ws, "--preset", "heart-disease", "--rounds", "3", "--no-dp")
+        init = ("init", "-w", ws, "--preset", "heart-disease", "--rounds", "4", "--no-dp")
         out = hosts.fedrema("coord", *init, "-s", hosts.state("coord"), "--threshold", "2")
         assert out.returncode == 0, out.stderr
         for s in SITES:
@@ -233,3 +234,8 @@ def test_a_federation_across_hosts_survives_a_cable_pulled_mid_round(
         second = result(sftp, 2)
         assert second["survivors"] == list(rest), second
         network.mend(gone)
+        # its cable back, it advertises keys for the first round whose key roster is open
+        back = hosts.fedrema(gone, "submit", "-s", hosts.state(gone))
+        assert back.returncode == 0, back.stderr
+        assert (sftp.root / "ws" / "rounds/0004/keys" / f"{gone}.json").is_file()
+        assert not (sftp.root / "ws" / "rounds/0003/keys" / f"{gone}.json").exists()
