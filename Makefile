@@ -10,6 +10,9 @@ $(STAMP): pyproject.toml
 	@# The PDF privacy report (WeasyPrint) needs Pango from the system; install it if missing.
 	ldconfig -p | grep -q libpangoft2-1.0.so.0 || { apt-get update -q && \
 	  apt-get install -y -q libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0; }
+	@# The multi-host test (tests/store/test_multihost.py) makes network namespaces with `ip`.
+	command -v ip >/dev/null || [ -x /usr/sbin/ip ] || { apt-get update -q && \
+	  apt-get install -y -q iproute2; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0

@@ -590,6 +590,19 @@ class Coordinator:
         not verify) is republished byte for byte.
         """
         plan = self._finalize_plan(r, survivors, revealed or [])
+        # A later round already finished: this is a republication (round r's result in the
+        # workspace was removed or damaged), and the merge state has moved on since.
+        latest = not self.fed.exists("result", r + 1)
+        # The merge state is committed before the result: once the result is out the round
+        # counts as finished and is never finalized again, so a crash between the two would
+        # lose the state for good (found by tests/cli/test_kill_sweep.py). Both writes are
+        # idempotent: the plan, not this state, is what a re-run of round r merges from.
+        state = plan.get("method_state", plan.get("fedrema_state"))
+        if state is not None and latest:
+            self.state.write_json(METHOD_STATE, state)
+        if plan.get("merge_log") is not None and latest:
+            log = [e for e in self.merge_log() if e["round"] != r] + [plan["merge_log"]]
+            self.state.write_json(MERGE_LOG, log)
         self.fed.put(
             "model",
             r + 1,
@@ -599,15 +612,6 @@ class Coordinator:
         for site, body in plan["heads"].items():
             self.fed.put("head", r + 1, body, site=site)
         self.fed.put("result", r, plan["result"])
-        # A later round already finished: this is a republication (round r's result in the
-        # workspace was removed or damaged), and the merge state has moved on since.
-        latest = not self.fed.exists("result", r + 1)
-        state = plan.get("method_state", plan.get("fedrema_state"))
-        if state is not None and latest:
-            self.state.write_json(METHOD_STATE, state)
-        if plan.get("merge_log") is not None and latest:
-            log = [e for e in self.merge_log() if e["round"] != r] + [plan["merge_log"]]
-            self.state.write_json(MERGE_LOG, log)
         progress.events.extend(plan["events"])
         progress.finished.append(r)
         if not latest:

@@ -20,6 +20,7 @@ import json
 import os
 import posixpath
 import secrets
+import signal
 import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -249,6 +250,24 @@ def one_line(exc: BaseException) -> str:
     return text if len(text) <= 240 else text[:237] + "..."
 
 
+# -- a test-only crash switch (not a feature) -----------------------------------------------
+#: tests/cli/test_kill_sweep.py sets FEDREMA_TEST_KILL_AT=N in a child process: the process
+#: then SIGKILLs itself at the N-th step of a local write (before the temporary file, before
+#: its fsync, before the rename, after it; after a delete), to prove a real crash at any of
+#: them loses nothing. Unset, as everywhere else, a step is a call that returns at once.
+_TEST_KILL_AT = int(os.environ.get("FEDREMA_TEST_KILL_AT") or 0)
+_test_kill_steps = 0
+
+
+def _test_kill_step() -> None:
+    global _test_kill_steps
+    if not _TEST_KILL_AT:
+        return
+    _test_kill_steps += 1
+    if _test_kill_steps == _TEST_KILL_AT:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
@@ -339,12 +358,14 @@ class LocalStorage(BaseStorage):
         if self.private:
             os.fchmod(d, 0o700)
         tmp = f".{name}.{secrets.token_hex(6)}.tmp"
+        _test_kill_step()  # before the temporary file
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         fd = os.open(tmp, flags, 0o600 if self.private else 0o644, dir_fd=d)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
+                _test_kill_step()  # written, not yet synced
                 os.fsync(f.fileno())
         except BaseException:
             with contextlib.suppress(OSError):
@@ -364,9 +385,11 @@ class LocalStorage(BaseStorage):
                 os.stat(name, dir_fd=d, follow_symlinks=False)
                 return False  # a re-run: no temporary file needed to find out
             tmp = self._write_temp(d, name, data)
+            _test_kill_step()  # synced, not yet in place
             try:
                 # link() never replaces: if the name appeared meanwhile, nothing is overwritten
                 os.link(tmp, name, src_dir_fd=d, dst_dir_fd=d, follow_symlinks=False)
+                _test_kill_step()  # in place, temporary file not yet removed
             except FileExistsError:
                 return False
             finally:
@@ -379,12 +402,14 @@ class LocalStorage(BaseStorage):
         parents, name = _split(rel)
         with self._folder(parents, create=True) as d:
             tmp = self._write_temp(d, name, data)
+            _test_kill_step()  # synced, not yet in place
             try:
                 os.replace(tmp, name, src_dir_fd=d, dst_dir_fd=d)
             except BaseException:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp, dir_fd=d)
                 raise
+            _test_kill_step()  # in place, folder not yet synced
             self._sync(d)
 
     def _list(self, rel: str) -> list[str]:
@@ -401,6 +426,7 @@ class LocalStorage(BaseStorage):
             self._folder(parents, create=False) as d,
         ):
             os.unlink(name, dir_fd=d)
+            _test_kill_step()  # deleted
 
 
 STORAGE_OPTIONS_ENV = "FEDREMA_STORAGE_OPTIONS"

@@ -93,3 +93,35 @@ def test_every_command_survives_a_crash_at_every_write(private_fed: Fed) -> None
     assert run("audit", "-w", fed.workspace).exit_code == 0
     for s in SITES:
         assert run("personalize", "-s", fed.site(s)).exit_code == 0
+
+
+def test_a_crash_right_after_the_result_keeps_the_merge_state(tmp_path: Path, monkeypatch) -> None:
+    """Killed between publishing round 1's result and saving the merge state, the coordinator
+    used to lose FedReMa's state and merge log for good (the round counts as finished once its
+    result is out): found by test_kill_sweep.py. The state is now saved first."""
+    from fedrema_cli.store.federation import Federation
+    from tests.cli.conftest import key_exchange, train_and_submit
+
+    fed = make_federation(tmp_path, "--no-dp")
+    key_exchange(fed)
+    train_and_submit(fed)
+    assert run("aggregate", "-s", fed.coordinator).exit_code == 0
+    for s in SITES:
+        assert run("submit", "-s", fed.site(s)).exit_code == 0
+    put = Federation.put
+
+    def dies_after_the_result(self: Federation, kind: str, r: int, *a, **kw) -> bool:
+        written = put(self, kind, r, *a, **kw)
+        if kind == "result":
+            raise Crash(kind)
+        return written
+
+    monkeypatch.setattr(Federation, "put", dies_after_the_result)
+    with pytest.raises(Crash):
+        run("aggregate", "-s", fed.coordinator)
+    monkeypatch.undo()
+    assert run("aggregate", "-s", fed.coordinator).exit_code in (0, 75)
+    assert (fed.workspace / "rounds/0001/result.json").exists()
+    log = json.loads((fed.coordinator / "merge-log.json").read_text())
+    assert [e["round"] for e in log] == [1]
+    assert (fed.coordinator / "method-state.json").exists()

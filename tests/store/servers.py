@@ -28,9 +28,10 @@ class SftpServer:
     client_key: Path
     #: set to make the server fail file writes with "no space left", like a full disk
     disk_full: threading.Event = field(default_factory=threading.Event)
+    host: str = "127.0.0.1"
 
     def url(self, path: str, *, port: int | None = None) -> str:
-        return f"sftp://hospital-it@127.0.0.1:{port or self.port}/{path}"
+        return f"sftp://hospital-it@{self.host}:{port or self.port}/{path}"
 
     def options(self, *, host_key: str | None = None, **extra: object) -> dict[str, object]:
         """paramiko options pinning this server's key (or another one)."""
@@ -46,7 +47,7 @@ class SftpServer:
         return json.dumps(self.options(**kw))
 
     def known_hosts_line(self, port: int | None = None) -> str:
-        return f"[127.0.0.1]:{port or self.port} {self.host_key}\n"
+        return f"[{self.host}]:{port or self.port} {self.host_key}\n"
 
 
 class _Sftp(asyncssh.SFTPServer):
@@ -63,7 +64,7 @@ class _Sftp(asyncssh.SFTPServer):
 
 
 @contextlib.contextmanager
-def sftp_server(tmp_path: Path):  # type: ignore[no-untyped-def]
+def sftp_server(tmp_path: Path, host: str = "127.0.0.1"):  # type: ignore[no-untyped-def]
     root = tmp_path / "server-root"
     root.mkdir()
     host_key = asyncssh.generate_private_key("ssh-ed25519")
@@ -82,7 +83,7 @@ def sftp_server(tmp_path: Path):  # type: ignore[no-untyped-def]
 
         async def start() -> None:
             server = await asyncssh.listen(
-                "127.0.0.1",
+                host,
                 0,
                 server_host_keys=[host_key],
                 authorized_client_keys=authorized,
@@ -105,6 +106,7 @@ def sftp_server(tmp_path: Path):  # type: ignore[no-untyped-def]
             host_key.export_public_key().decode().strip(),
             key_file,
             disk_full,
+            host,
         )
     finally:
 
@@ -292,10 +294,14 @@ class FlakyProxy:
 
 
 @contextlib.contextmanager
-def sftp_server_process(tmp_path: Path):  # type: ignore[no-untyped-def]
-    """The SFTP server above, in a child process; yields its SftpServer description."""
+def sftp_server_process(  # type: ignore[no-untyped-def]
+    tmp_path: Path, host: str = "127.0.0.1", *, prefix: tuple[str, ...] = ()
+):
+    """The SFTP server above, in a child process; yields its SftpServer description.
+
+    ``prefix`` runs it through another command, e.g. ``ip netns exec NS`` (another host)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.store.servers", "sftp", str(tmp_path)],
+        [*prefix, sys.executable, "-m", "tests.store.servers", "sftp", str(tmp_path), host],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         cwd=Path(__file__).resolve().parents[2],
@@ -306,7 +312,8 @@ def sftp_server_process(tmp_path: Path):  # type: ignore[no-untyped-def]
         if not line:
             raise RuntimeError(f"the SFTP server process exited with code {proc.wait(10)}")
         info = json.loads(line)
-        yield SftpServer(Path(info["root"]), info["port"], info["host_key"], Path(info["key"]))
+        root, port, key = Path(info["root"]), info["port"], info["host_key"]
+        yield SftpServer(root, port, key, Path(info["key"]), host=host)
     finally:
         if proc.stdin is not None:
             proc.stdin.close()  # the child stops when its stdin closes
@@ -317,15 +324,15 @@ def sftp_server_process(tmp_path: Path):  # type: ignore[no-untyped-def]
             proc.wait(10)
 
 
-def _serve_sftp_until_stdin_closes(tmp_path: Path) -> None:
+def _serve_sftp_until_stdin_closes(tmp_path: Path, host: str) -> None:
     tmp_path.mkdir(parents=True, exist_ok=True)
-    with sftp_server(tmp_path) as s:
+    with sftp_server(tmp_path, host) as s:
         info = {"root": str(s.root), "port": s.port, "host_key": s.host_key}
         print(json.dumps({**info, "key": str(s.client_key)}), flush=True)
         sys.stdin.read()
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] != ["sftp"] or len(sys.argv) != 3:
-        raise SystemExit("usage: python -m tests.store.servers sftp FOLDER")
-    _serve_sftp_until_stdin_closes(Path(sys.argv[2]))
+    if sys.argv[1:2] != ["sftp"] or len(sys.argv) not in (3, 4):
+        raise SystemExit("usage: python -m tests.store.servers sftp FOLDER [ADDRESS]")
+    _serve_sftp_until_stdin_closes(Path(sys.argv[2]), (sys.argv[3:] or ["127.0.0.1"])[0])
