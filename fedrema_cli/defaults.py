@@ -6,7 +6,8 @@ DEFAULT_METHOD = "fedrema"  # the personalization method a new federation runs
 # balanced accuracy at epsilon 3 from 0.627 to 0.729 (seeds 1-3) but cost accuracy (0.816 to
 # 0.793, below today's seed range 0.805-0.825), and on breast-cancer-imbalanced (seeds 1-2)
 # it did not lift balanced accuracy off 0.500: seed 1 became an all-minority model (accuracy
-# 0.114), seed 2 stayed all-majority. A threshold chosen on validation data (`personalize`) is the remedy there.
+# 0.114), seed 2 stayed all-majority. A threshold chosen on validation data (`personalize`)
+# is the remedy there.
 # Without DP (seed 1 only) "balanced" helped both tables (breast-cancer-imbalanced balanced
 # accuracy 0.500 to 0.792, heart disease 0.637 to 0.693): a candidate default for --no-dp.
 DEFAULT_CLASS_WEIGHTING = "none"
