@@ -50,7 +50,9 @@ class TrainingConfig(_Frozen):
     # (inverse frequency of each site's own labels; under DP from a Gaussian release of its
     # label counts, planned by the privacy policy's label_count_noise and kept in the ledger);
     # or one public weight per class, the same at every site, which costs no privacy.
-    class_weighting: Literal["none", "balanced"] | list[float] = DEFAULT_CLASS_WEIGHTING
+    # A config without the key (written before the option existed) is unweighted, whatever
+    # the command line's default (DEFAULT_CLASS_WEIGHTING) becomes.
+    class_weighting: Literal["none", "balanced"] | list[float] = "none"
 
     @field_validator("class_weighting")
     @classmethod

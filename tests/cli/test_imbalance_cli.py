@@ -13,6 +13,7 @@ from privacy.analysis import epsilon as opacus_epsilon
 from tests.cli.conftest import (
     Fed,
     full_round,
+    key_exchange,
     make_federation,
     run,
     run_rounds,
@@ -159,3 +160,28 @@ def test_init_warns_a_site_with_too_few_minority_records(tmp_path: Path) -> None
         "--train", fed.data("va"),
     )  # fmt: skip
     assert text.exit_code == 0 and "fewer than 10 records" not in text.stderr
+
+
+def test_a_crash_right_after_the_label_release_is_repaired_not_released_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fedrema_cli.roles.site.ledger import Ledger
+
+    fed = make_federation(tmp_path, "--epsilon", "3", "--class-weighting", "balanced")
+    key_exchange(fed)
+    original = Ledger._sync_ledger
+    crashed = []
+
+    def crash_once(self: Ledger) -> object:
+        if (self.state.root / "label-counts.json").exists() and not crashed:
+            crashed.append(True)
+            raise KeyboardInterrupt  # the process dies after the release, before its entry
+        return original(self)
+
+    monkeypatch.setattr(Ledger, "_sync_ledger", crash_once)
+    assert run("train-local", "-s", fed.site("va")).exit_code == 130
+    monkeypatch.setattr(Ledger, "_sync_ledger", original)
+    release = (fed.site("va") / "label-counts.json").read_bytes()
+    assert run("train-local", "-s", fed.site("va")).exit_code == 0
+    assert (fed.site("va") / "label-counts.json").read_bytes() == release  # not drawn again
+    assert [e["round"] for e in _ledger(fed, "va")] == [0, 1]

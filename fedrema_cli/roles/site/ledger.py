@@ -10,9 +10,7 @@ from fedrema_cli.identity import unb64
 from fedrema_cli.methods import METHODS
 from fedrema_cli.protocol.messages import ResultBody
 from fedrema_cli.protocol.messages import read as read_body
-from fedrema_cli.protocol.rounds import (
-    current_round,
-)
+from fedrema_cli.protocol.rounds import current_round, derive_seed, timestamp
 from fedrema_cli.roles.site.base import (
     ACCOUNTANT,
     FINGERPRINT_KEY,
@@ -143,6 +141,7 @@ class Ledger(SiteBase):
         import numpy as np
 
         from fedrema_cli.learning.training import balanced_class_weights
+        from privacy import LedgerIntegrityError, SiteAccountant, body_from_record
 
         weighting = self.config.training.class_weighting
         if weighting == "none":
@@ -156,16 +155,11 @@ class Ledger(SiteBase):
         if self.state.exists(LABEL_RELEASE):
             return list(self.state.read_json(LABEL_RELEASE)["weights"]), ledger
         if ledger.entries:
-            from privacy import LedgerIntegrityError
-
             raise LedgerIntegrityError(
                 f"{LABEL_RELEASE} is missing although the ledger records trained rounds: the "
                 "class weights this site trained with are lost",
                 hint=f"restore {LABEL_RELEASE} from a backup",
             )
-        from fedrema_cli.protocol.rounds import derive_seed, timestamp
-        from privacy import restore_accountant
-
         assert policy.label_count_noise is not None  # the config's validation ties the two
         seed = derive_seed(self.config.seed, self.name, "label-counts")
         weights, release = balanced_class_weights(
@@ -178,10 +172,7 @@ class Ledger(SiteBase):
             noise_multiplier=policy.label_count_noise,
         )
         assert release is not None
-        accountant = restore_accountant(entries=[], mechanism=policy.accountant)
-        accountant.extend(release.history())
-        from privacy import body_from_record
-
+        accountant = SiteAccountant(mechanism=policy.accountant, history=release.history())
         at = timestamp()
         body = body_from_record(
             release,
