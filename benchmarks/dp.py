@@ -1,6 +1,7 @@
 """DP-SGD step time relative to non-private training, per Opacus grad_sample_mode (not a test).
 
-Run: ``.venv/bin/python benchmarks/dp.py [--json] [--steps N] [--repeats R]``
+Run: ``.venv/bin/python benchmarks/dp.py [--json] [--steps N] [--repeats R]``; a full run
+writes ``benchmarks/results/dp/summary.txt`` (as printed) and ``summary.json``.
 
 For each model (a tabular MLP 13 -> 32 -> 16 -> head 16 -> 2, and the project's small
 GroupNorm CNN for 1x28x28 and 1x64x64 images, where compute rather than Opacus's fixed
@@ -28,6 +29,8 @@ The models are the project's own (``fedrema_cli.learning.models.build_model``).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import math
 import os
@@ -38,6 +41,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -47,6 +51,8 @@ from torch.utils.data import DataLoader, TensorDataset
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 MODES = ("hooks", "functorch", "ew", "ghost")
+#: Where the full run leaves its summary (summary.txt as printed, summary.json).
+OUT = Path(__file__).resolve().parent / "results" / "dp"
 
 
 CNN_SIDES = (28, 64)
@@ -450,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     overall = overall.mode if overall else None
     from privacy.engine import SUPPORTED_GRAD_SAMPLE_MODES as SUPPORTED
-    from privacy.policy import DEFAULT_GRAD_SAMPLE_MODE as DEFAULT
+    from privacy.policy import GRAD_SAMPLE_MODE_BY_KIND as BY_KIND
 
     per_kind = {
         kind: fastest_supported([r for r in results if r.name.startswith(prefix)], SUPPORTED)
@@ -463,13 +469,35 @@ def main(argv: list[str] | None = None) -> int:
                                  repeats=args.repeats)  # fmt: skip
         sweep = batch_sweep(mlp, overall, batches=(32, 128, 512, 1024, 2048),
                             repeats=args.repeats)  # fmt: skip
-    if args.json:
-        print(json.dumps({"meta": meta, "recommended_default": overall,
-                          "fastest_supported_per_kind": per_kind, "whole_rounds": rounds,
-                          "results": [asdict(r) for r in results],
-                          "mlp_batch32_ms_per_phase": phases,
-                          "mlp_batch_sweep": sweep}, indent=2))  # fmt: skip
-        return 0
+    report = {"meta": meta, "recommended_default": overall,
+              "fastest_supported_per_kind": per_kind, "policy_table": dict(BY_KIND),
+              "whole_rounds": rounds, "results": [asdict(r) for r in results],
+              "mlp_batch32_ms_per_phase": phases, "mlp_batch_sweep": sweep}  # fmt: skip
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text):
+        _print_report(meta, results, overall, per_kind, rounds, phases, sweep)
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "summary.json").write_text(json.dumps(report, indent=2) + "\n")
+    (OUT / "summary.txt").write_text(text.getvalue())
+    print(json.dumps(report, indent=2) if args.json else text.getvalue(), end="")
+    return 0
+
+
+def _print_report(
+    meta: dict[str, Any],
+    results: list[Any],
+    overall: str | None,
+    per_kind: dict[str, Any],
+    rounds: list[dict[str, Any]],
+    phases: dict[str, Any] | None,
+    sweep: list[dict[str, Any]] | None,
+) -> None:
+    """The human-readable summary (printed, and saved as benchmarks/results/dp/summary.txt)."""
+    from privacy.engine import SUPPORTED_GRAD_SAMPLE_MODES as SUPPORTED
+    from privacy.policy import GRAD_SAMPLE_MODE_BY_KIND as BY_KIND
+
+    source = meta["models_from"]
+    mlp32 = results[1]
     print(f"DP-SGD step time vs non-private (models: {source}; torch {meta['torch']}, "
           f"opacus {meta['opacus']}, {meta['threads']} threads)")  # fmt: skip
     for r in results:
@@ -491,9 +519,13 @@ def main(argv: list[str] | None = None) -> int:
         f"\nrecommended default grad_sample_mode: {overall} "
         f"({mlp_ratio or math.nan:.2f}x on the MLP at batch 32; {verdict} the 1.5x target)"
     )
-    print(f"fastest mode the engine accepts ({', '.join(SUPPORTED)}) that is correct and "
-          f"survives empty batches, per model kind: {per_kind} (today's default: "
-          f"{DEFAULT}, privacy/policy.py DEFAULT_GRAD_SAMPLE_MODE)")  # fmt: skip
+    print(
+        f"fastest mode the engine accepts ({', '.join(SUPPORTED)}) that is correct and "
+        f"survives empty batches, per model kind: {per_kind}"
+    )
+    agrees = all(per_kind.get(k) in (None, v) for k, v in BY_KIND.items())
+    print(f"privacy/policy.py GRAD_SAMPLE_MODE_BY_KIND (what init signs into the policy): "
+          f"{dict(BY_KIND)}: {'agrees' if agrees else 'DIFFERS: update the table'}")  # fmt: skip
     print("\na whole DP round at a site, end to end "
           "(fedrema_cli.learning.training.train_local: one "
           f"local epoch, N={ROUND_N}, batch 32; DP = the budget-gated plan for epsilon 3 over 10 "
@@ -519,7 +551,6 @@ def main(argv: list[str] | None = None) -> int:
         "note: on a 1k-parameter model the per-step cost is dominated by Opacus's fixed "
         "Python overhead (hooks, per-parameter clipping and noise), not by arithmetic."
     )
-    return 0
 
 
 if __name__ == "__main__":
