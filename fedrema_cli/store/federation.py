@@ -106,17 +106,23 @@ class Roster(BaseModel):
         return bytes.fromhex(sha256(canonical_json(self.model_dump(mode="json"))))
 
 
-def file_limit(config: FederationConfig) -> int:
+#: Room per site in any one artifact: what grows with n (a roster entry, a key advert in the
+#: key roster, an encrypted key share, a survivor's name) is well under 1 KiB per site.
+PER_SITE_BYTES = 4096
+
+
+def file_limit(config: FederationConfig, sites: int = 0) -> int:
     """The largest file any artifact of this federation can need, in bytes.
 
     Every read is capped at it, so a hostile file (a symlink to /dev/zero, a sparse 6 GB
     file) is refused before it is read. The largest artifacts scale with the model: a masked
-    update holds 8 bytes per parameter, a model 4, a sealed head as base64 about 5.4;
-    16 bytes per parameter plus room for n-squared key shares covers them all.
+    update holds 8 bytes per parameter, a model 4, a sealed head as base64 about 5.4; the
+    roster, the key roster, key shares and the unmask request scale with the number of
+    sites n. 16 bytes per parameter, 4 KiB per site and 4 MiB of slack cover them all.
     """
     from fedrema_cli.learning.modelspec import part_size
 
-    return 4 * 1024 * 1024 + 16 * part_size(config.model, "all")
+    return 4 * 1024 * 1024 + 16 * part_size(config.model, "all") + PER_SITE_BYTES * sites
 
 
 def round_number(name: str) -> int | None:
@@ -169,7 +175,7 @@ class Federation:
         self.coordinator_key = PublicIdentity(
             sign_pk=config.coordinator.sign_pk, seal_pk=config.coordinator.seal_pk
         )
-        ws.max_bytes = file_limit(config)
+        ws.max_bytes = file_limit(config, len(roster.sites) if roster is not None else 0)
         #: artifacts read and verified by this process (write-once: they stay valid)
         self._verified: set[str] = set()
         #: file -> why it was ignored: present where an artifact belongs, but not verifying
@@ -191,6 +197,9 @@ class Federation:
         """Read and verify the roster if the coordinator has approved one."""
         if not self.ws.exists(ROSTER):
             return None
+        # Before the roster is read, n is bounded by the enrollments (every rostered site
+        # enrolled); once it verifies, by the roster itself.
+        self.ws.max_bytes = file_limit(self.config, len(self.ws.names("enrollments")))
         if pinned_sha256 is not None and self.ws.raw_sha256(ROSTER) != pinned_sha256:
             raise IntegrityError("roster.json changed since this party pinned it")
         art = self.ws.get(
@@ -207,6 +216,7 @@ class Federation:
             raise IntegrityError("roster.json does not match the roster schema") from None
         if self.roster.federation_id != self.id:
             raise IntegrityError("roster.json belongs to another federation")
+        self.ws.max_bytes = file_limit(self.config, len(self.roster.sites))
         return self.roster
 
     def require_roster(self) -> Roster:
