@@ -351,9 +351,7 @@ def test_hostile_file_in_place_of_each_kind(
 
 
 @pytest.mark.parametrize("kind", [k for k in KINDS if k not in RESTORE])
-def test_the_federation_finishes_without_the_file(
-    snapshot: Fed, tmp_path: Path, kind: str
-) -> None:
+def test_the_federation_finishes_without_the_file(snapshot: Fed, tmp_path: Path, kind: str) -> None:
     """The state every unchanged case leaves, the file removed: the round completes."""
     fed = copy_of(snapshot, tmp_path / "fed")
     (fed.workspace / kind).unlink()
