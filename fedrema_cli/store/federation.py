@@ -122,17 +122,23 @@ def roster_base(version: int) -> str:
     return ROSTER if version == 1 else f"{ROSTERS}/{version:04d}"
 
 
-def file_limit(config: FederationConfig) -> int:
+#: Room per site in any one artifact: what grows with n (a roster entry, a key advert in the
+#: key roster, an encrypted key share, a survivor's name) is well under 1 KiB per site.
+PER_SITE_BYTES = 4096
+
+
+def file_limit(config: FederationConfig, sites: int = 0) -> int:
     """The largest file any artifact of this federation can need, in bytes.
 
     Every read is capped at it, so a hostile file (a symlink to /dev/zero, a sparse 6 GB
     file) is refused before it is read. The largest artifacts scale with the model: a masked
-    update holds 8 bytes per parameter, a model 4, a sealed head as base64 about 5.4;
-    16 bytes per parameter plus room for n-squared key shares covers them all.
+    update holds 8 bytes per parameter, a model 4, a sealed head as base64 about 5.4; the
+    roster, the key roster, key shares and the unmask request scale with the number of
+    sites n. 16 bytes per parameter, 4 KiB per site and 4 MiB of slack cover them all.
     """
     from fedrema_cli.learning.modelspec import part_size
 
-    return 4 * 1024 * 1024 + 16 * part_size(config.model, "all")
+    return 4 * 1024 * 1024 + 16 * part_size(config.model, "all") + PER_SITE_BYTES * sites
 
 
 def round_number(name: str) -> int | None:
@@ -188,7 +194,7 @@ class Federation:
         self.coordinator_key = PublicIdentity(
             sign_pk=config.coordinator.sign_pk, seal_pk=config.coordinator.seal_pk
         )
-        ws.max_bytes = file_limit(config)
+        ws.max_bytes = file_limit(config, len(roster.sites) if roster is not None else 0)
         #: artifacts read and verified by this process (write-once: they stay valid)
         self._verified: set[str] = set()
         #: file -> why it was ignored: present where an artifact belongs, but not verifying
@@ -221,6 +227,9 @@ class Federation:
         if not self.ws.exists(ROSTER):
             self.rosters = []
             return None
+        # Before the roster is read, n is bounded by the enrollments (every rostered site
+        # enrolled); once it verifies, by the roster itself.
+        self.ws.max_bytes = file_limit(self.config, len(self.ws.names("enrollments")))
         if pinned_sha256 is not None and self.ws.raw_sha256(ROSTER) != pinned_sha256:
             raise IntegrityError("roster.json changed since this party pinned it")
         versions = [self._read_roster_version(1, None)]
@@ -243,6 +252,7 @@ class Federation:
                 f"{v:04d}): refusing a roster whose history has a gap"
             )
         self.rosters = versions
+        self.ws.max_bytes = file_limit(self.config, max(len(r.sites) for r in versions))
         return self.roster
 
     def _read_roster_version(self, v: int, previous_sha256: str | None) -> Roster:

@@ -8,6 +8,7 @@ real SFTP server (the planted files are on the server's disk; the store sees the
 
 from __future__ import annotations
 
+import base64
 import os
 import time
 import tracemalloc
@@ -16,7 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from crypto.canonical import canonical_json
+from fedrema_cli.config import FederationConfig, parse_config
 from fedrema_cli.errors import IntegrityError, StoreError, UnsafeFileError
+from fedrema_cli.store.federation import PER_SITE_BYTES, Roster, RosterSite, file_limit
 from fedrema_cli.store.remote import Retry, SftpStorage
 from fedrema_cli.store.state import PartyState
 from fedrema_cli.store.storage import (
@@ -213,3 +217,37 @@ def test_a_command_reading_a_hostile_file_fails_in_one_line(
     assert out.exit_code == 3, out.stderr
     assert "federation.json" in out.stderr and "Traceback" not in out.stderr
     assert len(out.stderr.strip().splitlines()) <= 2  # the error, and at most a hint
+
+
+def _small_config() -> FederationConfig:
+    key = base64.b64encode(bytes(32)).decode()
+    return parse_config(
+        {
+            "federation_id": "cap",
+            "coordinator": {"sign_pk": key, "seal_pk": key},
+            "data": {"classes": [0, 1], "features": ["a", "b"], "label": "y"},
+            "model": {"kind": "mlp", "in_features": 2, "hidden": [4], "num_classes": 2},
+        },
+        where="test",
+    )
+
+
+def test_the_read_cap_grows_with_the_number_of_sites() -> None:
+    """Files that grow with n (roster, key roster, shares, unmask request) must fit the cap
+    at any n: a 40,000-site roster is over the n-free cap, and within the cap for n."""
+    config = _small_config()
+    key = base64.b64encode(bytes(32)).decode()
+    n = 40_000
+    roster = Roster(
+        federation_id="cap",
+        sites=tuple(
+            RosterSite(name=f"hospital-{i:05d}", index=i, sign_pk=key, seal_pk=key)
+            for i in range(1, n + 1)
+        ),
+        threshold=2 * n // 3 + 1,
+        approved_at="2026-01-01T00:00:00Z",
+    )
+    size = len(canonical_json(roster.model_dump(mode="json")))
+    assert size > file_limit(config)  # the old cap (no n term) would refuse a real roster
+    assert size <= file_limit(config, n)
+    assert file_limit(config, n) - file_limit(config) == n * PER_SITE_BYTES
