@@ -590,9 +590,10 @@ class Coordinator:
         not verify) is republished byte for byte.
         """
         plan = self._finalize_plan(r, survivors, revealed or [])
-        # A later round already finished: this is a republication (round r's result in the
-        # workspace was removed or damaged), and the merge state has moved on since.
-        latest = not self.fed.exists("result", r + 1)
+        # A later round already opened (its masking roster is signed) or finished: this is a
+        # republication (round r's result in the workspace was removed or damaged), the merge
+        # state has moved on since, and round r + 1 must not be opened a second time.
+        latest = not (self.fed.exists("result", r + 1) or self.fed.exists("masking-roster", r + 1))
         # The merge state is committed before the result: once the result is out the round
         # counts as finished and is never finalized again, so a crash between the two would
         # lose the state for good (found by tests/cli/test_kill_sweep.py). Both writes are

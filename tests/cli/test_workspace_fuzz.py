@@ -394,11 +394,6 @@ def test_a_missing_coordinator_file_stops_parties_cleanly_until_it_is_back(
     assert finish(fed)["complete"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the coordinator re-finishes round 1 and refuses to overwrite round 2's "
-    "masking roster (exit 1): a deleted past result is not republished mid-round",
-)
 def test_a_removed_past_result_is_republished(snapshot: Fed, tmp_path: Path) -> None:
     fed = copy_of(snapshot, tmp_path / "fed")
     (fed.workspace / "rounds/0001/result.json").unlink()
