@@ -140,7 +140,10 @@ def test_init_twice_changes_nothing(federation: Fed) -> None:
     out = run(
         "init", "-w", fed.workspace, "-s", fed.site("va"), "--site", "va", "--train", fed.data("va")
     )
-    _one_line_error(out, 1, "already holds site")
+    _one_line_error(out, 1, "already holds site")  # other data than it joined with
+    again = ("--site", "va", "--train", fed.data("va"), "--test", fed.data("va", "test"))
+    out = run("init", "-w", fed.workspace, "-s", fed.site("va"), *again)
+    assert out.exit_code == 0, out.stderr  # the very same init again: nothing to do
     assert snapshot(fed.workspace) == before
 
 

@@ -45,6 +45,8 @@ class Enrollment(SiteBase):
             meta = state.read_json(META)
             if meta.get("site") == name and not ws.exists(f"enrollments/{name}"):
                 return cls._finish_enrollment(ws, state, state_dir, meta)
+            if meta.get("site") == name and meta.get("data") == _data_paths(train, test):
+                return cls(state_dir)  # the same `init` run again (a script, cron): a no-op
             raise UsageError(
                 f"{state_dir} already holds site {meta.get('site')!r}; nothing was changed"
             )
@@ -62,10 +64,7 @@ class Enrollment(SiteBase):
                 f"a site named {name!r} has already enrolled in {config.federation_id}",
                 hint="pick another --site name",
             )
-        paths = {
-            "train": str(Path(train).resolve()),
-            "test": str(Path(test).resolve()) if test else None,
-        }
+        paths = _data_paths(train, test)
         # fails with file/line/column before anything is written
         joined_with = _load_data(config, paths).train_fingerprint
         identity = state.create_identity()
@@ -153,3 +152,11 @@ class Enrollment(SiteBase):
             "old_fingerprint": fingerprint(old_pk),
             "new_fingerprint": fingerprint(new.public.sign_pk),
         }
+
+
+def _data_paths(train: str | Path, test: str | Path | None) -> dict[str, str | None]:
+    """The data files as the site's state records them (absolute: cron runs elsewhere)."""
+    return {
+        "train": str(Path(train).resolve()),
+        "test": str(Path(test).resolve()) if test else None,
+    }
