@@ -25,7 +25,8 @@ def train_local(
 
     The privacy budget is checked before any training: a round that would cross it is refused
     and nothing is written. The update stays in the state folder until `fedrema submit`.
-    Re-run for a round already trained, it changes nothing and exits 0.
+    Re-run for a round already trained, or once the federation is complete, it changes
+    nothing and exits 0.
 
       fedrema train-local -s cleveland
     """
@@ -36,6 +37,12 @@ def train_local(
         record = site.train_local(progress=lambda done, total, _steps: shown.steps(done, total))
     if json_out:
         return ui.emit_json(record)
+    if record.get("complete"):
+        ui.say(
+            f"{site.name}: the federation finished its {record['rounds']} rounds; nothing to "
+            "train. next: `fedrema personalize` for your model"
+        )
+        return None
     if record.get("already_trained"):
         ui.say(f"{site.name}: round {record['round']} already trained; next: `fedrema submit`")
         return None

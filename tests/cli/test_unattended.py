@@ -11,7 +11,7 @@ import pytest
 from rich.console import Console
 
 from fedrema_cli import ui
-from tests.cli.conftest import Fed, key_exchange, make_federation, run, snapshot
+from tests.cli.conftest import Fed, key_exchange, make_federation, run, run_rounds, snapshot
 
 
 def test_a_data_file_changed_since_init_is_named(
@@ -49,3 +49,17 @@ def test_approving_a_mistyped_site_suggests_the_enrolled_one(tmp_path: Path) -> 
     assert out.exit_code == 1
     assert "no enrollment for cleveland2" in out.stderr
     assert "did you mean 'cleveland'?" in out.stderr
+
+
+def test_train_local_once_the_federation_is_complete_is_done_not_an_error(
+    tmp_path: Path,
+) -> None:
+    """The documented cron line keeps running after the study ends: exit 0, nothing trained."""
+    fed = make_federation(tmp_path, "--no-dp", "--rounds", "1")
+    run_rounds(fed, 1)
+    before = snapshot(fed.site("cleveland"))
+    out = run("train-local", "-s", fed.site("cleveland"))
+    assert out.exit_code == 0, out.stderr
+    assert "finished its 1 rounds" in out.stdout and "personalize" in out.stdout
+    assert snapshot(fed.site("cleveland")) == before
+    assert run("train-local", "-s", fed.site("cleveland"), "--json").json()["complete"] is True

@@ -48,11 +48,8 @@ class Training(SiteBase):
         repaired = self._repair_ledger()
         ledger = self._sync_ledger()
         r = current_round(self.fed)
-        if r > self.config.rounds:
-            raise UsageError(
-                f"the federation finished its {self.config.rounds} rounds",
-                hint="run `fedrema personalize` to get your model",
-            )
+        if r > self.config.rounds:  # nothing will ever come: done, not an error (cron)
+            return {"round": r - 1, "complete": True, "rounds": self.config.rounds}
         self._require_active(r)
         if self.state.exists(_record(r)):  # a round trains once; a re-run changes nothing
             done = self.state.read_json(_record(r))
