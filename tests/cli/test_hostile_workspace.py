@@ -216,3 +216,48 @@ def test_an_enrollment_copied_from_another_federation_with_the_same_id_is_refuse
     assert "va" in out.stderr and "another federation" in out.stderr
     roster = json.loads((ours.workspace / "roster.json").read_text())["body"]
     assert [s["name"] for s in roster["sites"]] == list(SITES[:3])
+
+
+@pytest.mark.parametrize("folder", ["rounds/0001/submissions", "withdrawals"])
+def test_a_file_in_place_of_a_folder_stops_nobody(federation: Fed, folder: str) -> None:
+    """A plain file where the coordinator lists a folder: one clean line at most, the round
+    goes on, and it finishes once the file is gone."""
+    fed = federation
+    key_exchange(fed)
+    planted = fed.workspace / folder
+    if planted.is_dir():
+        shutil.rmtree(planted)
+    planted.write_bytes(b"not a folder")
+    out = run("aggregate", "-s", fed.coordinator)
+    assert out.exit_code in (0, 1, 3, 75), out.stderr
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) <= 1
+    if out.exit_code in (1, 3):
+        assert folder in out.stderr  # a refusal names what is in the way
+    planted.unlink()
+    full_round(fed)
+    assert (fed.workspace / "rounds/0001/result.json").exists()
+
+
+@pytest.mark.parametrize("kind", ["shares", "reveal"])
+def test_deeply_nested_json_in_a_site_protocol_file_counts_as_never_sent(
+    federation: Fed, kind: str
+) -> None:
+    """Item 2 of issue 14 at the command level for key shares and reveals (key adverts,
+    heads and submissions go through the same reader; the fuzz matrix covers each)."""
+    fed = federation
+    if kind == "shares":
+        for s in SITES:  # round 1's keys advertised; va's shares are the hostile file
+            run("submit", "-s", fed.site(s))
+        run("aggregate", "-s", fed.coordinator)
+        submit_all(fed, SITES[:3])
+        bad = fed.workspace / "rounds/0001/shares/va.json"
+    else:
+        unmasking(fed)
+        submit_all(fed, SITES[:3])
+        bad = fed.workspace / "rounds/0001/reveals/va.json"
+    bad.parent.mkdir(parents=True, exist_ok=True)
+    bad.write_bytes(NESTED)
+    out = run("aggregate", "-s", fed.coordinator, "--close")
+    assert "Traceback" not in out.stderr and "RecursionError" not in out.stderr
+    assert out.exit_code == 0, out.stderr  # va's file is refused; 3 of 4 are enough
+    assert "va" in out.stderr
