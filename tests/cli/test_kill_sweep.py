@@ -48,7 +48,7 @@ SITES = ("cleveland", "hungary", "switzerland")
 KILLED = -signal.SIGKILL
 #: Every STRIDE-th step of a command outside the ledger writes (5: prime to the 4 steps of a
 #: write, so one command's points fall on different kinds of step).
-STRIDE = {"submit": 5, "aggregate": 5, "train-local": 11, "personalize": 1}
+STRIDE = {"submit": 5, "aggregate": 5, "train-local": 11, "personalize": 3}
 
 
 def fedrema_killed_at(n: int, *args: str | Path) -> subprocess.CompletedProcess[str]:
