@@ -100,8 +100,8 @@ class Ledger(SiteBase):
             if "ledger_body" not in record:  # nothing was trained (majority class): no spend
                 continue
             body = LedgerBody.model_validate(record["ledger_body"], strict=False)
-            entry = make_entry(
-                entries[-1] if entries else None, body, self.fed.identity_for(r).sign
+            entry = make_entry(  # signed with the key in force for the entry's round
+                entries[-1] if entries else None, body, self.fed.identity_for(body.round).sign
             )
             text = (parsed.committed_text if entries else "") + encode_line(entry)
             self.state.write_bytes(LEDGER, text.encode("utf-8"))
