@@ -29,6 +29,8 @@ def test_every_fuzzed_file_kind_is_in_the_matrix() -> None:
     for kind in KINDS:
         generic = re.sub(r"^rounds/\d{4}/", "rounds/<r>/", kind)
         generic = re.sub(r"/(va|hungary)(\.|/)", r"/<site>\2", generic)
-        generic = re.sub(r"\.(msg\.bin|masked\.bin|params\.safetensors)$", ".json", generic)
+        generic = re.sub(
+            r"\.(msg\.bin|to-\d+\.bin|masked\.bin|params\.safetensors)$", ".json", generic
+        )
         generic = re.sub(r"/\d{4}\.json$", "/<r>.json", generic)
         assert f"`{generic}`" in text, generic

@@ -48,9 +48,10 @@ def _run(method: str, tmp_path: Path, **kw: object) -> dict:
 
 def test_every_method_is_registered_with_its_sharing_rule():
     assert set(METHODS) == {
-        "fedrema", "fedrema-paper", "pfednet", "pfednet-paper", "mr-mtl", "fedavg", "fedavg-ft",
-        "fedper", "local", "local-lr", "majority",
+        "fedrema", "fedrema-paper", "fedrema-model", "pfednet", "pfednet-paper", "mr-mtl",
+        "fedavg", "fedavg-ft", "fedper", "local", "local-lr", "majority",
     }  # fmt: skip
+    assert METHODS["fedrema-model"].shared is None and METHODS["fedrema-model"].personal
     assert METHODS["fedrema-paper"]().rules() == fr.PAPER != METHODS["fedrema"]().rules()
     assert METHODS["fedavg-ft"].shared == "all" and METHODS["fedavg-ft"].deploy == "finetune"
     assert METHODS["fedper"].shared == "extractor" and METHODS["fedper"].personal is None

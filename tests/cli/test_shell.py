@@ -95,8 +95,15 @@ def test_verbose_shows_the_traceback_of_an_error(tmp_path: Path) -> None:
 
 
 def test_shell_completion_completes_command_names() -> None:
-    out = run("--show-completion", "bash")
-    assert out.exit_code == 0 and "_FEDREMA_COMPLETE" in out.stdout
+    # in a real process, as a user's shell runs it (typer keeps completion state per process)
+    shown = subprocess.run(
+        [sys.executable, "-m", "fedrema_cli", "--show-completion", "bash"],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert shown.returncode == 0 and "_FEDREMA_COMPLETE" in shown.stdout, shown.stderr
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
