@@ -18,17 +18,7 @@
 set -euo pipefail
 
 WORK=${1:?usage: roster_scenario.sh WORKDIR}
-REPO=$(cd "$(dirname "$0")/../.." && pwd)
-if [ -z "${FEDREMA:-}" ]; then
-  if command -v fedrema >/dev/null 2>&1; then
-    FEDREMA=fedrema
-  elif [ -x "$REPO/.venv/bin/fedrema" ]; then
-    FEDREMA="$REPO/.venv/bin/fedrema"
-  else
-    echo "roster_scenario.sh: no fedrema command: run \`make demo\` once, or set FEDREMA" >&2
-    exit 1
-  fi
-fi
+source "$(dirname "$0")/find_cli.sh"
 if [ -e "$WORK" ] && [ -n "$(ls -A "$WORK" 2>/dev/null)" ]; then
   echo "roster_scenario.sh: $WORK is not empty; give a new folder" >&2
   exit 1

@@ -13,18 +13,7 @@ set -euo pipefail
 WORK=${1:?usage: run.sh WORKDIR [ROUNDS] [METHOD]}
 ROUNDS=${2:-5}
 METHOD=${3:-fedrema}
-# The CLI: $FEDREMA if set, else `fedrema` on PATH, else the one `make demo`/`make test` set up.
-REPO=$(cd "$(dirname "$0")/../.." && pwd)
-if [ -z "${FEDREMA:-}" ]; then
-  if command -v fedrema >/dev/null 2>&1; then
-    FEDREMA=fedrema
-  elif [ -x "$REPO/.venv/bin/fedrema" ]; then
-    FEDREMA="$REPO/.venv/bin/fedrema"
-  else
-    echo "run.sh: no fedrema command: run \`make demo\` once (it sets up .venv), or set FEDREMA" >&2
-    exit 1
-  fi
-fi
+source "$(dirname "$0")/find_cli.sh"
 SITES=(cleveland hungary switzerland va)
 WS="$WORK/workspace"
 
