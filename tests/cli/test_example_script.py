@@ -11,19 +11,25 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_run_sh_drives_every_command_for_one_round(tmp_path: Path) -> None:
-    """With pFedNet (the script's default, FedReMa, runs in `make demo`): any method works."""
-    work = tmp_path / "run"
+def run_example(script: str, *args: str | Path, timeout: float) -> subprocess.CompletedProcess[str]:
+    """An example script of examples/heart_disease/, on this checkout's CLI; it must succeed."""
     env = {**os.environ, "FEDREMA": f"{sys.executable} -m fedrema_cli"}
     out = subprocess.run(
-        ["bash", str(ROOT / "examples/heart_disease/run.sh"), str(work), "1", "pfednet"],
+        ["bash", str(ROOT / "examples/heart_disease" / script), *map(str, args)],
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=timeout,
         check=False,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out
+
+
+def test_run_sh_drives_every_command_for_one_round(tmp_path: Path) -> None:
+    """With pFedNet (the script's default, FedReMa, runs in `make demo`): any method works."""
+    work = tmp_path / "run"
+    out = run_example("run.sh", work, "1", "pfednet", timeout=600)
     status = json.loads((work / "workspace" / "rounds" / "0001" / "result.json").read_text())
     assert status["body"]["survivors"] == ["cleveland", "hungary", "switzerland", "va"]
     assert status["body"]["method"] == "pfednet" and "pfednet" in status["body"]
@@ -40,16 +46,7 @@ def test_roster_scenario_drops_rejoins_adds_a_fifth_site_and_rotates_a_key(
 ) -> None:
     """examples/heart_disease/roster_scenario.sh: the roster over a study's life, 3 rounds."""
     work = tmp_path / "roster"
-    env = {**os.environ, "FEDREMA": f"{sys.executable} -m fedrema_cli"}
-    out = subprocess.run(
-        ["bash", str(ROOT / "examples/heart_disease/roster_scenario.sh"), str(work)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1200,
-        check=False,
-    )
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    out = run_example("roster_scenario.sh", work, timeout=1200)
 
     def survivors(r: int) -> list[str]:
         path = work / "workspace" / "rounds" / f"{r:04d}" / "result.json"
