@@ -1,9 +1,9 @@
 """Accuracy benchmark: FedReMa against the baselines, with and without DP (not a test).
 
-Run: ``.venv/bin/python benchmarks/accuracy.py [--quick] [--out DIR] [--workers N]``
-(``make bench-accuracy``). Every number comes from ``fedrema_cli.simulate.run``: every site and
-the coordinator run the real role code (signed files, DP-SGD with Opacus, the ledger, FedReMa)
-in one process per federation.
+Run: ``.venv/bin/python benchmarks/accuracy.py [--select] [--quick] [--out DIR] [--workers N]``
+(``make bench-accuracy``; with ``--select``, ``make bench-accuracy-full``). Every number
+comes from ``fedrema_cli.simulate.run``: every site and the coordinator run the real role
+code (signed files, DP-SGD with Opacus, the ledger, FedReMa) in one process per federation.
 
 What it does, in two phases:
 
@@ -12,6 +12,9 @@ What it does, in two phases:
    with each site's *training* file split 75/25 into fit/validation (``--validation`` of
    ``fedrema simulate``); the configuration with the best mean validation accuracy over the
    validation splits is chosen (ties: the first in grid order). Test files are never read.
+   It runs with ``--select`` and saves what it chose in ``benchmarks/chosen.json``; without
+   ``--select`` the configurations saved there are reused, which keeps the one-command
+   benchmark short (the selection runs about as many federations as the test).
 2. **Test.** Each chosen configuration runs with seeds 1..3 (``--seeds 5`` for more; ``--quick``:
    1..2) at every privacy level (none, epsilon 8, 3, 1; delta 1e-5). Per site: accuracy,
    balanced accuracy and sensitivity at the site's own validation threshold and at argmax, ROC
@@ -61,6 +64,8 @@ PRIVACY: tuple[float | None, ...] = (None, 8.0, 3.0, 1.0)
 DELTA = 1e-5
 SELECT_EPSILON = 3.0  # DP hyperparameters are chosen at this epsilon and used at every level
 BOOTSTRAP = 4000
+#: The configurations the last selection chose (``--select`` writes it; other runs reuse it).
+CHOSEN = Path(__file__).resolve().parent / "chosen.json"
 
 # Every registered method runs (the registry is the one list of methods), baselines first;
 # logistic regression needs a table.
@@ -280,7 +285,7 @@ def choose(records: list[dict[str, Any]]) -> tuple[dict, list[dict[str, Any]]]:
                     "dataset": key[0],
                     "group": key[1],
                     "method": key[2],
-                    **{k: configs[key][c].get(k, "") for k in _CONFIG_KEYS},
+                    **{k: _flat(configs[key][c]).get(k, "") for k in _CONFIG_KEYS},
                     "val_accuracy": means[c],
                     "splits": len(scores[key][c]),
                     "chosen": c == best,
@@ -289,7 +294,46 @@ def choose(records: list[dict[str, Any]]) -> tuple[dict, list[dict[str, Any]]]:
     return chosen, table
 
 
-_CONFIG_KEYS = ("lr", "local_epochs", "finetune_rounds", "global_weight")
+_CONFIG_KEYS = ("lr", "local_epochs", "finetune_rounds", "global_weight", "lam")
+
+
+def _flat(config: dict[str, Any]) -> dict[str, Any]:
+    """A configuration with its method options beside the training knobs, for the tables."""
+    return {**{k: v for k, v in config.items() if k != "options"}, **config.get("options", {})}
+
+
+def save_chosen(path: Path, chosen: dict[tuple, dict], table: list[dict[str, Any]]) -> None:
+    """The configurations a selection chose (and its table), for later runs to reuse; the
+    entries of datasets this selection did not run are kept."""
+    ran = {d for d, _, _ in chosen}
+    rows = [{"dataset": d, "group": g, "method": m, "config": c} for (d, g, m), c in chosen.items()]
+    if path.exists():
+        old = json.loads(path.read_text(encoding="utf-8"))
+        rows = [r for r in old["chosen"] if r["dataset"] not in ran] + rows
+        table = [r for r in old["table"] if r["dataset"] not in ran] + table
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"chosen": rows, "table": table}, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def load_chosen(path: Path, datasets: list[str]) -> tuple[dict[tuple, dict], list[dict]]:
+    """What an earlier selection chose, for the datasets asked for; every one must be there."""
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    chosen = {
+        (r["dataset"], r["group"], r["method"]): r["config"]
+        for r in saved["chosen"]
+        if r["dataset"] in datasets
+    }
+    missing = [
+        (ds, g, m)
+        for ds in datasets
+        for m in SETUP[ds]["methods"]
+        for g in ("none", "dp")
+        if m != "majority" and (ds, g, m) not in chosen
+    ]
+    if missing:
+        raise SystemExit(f"{path} has no chosen configuration for {missing[:3]}; run --select")
+    return chosen, [r for r in saved["table"] if r["dataset"] in datasets]
 
 
 def test_jobs(
@@ -973,6 +1017,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "accuracy")
     parser.add_argument("--datasets", default=",".join(SETUP), help="comma-separated")
     parser.add_argument(
+        "--select",
+        action="store_true",
+        help=f"run the selection on validation splits first (and save it to {CHOSEN.name}); "
+        "without it, the configurations an earlier selection saved there are reused",
+    )
+    parser.add_argument("--chosen", type=Path, default=CHOSEN, help="where selections are kept")
+    parser.add_argument(
         "--replot",
         action="store_true",
         help="no federations: redo the tables and plots from OUT/runs.jsonl of an earlier run",
@@ -1015,13 +1066,18 @@ def main(argv: list[str] | None = None) -> int:
         wall, t_sel = before["wall_seconds"], before["selection_seconds"]
         seeds = before["seeds"]
         args.quick = before["quick"]
-    else:
+    elif args.select:
         sel_jobs = selection_jobs(datasets, methods_of)
         print(f"selection on validation splits: {len(sel_jobs)} federations", flush=True)
         sel = run_all(sel_jobs, args.workers, "selection")
         chosen, selection_table = choose(sel)
+        save_chosen(args.chosen, chosen, selection_table)
         t_sel = time.perf_counter() - started
-
+    else:
+        chosen, selection_table = load_chosen(args.chosen, datasets)
+        sel, t_sel = [], 0.0
+        print(f"configurations chosen by an earlier selection: {args.chosen}", flush=True)
+    if not args.replot:
         jobs = test_jobs(datasets, methods_of, chosen, seeds)
         print(f"test: {len(jobs)} federations", flush=True)
         records = reuse_majority(run_all(jobs, args.workers, "test"))
@@ -1043,6 +1099,7 @@ def main(argv: list[str] | None = None) -> int:
         "workers": args.workers,
         "wall_seconds": wall,
         "selection_seconds": t_sel,
+        "selection": "run" if sel else f"reused from {args.chosen.name}",
         "machine": (
             f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
         ),

@@ -188,7 +188,7 @@ def _run(
         if current_round(coord.fed) <= r:
             raise UsageError(f"round {r} did not finish: {coord.waiting_for()}")
         if spec.track:
-            curve.append(_mean_metrics({n: s.personalize()["metrics"] for n, s in sites.items()}))
+            curve.append(_mean_metrics({n: s.test_metrics() for n, s in sites.items()}))
         if on_round is not None:
             on_round(r, spec.rounds)
 

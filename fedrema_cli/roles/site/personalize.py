@@ -35,6 +35,28 @@ class Personalizing(SiteBase):
             params = self._finetuned(params)
         return params, last
 
+    def test_metrics(self) -> dict[str, Any] | None:
+        """Argmax metrics of the model this site would deploy now, on its test file (None
+        without one). What `simulate --track` scores after every round: no threshold, no
+        intervals, nothing written."""
+        from fedrema_cli.learning.training import evaluate
+
+        data = self.data()
+        if data.x_test is None:
+            return None
+        model, _, _ = self._deployed_model()
+        k = self.config.model.num_classes
+        return evaluate(model, data.x_test, data.y_test, num_classes=k).to_json()
+
+    def _deployed_model(self) -> tuple[Any, Params, int]:
+        """The model to deploy now, its parameters, and the last finished round."""
+        from fedrema_cli.learning.models import build_model, set_part
+
+        params, last = self.personalized_params()
+        model = build_model(self.config.model, seed=self.config.seed)
+        set_part(model, "all", params)
+        return model, params, last
+
     @_exclusive
     def personalize(
         self, export: str | Path | None = None, *, target_sensitivity: float | None = None
@@ -49,7 +71,6 @@ class Personalizing(SiteBase):
         were seen in training: the threshold is fit in-sample, never on test data. Warnings
         (a one-class model, AUC below 0.5) are kept in the state folder for `status`.
         """
-        from fedrema_cli.learning.models import build_model, set_part
         from fedrema_cli.learning.training import evaluate
 
         # A run cut off after training a round but before its ledger append (here: the last
@@ -64,11 +85,9 @@ class Personalizing(SiteBase):
                 hint="leave it out: the prediction is the most probable class",
             )
         self._repair_ledger()
-        params, last = self.personalized_params()
+        model, params, last = self._deployed_model()
         secure.forget_secrets(self.state, before=last + 1)  # finished rounds need no secrets
         data = self.data()
-        model = build_model(self.config.model, seed=self.config.seed)
-        set_part(model, "all", params)
         metrics = None
         if data.x_test is not None:
             metrics = evaluate(model, data.x_test, data.y_test, num_classes=k)
