@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench-secagg bench-dp bench-accuracy bench-scale bench-peers clean
+.PHONY: demo test lint bench-secagg bench-dp bench-accuracy bench-accuracy-full bench-scale bench-peers clean
 
 $(STAMP): pyproject.toml
 	@# The PDF privacy report (WeasyPrint) needs Pango from the system; install it if missing.
@@ -60,10 +60,15 @@ $(PEERS_STAMP):
 bench-peers: $(PEERS_STAMP)
 	$(PEERS)/bin/python benchmarks/vs_flower.py $(ARGS)
 
-# FedReMa vs the baselines, 2 datasets x 4 privacy levels x 5 seeds (about 13 min on 2 cores);
+# Every method vs every other: 12 methods x 3 datasets x 4 privacy levels x 3 seeds, with the
+# hyperparameters the last selection chose (benchmarks/chosen.json; about NN min on 2 cores);
 # tables and plots in benchmarks/results/accuracy/. ARGS=--quick: 2 seeds.
 bench-accuracy: $(STAMP)
 	$(BIN)/python benchmarks/accuracy.py $(ARGS)
+
+# The same, choosing every hyperparameter again on validation splits first (about MM min).
+bench-accuracy-full: $(STAMP)
+	$(BIN)/python benchmarks/accuracy.py --select $(ARGS)
 
 clean:
 	rm -rf $(VENV) $(PEERS) runs

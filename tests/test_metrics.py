@@ -242,3 +242,21 @@ def test_too_few_minority_records_is_a_pure_check_on_counts() -> None:
     absent = m.minority_warning(np.array([40, 0, 25]), classes=("a", "b", "c"))
     assert absent is not None and "class 'b': 0" in absent.message
     assert m.minority_warning([5, 5], minimum=5) is None
+
+
+def test_a_one_class_validation_split_matches_the_models_prior_when_it_can() -> None:
+    # A head that learned a 90%-positive site scores everything above 0.5: 0.5 would call every
+    # record positive. With the training scores, the threshold is their mean (the model's
+    # class prior), which here separates the one low-scoring record.
+    train = np.array([0.97, 0.96, 0.95, 0.98, 0.94, 0.97, 0.96, 0.95, 0.99, 0.62])
+    choice = m.select_threshold(np.array([0.96, 0.97]), np.ones(2), training_scores=train)
+    assert choice.criterion == "prior-matched" and choice.reached
+    assert choice.threshold == pytest.approx(train.mean())
+    assert 0.62 < choice.threshold < 0.94
+    assert "no negative record" in (choice.note or "") and "prior" in (choice.note or "")
+    # Two classes present: the training scores play no part.
+    scores, labels = np.array([0.1, 0.2, 0.35, 0.6]), np.array([0, 0, 1, 1])
+    assert m.select_threshold(scores, labels, training_scores=train) == m.select_threshold(
+        scores, labels
+    )
+    _no_nan(choice.to_json())

@@ -245,8 +245,10 @@ def validation_split(
 class ThresholdChoice:
     """The threshold chosen on a validation split, and what it scored there.
 
-    ``criterion``: ``"balanced-accuracy"``, ``"target-sensitivity"``, or ``"default"`` (0.5,
-    when the validation split lacks a class and nothing can be chosen; ``note`` says why).
+    ``criterion``: ``"balanced-accuracy"``, ``"target-sensitivity"``, ``"prior-matched"``
+    (the validation split lacks a class, so nothing can be chosen on it: the threshold is the
+    model's mean P(class 1) over the site's training records; ``note`` says why) or
+    ``"default"`` (0.5: the same, with no training scores given).
     ``reached``: False only when a target sensitivity was asked for and the validation split
     could not show it (no positive or no negative record); with both classes present the
     lowest candidate predicts every record positive, so some candidate always reaches it.
@@ -283,6 +285,7 @@ def select_threshold(
     labels: np.ndarray,
     *,
     target_sensitivity: float | None = None,
+    training_scores: np.ndarray | None = None,
 ) -> ThresholdChoice:
     """Choose a decision threshold on **validation** scores and labels (binary models).
 
@@ -295,8 +298,16 @@ def select_threshold(
     - ``target_sensitivity``: among candidates whose validation sensitivity reaches it, the
       one with the highest specificity (ties: the highest threshold).
 
-    A validation split holding only one class cannot rank anything: the threshold is 0.5,
-    ``criterion`` ``"default"`` and ``note`` says so.
+    A validation split holding only one class cannot rank anything (a small site where one
+    class is rare: Switzerland in the heart-disease data has 2 negative training records).
+    Then the threshold is *prior-matched*: the mean of ``training_scores`` (the model's
+    P(class 1) on the site's training records). The mean posterior is the model's own
+    estimate of the class prior (Saerens, Latinne and Decaestecker, Neural Computation 14(1),
+    2002), and a calibrated model's balanced accuracy is highest when the posterior is
+    thresholded at the prior: P(1|x) >= pi_1 is P(x|1) >= P(x|0). It needs no label, so it
+    stays defined where the labels cannot choose, and follows a head that learned a 95%
+    positive site, where 0.5 predicts every record positive. Without ``training_scores`` the
+    threshold is 0.5 (``"default"``). Either way ``note`` says why.
     """
     s = positive_scores(scores)
     y = np.asarray(labels).astype(np.int64)
@@ -307,9 +318,11 @@ def select_threshold(
     pos, neg = int((y == POSITIVE).sum()), int((y != POSITIVE).sum())
     if pos == 0 or neg == 0:
         missing = "positive" if pos == 0 else "negative"
+        prior = None if training_scores is None else positive_scores(training_scores)
+        matched = prior is not None and len(prior) > 0
         return ThresholdChoice(
-            threshold=DEFAULT_THRESHOLD,
-            criterion="default",
+            threshold=float(prior.mean()) if matched else DEFAULT_THRESHOLD,
+            criterion="prior-matched" if matched else "default",
             target_sensitivity=target_sensitivity,
             n=len(y),
             positives=pos,
@@ -317,7 +330,14 @@ def select_threshold(
             specificity=None,
             balanced_accuracy=None,
             reached=target_sensitivity is None,
-            note=f"the validation split has no {missing} record; the threshold stays at 0.5",
+            note=(
+                f"the validation split has no {missing} record; the threshold is "
+                + (
+                    "the model's mean P(class 1) on the training records (its class prior)"
+                    if matched
+                    else "0.5"
+                )
+            ),
         )
     distinct = np.unique(s)
     candidates = np.concatenate(

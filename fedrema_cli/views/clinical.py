@@ -35,9 +35,12 @@ def threshold_line(out: dict[str, Any]) -> str:
         "target-sensitivity": f"reaches sensitivity {t.get('target_sensitivity')}",
         "default": "default",
     }.get(t["criterion"], t["criterion"])
+    split = f"{t['validation_n']} records, {t['validation_positives']} positive"
     line = (
-        f"  threshold {t['threshold']:.3f} ({how} on a validation split of the training file: "
-        f"{t['validation_n']} records, {t['validation_positives']} positive)"
+        f"  threshold {t['threshold']:.3f} (prior-matched; the validation split: {split})"
+        if t["criterion"] == "prior-matched"
+        else f"  threshold {t['threshold']:.3f} ({how} on a validation split of the training "
+        f"file: {split})"
     )
     if t.get("note"):
         line += f"; {t['note']}"

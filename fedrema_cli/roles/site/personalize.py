@@ -134,7 +134,12 @@ class Personalizing(SiteBase):
         )
         val_proba = predict_proba(model, data.x_train[val])
         choice = (
-            select_threshold(val_proba, data.y_train[val], target_sensitivity=target_sensitivity)
+            select_threshold(
+                val_proba,
+                data.y_train[val],
+                target_sensitivity=target_sensitivity,
+                training_scores=predict_proba(model, data.x_train),
+            )
             if k == 2
             else None
         )
