@@ -134,6 +134,11 @@ def problem_lines(report: PrivacyReport) -> list[str]:
 # -- data ------------------------------------------------------------------------------------
 
 
+def round_label(n: int) -> str:
+    """A ledger round as a reader sees it: round 0 is the label-count release, not training."""
+    return "0 (label counts)" if n == 0 else str(n)
+
+
 def _row_dict(r: RoundRow) -> dict[str, Any]:
     return {
         "round": r.round,
@@ -313,7 +318,7 @@ def to_rich(report: PrivacyReport, *, detail: bool = False) -> Any:
                     cells.append("[red]missing[/]" if rnd in s.missing_rounds else "–")
                 else:
                     cells.append(_fmt(row.epsilon) if row.verified else "[red]not verified[/]")
-            matrix.add_row(str(rnd), *cells)
+            matrix.add_row(round_label(rnd), *cells)
         parts.append(matrix)
     if detail:
         for s in report.sites:
@@ -322,7 +327,7 @@ def to_rich(report: PrivacyReport, *, detail: bool = False) -> Any:
                 t.add_column(col, justify="right")
             for r in s.rounds:
                 t.add_row(
-                    str(r.round),
+                    round_label(r.round),
                     str(r.steps),
                     f"{r.sample_rate:.5g}",
                     f"{r.noise_multiplier:.5g}",

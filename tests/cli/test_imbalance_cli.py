@@ -57,6 +57,12 @@ def test_balanced_weighting_under_dp_is_signed_released_accounted_and_reported(
     assert va["epsilon"] == pytest.approx(last["epsilon_after"], abs=1e-9)
     assert va["epsilon_independent"]["rdp"] == pytest.approx(va["epsilon"], abs=0.02)
     assert va["rounds_trained"] == 2  # the release is on the ledger, not a trained round
+    # A reader of the filed report sees round 0 named for what it is.
+    html = tmp_path / "report.html"
+    shown = run("privacy", "report", "-w", fed.workspace, "--detail", "--html", html)
+    assert shown.exit_code == 0, shown.stderr
+    assert "0 (label counts)" in shown.stdout
+    assert html.read_text().count("0 (label counts)") >= 1
 
 
 def test_personalize_chooses_the_threshold_on_validation_data_and_exports_it(
