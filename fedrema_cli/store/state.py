@@ -123,6 +123,8 @@ class PartyState:
                             hint="wait for it to finish, then run this again",
                         ) from None
                     time.sleep(0.05)
+            # Holding the folder: what a killed write left behind can go.
+            self.storage.remove_stale_temporaries()
             yield
         finally:
             os.close(fd)

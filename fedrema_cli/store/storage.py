@@ -19,9 +19,11 @@ import functools
 import json
 import os
 import posixpath
+import re
 import secrets
 import signal
 import stat
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol, TypeVar
@@ -268,6 +270,10 @@ def _test_kill_step() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+#: What `_write_temp` names its files; `remove_stale_temporaries` deletes nothing else.
+_TEMPORARY = re.compile(r"\..+\.[0-9a-f]{12}\.tmp")
+#: A temporary file untouched this long was left by a killed write.
+STALE_TEMP_SECONDS = 60.0
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
@@ -353,6 +359,26 @@ class LocalStorage(BaseStorage):
         except (FileNotFoundError, NotADirectoryError, UnsafeFileError):
             return False
         return True
+
+    def remove_stale_temporaries(self, *, older_than: float = STALE_TEMP_SECONDS) -> int:
+        """Delete the temporary files a killed write left behind, anywhere below the root;
+        return how many. Only names this store's writes make (``.NAME.<12 hex>.tmp``), only
+        regular files, only ones untouched for ``older_than`` seconds (a live write takes
+        milliseconds), and links are never followed. Call it while holding the folder."""
+        removed = 0
+        now = time.time()
+        for folder, subfolders, files in os.walk(self.root, followlinks=False):
+            subfolders[:] = [f for f in subfolders if not os.path.islink(os.path.join(folder, f))]
+            for name in files:
+                if not _TEMPORARY.fullmatch(name):
+                    continue
+                path = os.path.join(folder, name)
+                with contextlib.suppress(OSError):
+                    st = os.lstat(path)
+                    if stat.S_ISREG(st.st_mode) and now - st.st_mtime >= older_than:
+                        os.unlink(path)
+                        removed += 1
+        return removed
 
     def _write_temp(self, d: int, name: str, data: bytes) -> str:
         if self.private:

@@ -145,3 +145,29 @@ def test_garbage_is_not_a_signed_file(tmp_path: Path) -> None:
             author="coordinator",
             key=me.public,
         )
+
+
+def test_holding_a_state_folder_clears_what_a_killed_write_left(tmp_path: Path) -> None:
+    state = PartyState(tmp_path / "state")
+    state.write_json("site.json", {"name": "va"})
+    rounds = tmp_path / "state" / "rounds" / "0001"
+    rounds.mkdir(parents=True)
+    stale = rounds / ".update.safetensors.0123456789ab.tmp"
+    fresh = tmp_path / "state" / ".site.json.abcdefabcdef.tmp"  # a write in flight
+    other = rounds / ".notes.tmp"  # not a name our writes make
+    for p in (stale, fresh, other):
+        p.write_bytes(b"partial")
+    old = os.stat(stale).st_mtime - 3600
+    os.utime(stale, (old, old))
+    os.utime(other, (old, old))
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    planted = outside / ".x.0123456789ab.tmp"
+    planted.write_bytes(b"not ours")
+    os.utime(planted, (old, old))
+    (tmp_path / "state" / "linked").symlink_to(outside)  # never followed
+    with state.exclusive():
+        pass
+    assert not stale.exists()
+    assert fresh.exists() and other.exists() and planted.exists()
+    assert state.read_json("site.json") == {"name": "va"}
