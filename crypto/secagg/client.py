@@ -253,7 +253,7 @@ class AwaitingMaskingRoster(_State):
             x: the encoded input, ``params.dtype`` with shape ``(params.dim,)``; with
                 :func:`crypto.secagg.encode_update` its last coordinate is the weight.
 
-        Returns ``y = x + PRG(b_u) + sum_{v in U2, v != u} ±PRG(s_{u,v}) mod 2^k``. 
+        Returns ``y = x + PRG(b_u) + sum_{v in U2, v != u} ±PRG(s_{u,v}) mod 2^k``.
         """
         _expect(self, message, MaskingRoster)
         ctx, u, t, sid = self.ctx, self.party, self.ctx.threshold, self.session_id

@@ -77,6 +77,7 @@ def _unpack24(payload: memoryview, length: int) -> UIntArray:
     out[:, :3] = np.frombuffer(payload, dtype=np.uint8).reshape(length, 3)
     return out.view("<u4").reshape(length)
 
+
 M = TypeVar("M", bound="Message")
 
 

@@ -74,15 +74,30 @@ def _dim(config: FederationConfig) -> int:
 
 
 def width(config: FederationConfig, n_sites: int) -> tuple[int, int]:
-    """(modulus_bits, frac_bits) of the masked sum: fixed in the config, or derived from it and
-    the roster's size alone ("auto"), so every party computes the same."""
+    """(modulus_bits, frac_bits) of the masked sum, from the signed config and the roster's
+    size alone, so every party computes the same: "auto" takes the narrowest width the
+    headroom rule allows above the precision floor; a fixed 24 or 32 takes the finest
+    ``frac_bits`` (at most the configured one) that fits it; 64 takes ``frac_bits``."""
     c = config.secagg
-    if c.modulus_bits != "auto":
-        return c.modulus_bits, c.frac_bits
+    widths = (24, 32) if c.modulus_bits == "auto" else (c.modulus_bits,)
     try:
-        return choose_width(
-            n_sites, c.clip, c.max_weight, min_frac_bits=c.min_frac_bits, frac_bits_64=c.frac_bits
+        if c.modulus_bits == 64:
+            return 64, c.frac_bits
+        bits, f = choose_width(
+            n_sites,
+            c.clip,
+            c.max_weight,
+            min_frac_bits=c.min_frac_bits,
+            frac_bits_64=c.frac_bits,
+            widths=widths,
         )
+        if c.modulus_bits != "auto" and bits != c.modulus_bits:
+            raise ConfigError(
+                f"secure-aggregation parameters do not fit {c.modulus_bits}-bit words for "
+                f"{n_sites} sites with at least {c.min_frac_bits} fractional bits",
+                hint="use secagg.modulus_bits auto or 64, or lower clip or max_weight",
+            )
+        return (bits, f) if c.modulus_bits == "auto" else (bits, min(f, c.frac_bits))
     except SecAggError as e:
         raise ConfigError(
             f"secure-aggregation parameters do not work for {n_sites} sites: {e}"

@@ -157,7 +157,7 @@ def test_24_bit_masked_input_wire_round_trip_and_refusals() -> None:
     raw = m.to_bytes()
     header, payload = raw.split(b"\n", 1)
     assert b'"dtype":"uint24"' in header
-    assert payload == bytes.fromhex("000000" "010000" "ffffff" "000080" "563412")
+    assert payload == bytes.fromhex("000000010000ffffff000080563412")
     back = parse_message(raw)
     assert back == m and back.vector.dtype == np.uint32 and back.modulus_bits == 24
     assert back != MaskedInput(7, 2, words)  # the same words as a 2^32 vector differ
