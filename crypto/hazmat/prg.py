@@ -106,7 +106,8 @@ def mask(key: bytes, dim: int, modulus_bits: int, *, out: UIntArray | None = Non
     """Return ``dim`` uniform words mod ``2**modulus_bits``: AES-256-CTR(key, IV=0) of zeros.
 
     Word ``i`` is bytes ``[i*w, (i+1)*w)`` of the keystream read little-endian (``w`` = 4 or
-    8; for 2^24 its low 24 bits), so the output equals ``openssl enc -aes-256-ctr -K <key> -iv 00..00`` over zero bytes.
+    8; for 2^24 its low 24 bits), so the output equals ``openssl enc -aes-256-ctr -K <key>
+    -iv 00..00`` over zero bytes.
     Pass ``out`` (a C-contiguous array of the right dtype and length) to reuse a buffer
     across masks instead of allocating one each time.
 
