@@ -5,8 +5,8 @@ canonical JSON carrying the suite marker and the message type, with bytes in bas
 :class:`MaskedInput` appends its vector as raw little-endian words after a newline
 (``header JSON || b"\\n" || payload``), so a 10^6-coordinate vector costs one copy, not a
 JSON array; words of a 2^24 ring travel as 3 bytes each (``"dtype": "uint24"``).
-``from_bytes`` raises :class:`~crypto.errors.MalformedMessage` on anything that is not exactly a canonical encoding of a well-formed message; constructors check shapes
-(types, lengths, ordering) and leave protocol semantics to the client and server.
+``from_bytes`` raises :class:`~crypto.errors.MalformedMessage` on anything that is not
+exactly a canonical encoding of a well-formed message; constructors check shapes (types, lengths, ordering) and leave protocol semantics to the client and server.
 
 Flow of one round (``s`` = site, ``c`` = coordinator):
 
