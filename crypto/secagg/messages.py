@@ -6,7 +6,8 @@ canonical JSON carrying the suite marker and the message type, with bytes in bas
 (``header JSON || b"\\n" || payload``), so a 10^6-coordinate vector costs one copy, not a
 JSON array; words of a 2^24 ring travel as 3 bytes each (``"dtype": "uint24"``).
 ``from_bytes`` raises :class:`~crypto.errors.MalformedMessage` on anything that is not
-exactly a canonical encoding of a well-formed message; constructors check shapes (types, lengths, ordering) and leave protocol semantics to the client and server.
+exactly a canonical encoding of a well-formed message; constructors check shapes (types,
+lengths, ordering) and leave protocol semantics to the client and server.
 
 Flow of one round (``s`` = site, ``c`` = coordinator):
 
