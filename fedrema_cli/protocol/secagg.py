@@ -36,7 +36,6 @@ from crypto.secagg import (
     encode_update,
     finalize,
     load_client_state,
-    route_ciphertexts,
     start_round,
 )
 from crypto.secagg import fix_key_roster as _fix_key_roster
@@ -214,6 +213,28 @@ def read_shares(fed: Federation, r: int, site: str, *, to: int | None = None) ->
         {v: art.attachments[name] for v, name in wanted.items()},
         unb64(body.commitment, what=f"{site}'s commitment"),
     )
+
+
+def _inbox(fed: Federation, r: int, senders: list[str], me: int) -> dict[int, bytes]:
+    """The key-share ciphertexts addressed to party ``me``, one per sender in U2.
+
+    Each is read without the sender's signed envelope: it is AES-GCM under a key only the
+    sender and ``me`` can derive (X25519 of the keys in the verified key roster, each signed
+    by its site), with the session id and both parties in its associated data, so anything
+    else in its place fails decryption and the site aborts the round, as it would on a bad
+    signature. The envelope's commitment is for the coordinator, not the recipient. Shares
+    written in the single-file layout are read through the envelope as before.
+    """
+    inbox = {}
+    for s in senders:
+        ct = fed.read_self_authenticating("shares", r, f"to-{me}.bin", site=s)
+        if ct is None:
+            msg = read_shares(fed, r, s, to=me)
+            if me not in msg.ciphertexts:
+                raise IntegrityError(f"round {r}: {s}'s key shares hold none for this site")
+            ct = msg.ciphertexts[me]
+        inbox[_index(fed, s, r)] = ct
+    return inbox
 
 
 _MESSAGES: dict[str, tuple[type, str]] = {
@@ -607,7 +628,7 @@ def _submit_masked(site: SiteRound, r: int, secrets: _Secrets, actions: Actions)
         rng=np.random.default_rng(int.from_bytes(os.urandom(16), "big")),
     )
     senders = [s for s in _names(fed, roster.participants, r) if s != site.name]
-    inbox = route_ciphertexts(roster, [read_shares(fed, r, s, to=me) for s in senders], me)
+    inbox = _inbox(fed, r, senders, me)
     step = secrets.client.handle(roster, inbox=inbox, x=x)
     if r < site.last and step[1] is not None:
         advertise(fed, site.state, r + 1)  # keys for the next round travel with this update

@@ -442,6 +442,18 @@ class Federation:
         self._verified.add(base)
         return art
 
+    def read_self_authenticating(
+        self, kind: str, r: int, name: str, *, site: str | None = None
+    ) -> bytes | None:
+        """One attachment of an artifact, read without its signed envelope (None if absent).
+
+        Only for bytes whose content proves who made them (an AEAD ciphertext under a key
+        derived from signed public keys, with the round's session in its associated data):
+        anything else placed there fails that check, as a forged envelope would fail here.
+        """
+        base, _ = self._base(kind, r, site)
+        return self.ws.read_self_authenticating(base, name)
+
     def exists(self, kind: str, r: int, *, site: str | None = None) -> bool:
         """Whether a *verified* artifact of this kind is there.
 
