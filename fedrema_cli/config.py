@@ -80,10 +80,13 @@ class SecAggConfig(_Frozen):
     ``2**frac_bits`` and summed mod ``2**modulus_bits``; the headroom rule
     ``n * max_weight * clip * 2**frac_bits < 2**(modulus_bits - 1)`` is checked at approval.
     ``modulus_bits="auto"`` (the default) derives the width from this signed config and the
-    signed roster's n (`crypto.secagg.choose_width`): 2^32, half the bytes per masked
-    coordinate, with the finest ``frac_bits`` the rule allows when that is at least
-    ``min_frac_bits``; else 2^64 with ``frac_bits``. 32 or 64 fix the width (and
-    ``frac_bits``) by hand, as federations made before "auto" do.
+    signed roster's n (`crypto.secagg.choose_width`): the narrowest of 2^24 (3 bytes per
+    masked coordinate) and 2^32 (4 bytes) where the finest ``frac_bits`` the rule allows is
+    at least ``min_frac_bits``; else 2^64 (8 bytes) with ``frac_bits``. 24 or 32 fix the
+    width, with the finest ``frac_bits`` up to ``frac_bits`` the rule allows at it; 64 fixes
+    it with ``frac_bits``, as federations made before "auto" do. 2^24 needs tight public
+    bounds: ``max_weight`` (the most records any site trains on) and ``clip`` (per
+    coordinate of the update).
 
     ``consistency_check``: Bonawitz et al.'s round 3 for an actively malicious coordinator:
     before revealing anything, each survivor signs the survivor set it was shown and waits
@@ -95,7 +98,7 @@ class SecAggConfig(_Frozen):
     enabled: bool = True
     consistency_check: bool = False
     threshold: int | None = Field(default=None, ge=2)
-    modulus_bits: Literal["auto", 32, 64] = "auto"
+    modulus_bits: Literal["auto", 24, 32, 64] = "auto"
     frac_bits: int = Field(default=24, ge=4, le=40)
     min_frac_bits: int = Field(default=MIN_FRAC_BITS, ge=1, le=30)
     clip: float = Field(default=64.0, gt=0)
@@ -315,7 +318,9 @@ def make_config(
     max_grad_norm: float = 1.0,
     accountant: str = "rdp",
     method_options: dict[str, Any] | None = None,
-    modulus_bits: Literal["auto", 32, 64] = "auto",
+    modulus_bits: Literal["auto", 24, 32, 64] = "auto",
+    secagg_clip: float | None = None,
+    max_weight: int | None = None,
     broadcast: Literal["float32", "float16"] = "float16",
 ) -> dict[str, Any]:
     """A federation config (without the coordinator's keys) from the usual choices.
@@ -354,6 +359,8 @@ def make_config(
             threshold=threshold,
             consistency_check=consistency_check,
             modulus_bits=modulus_bits,
+            **({} if secagg_clip is None else {"clip": secagg_clip}),
+            **({} if max_weight is None else {"max_weight": max_weight}),
         ).model_dump(mode="json"),
         "round": RoundConfig(timeout_seconds=timeout_seconds).model_dump(mode="json"),
         "method_options": dict(method_options or {}),

@@ -1,6 +1,6 @@
 """HAZMAT: fixed-point encoding of float vectors into Z_{2^k} for secure aggregation.
 
-SecAgg sums integers mod M = 2^k (k = 32 or 64), so each site maps its float update to
+SecAgg sums integers mod M = 2^k (k = 24, 32 or 64), so each site maps its float update to
 integers first: clip to [-C, C], scale by 2^f, round *stochastically* (round up with
 probability equal to the fractional part, so E[q] = x * 2^f exactly: unbiased, unlike
 round-to-nearest), and store negatives in two's complement mod M. Decoding the sum reads it
@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from crypto.errors import HeadroomError, ParameterError
-from crypto.hazmat.prg import UIntArray, uint_dtype
+from crypto.hazmat.prg import UIntArray, reduce, uint_dtype
 
 __all__ = ["check_headroom", "decode", "encode", "largest_frac_bits"]
 
@@ -112,7 +112,7 @@ def encode(
     scaled = np.clip(x, -clip, clip) * float(2**frac_bits)  # exact: a power-of-two scale
     low = np.floor(scaled)
     rounded = low + (rng.random(scaled.shape) < (scaled - low))
-    return rounded.astype(np.int64).astype(dtype)
+    return reduce(rounded.astype(np.int64).astype(dtype), modulus_bits)
 
 
 def decode(total: UIntArray, *, frac_bits: int, modulus_bits: int) -> FloatArray:
@@ -126,5 +126,9 @@ def decode(total: UIntArray, *, frac_bits: int, modulus_bits: int) -> FloatArray
     arr = np.asarray(total)
     if arr.dtype != dtype:
         raise ParameterError(f"expected a {dtype} array")
-    signed = arr.view(np.int32 if modulus_bits == 32 else np.int64)
+    if modulus_bits == 24:  # sign-extend the low 24 bits of each uint32
+        low = np.bitwise_and(arr.astype(np.int64), (1 << 24) - 1)
+        signed = np.bitwise_xor(low, 1 << 23) - (1 << 23)
+    else:
+        signed = arr.view(np.int32 if modulus_bits == 32 else np.int64)
     return signed.astype(np.float64) / float(2**frac_bits)

@@ -6,8 +6,11 @@ every key is used for exactly one vector: keys come from :func:`crypto.hazmat.kd
 bound to (session, purpose, pair), and a fresh session exists per round. Never call
 :func:`mask` twice with the same key for different purposes.
 
-Because the modulus is a power of two (2^32 or 2^64), raw keystream words are already
+Because the modulus is a power of two (2^24, 2^32 or 2^64), raw keystream words are already
 uniform: no rejection sampling is needed (contrast Flower's 32-bit-seeded Mersenne Twister).
+A 2^24 ring is held in 32-bit words: a mask word is the low 24 bits of a 32-bit keystream
+word (uniform mod 2^24, because 2^24 divides 2^32), and since 2^24 divides 2^32, sums taken
+mod 2^32 and then :func:`reduce` d are the sums mod 2^24.
 The keystream is produced in cache-sized chunks straight into the output array, which keeps
 the throughput close to ``openssl speed -evp aes-256-ctr``.
 
@@ -26,7 +29,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from crypto.errors import ParameterError
 
-__all__ = ["CHUNK_BYTES", "MaskStream", "UIntArray", "mask", "uint_dtype"]
+__all__ = ["CHUNK_BYTES", "MaskStream", "UIntArray", "mask", "reduce", "uint_dtype"]
 
 #: An unsigned-integer numpy array (uint32 or uint64).
 UIntArray = npt.NDArray[np.unsignedinteger[Any]]
@@ -38,12 +41,25 @@ _ZERO_IV = bytes(16)
 
 
 def uint_dtype(modulus_bits: int) -> np.dtype[Any]:
-    """The little-endian unsigned dtype for arithmetic mod ``2**modulus_bits`` (32 or 64)."""
-    if modulus_bits == 32:
+    """The little-endian unsigned dtype holding words mod ``2**modulus_bits`` (24, 32 or 64;
+    a 24-bit word lives in a uint32 whose top byte is zero)."""
+    if modulus_bits in (24, 32):
         return np.dtype("<u4")
     if modulus_bits == 64:
         return np.dtype("<u8")
-    raise ParameterError("modulus_bits must be 32 or 64")
+    raise ParameterError("modulus_bits must be 24, 32 or 64")
+
+
+def reduce(words: UIntArray, modulus_bits: int) -> UIntArray:
+    """Reduce words mod ``2**modulus_bits`` in place (a no-op unless the ring is narrower
+    than its dtype, i.e. 2^24 in uint32), and return them.
+
+    >>> reduce(np.array([0x12345678], dtype=np.uint32), 24).tolist() == [0x345678]
+    True
+    """
+    if modulus_bits < words.dtype.itemsize * 8:
+        np.bitwise_and(words, words.dtype.type((1 << modulus_bits) - 1), out=words)
+    return words
 
 
 class MaskStream:
@@ -58,12 +74,13 @@ class MaskStream:
     [2025887196, 2307473570]
     """
 
-    __slots__ = ("_encryptor", "dtype")
+    __slots__ = ("_encryptor", "dtype", "modulus_bits")
 
     def __init__(self, key: bytes, modulus_bits: int) -> None:
         if len(key) != 32:
             raise ParameterError("mask key must be 32 bytes")
         self.dtype = uint_dtype(modulus_bits)
+        self.modulus_bits = modulus_bits
         self._encryptor = Cipher(algorithms.AES(key), modes.CTR(_ZERO_IV)).encryptor()
 
     def fill(self, out: UIntArray) -> UIntArray:
@@ -76,7 +93,7 @@ class MaskStream:
             size = min(CHUNK_BYTES, total - offset)
             source = _ZEROS if size == CHUNK_BYTES else _ZEROS[:size]
             self._encryptor.update_into(source, view[offset : offset + size])
-        return out
+        return reduce(out, self.modulus_bits)
 
     def take(self, count: int) -> UIntArray:
         """The next ``count`` words as a new array."""
@@ -89,7 +106,8 @@ def mask(key: bytes, dim: int, modulus_bits: int, *, out: UIntArray | None = Non
     """Return ``dim`` uniform words mod ``2**modulus_bits``: AES-256-CTR(key, IV=0) of zeros.
 
     Word ``i`` is bytes ``[i*w, (i+1)*w)`` of the keystream read little-endian (``w`` = 4 or
-    8), so the output equals ``openssl enc -aes-256-ctr -K <key> -iv 00..00`` over zero bytes.
+    8; for 2^24 its low 24 bits), so the output equals ``openssl enc -aes-256-ctr -K <key>
+    -iv 00..00`` over zero bytes.
     Pass ``out`` (a C-contiguous array of the right dtype and length) to reuse a buffer
     across masks instead of allocating one each time.
 

@@ -137,6 +137,7 @@ def apply_masks(
                 np.add(part, piece, out=part)
             else:
                 np.subtract(part, piece, out=part)
+    prg.reduce(acc, modulus_bits)  # sums mod 2^32 reduce to sums mod 2^24
 
 
 def self_mask(

@@ -297,7 +297,7 @@ class AwaitingMaskingRoster(_State):
         state = AwaitingUnmaskRequest(
             ctx, u, participants=u2, b_shares=b_shares, sk_shares=sk_shares
         )
-        return state, MaskedInput(u, ctx.round, y)
+        return state, MaskedInput(u, ctx.round, y, params.modulus_bits)
 
     def _fields(self) -> dict[str, Any]:
         return {

@@ -4,9 +4,10 @@ Each message is a frozen dataclass with ``to_bytes()`` / ``from_bytes()``. The e
 canonical JSON carrying the suite marker and the message type, with bytes in base64;
 :class:`MaskedInput` appends its vector as raw little-endian words after a newline
 (``header JSON || b"\\n" || payload``), so a 10^6-coordinate vector costs one copy, not a
-JSON array. ``from_bytes`` raises :class:`~crypto.errors.MalformedMessage` on anything that
-is not exactly a canonical encoding of a well-formed message; constructors check shapes
-(types, lengths, ordering) and leave protocol semantics to the client and server.
+JSON array; words of a 2^24 ring travel as 3 bytes each (``"dtype": "uint24"``).
+``from_bytes`` raises :class:`~crypto.errors.MalformedMessage` on anything that is not
+exactly a canonical encoding of a well-formed message; constructors check shapes (types,
+lengths, ordering) and leave protocol semantics to the client and server.
 
 Flow of one round (``s`` = site, ``c`` = coordinator):
 
@@ -62,6 +63,21 @@ __all__ = [
 PUBLIC_KEY_LEN = 32
 COMMITMENT_LEN = 32
 _DTYPES: dict[str, np.dtype[Any]] = {"uint32": np.dtype("<u4"), "uint64": np.dtype("<u8")}
+#: Wire name of a 2^24 ring's words: each uint32 word's low 3 bytes, little-endian.
+_UINT24 = "uint24"
+
+
+def _pack24(words: UIntArray) -> bytes:
+    """The low 3 bytes of each little-endian uint32 word, concatenated (one copy)."""
+    return np.ascontiguousarray(words, dtype="<u4").view(np.uint8).reshape(-1, 4)[:, :3].tobytes()
+
+
+def _unpack24(payload: memoryview, length: int) -> UIntArray:
+    """Inverse of :func:`_pack24`: ``length`` uint32 words below 2^24."""
+    out = np.zeros((length, 4), dtype=np.uint8)
+    out[:, :3] = np.frombuffer(payload, dtype=np.uint8).reshape(length, 3)
+    return out.view("<u4").reshape(length)
+
 
 M = TypeVar("M", bound="Message")
 
@@ -301,15 +317,19 @@ class MaskingRoster(Message):
 
 @dataclass(frozen=True, eq=False)
 class MaskedInput(Message):
-    """R2 MaskedInputCollection: the masked vector y_u (uint32 or uint64, 1-D).
+    """R2 MaskedInputCollection: the masked vector y_u (uint32 or uint64, 1-D), words mod
+    2^``modulus_bits`` (default: the dtype's width; 24 for a uint32 vector whose words are
+    all below 2^24, which travel packed in 3 bytes each).
 
-    ``from_bytes`` returns a read-only array backed by the input bytes (no copy).
+    ``from_bytes`` returns a read-only array backed by the input bytes (no copy), except for
+    24-bit words, which are unpacked into a new uint32 array.
     """
 
     TYPE: ClassVar[str] = "MaskedInput"
     party: int
     round: int
     vector: UIntArray
+    modulus_bits: int = 0
 
     def __post_init__(self) -> None:
         _check_party(self.TYPE, self.party)
@@ -317,12 +337,20 @@ class MaskedInput(Message):
         v = self.vector
         if not isinstance(v, np.ndarray) or v.ndim != 1 or v.dtype not in _DTYPES.values():
             raise _fail(self.TYPE, "vector must be a 1-D uint32 or uint64 array", self.party)
+        if self.modulus_bits == 0:
+            object.__setattr__(self, "modulus_bits", v.dtype.itemsize * 8)
+        if self.modulus_bits == 24:
+            if v.dtype != _DTYPES["uint32"] or (v.size and int(v.max()) >= 1 << 24):
+                raise _fail(self.TYPE, "24-bit words must be uint32 values below 2^24", self.party)
+        elif self.modulus_bits != v.dtype.itemsize * 8:
+            raise _fail(self.TYPE, "modulus_bits does not match the vector's dtype", self.party)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, MaskedInput):
             return NotImplemented
         return (
-            (self.party, self.round) == (other.party, other.round)
+            (self.party, self.round, self.modulus_bits)
+            == (other.party, other.round, other.modulus_bits)
             and self.vector.dtype == other.vector.dtype
             and np.array_equal(self.vector, other.vector)
         )
@@ -330,6 +358,8 @@ class MaskedInput(Message):
     __hash__ = None  # type: ignore[assignment]
 
     def _dtype_name(self) -> str:
+        if self.modulus_bits == 24:
+            return _UINT24
         return next(k for k, d in _DTYPES.items() if d == self.vector.dtype)
 
     def _body(self) -> dict[str, Any]:
@@ -342,8 +372,12 @@ class MaskedInput(Message):
 
     def to_bytes(self) -> bytes:
         """``canonical JSON header || b"\\n" || little-endian words``, built in one copy."""
-        words = np.ascontiguousarray(self.vector, dtype=_DTYPES[self._dtype_name()])
-        return b"".join((canonical_json(self._header()), b"\n", words.data.cast("B")))
+        name = self._dtype_name()
+        if name == _UINT24:
+            payload: Any = _pack24(self.vector)
+        else:
+            payload = np.ascontiguousarray(self.vector, dtype=_DTYPES[name]).data.cast("B")
+        return b"".join((canonical_json(self._header()), b"\n", payload))
 
     @classmethod
     def from_bytes(cls, data: bytes) -> MaskedInput:
@@ -357,15 +391,17 @@ class MaskedInput(Message):
         party = r.int_("party", lo=1, hi=MAX_PARTY)
         round_ = r.int_("round")
         dtype_name = r.str_("dtype")
-        if dtype_name not in _DTYPES:
-            r.fail("dtype must be uint32 or uint64")
-        dtype = _DTYPES[dtype_name]
+        if dtype_name not in (*_DTYPES, _UINT24):
+            r.fail("dtype must be uint24, uint32 or uint64")
+        itemsize = 3 if dtype_name == _UINT24 else _DTYPES[dtype_name].itemsize
         length = r.int_("length", hi=2**31)
         r.done()
         payload = memoryview(data)[cut + 1 :]
-        if len(payload) != length * dtype.itemsize:
+        if len(payload) != length * itemsize:
             raise _fail(cls.TYPE, "payload length does not match the header", party)
-        return cls(party, round_, np.frombuffer(payload, dtype=dtype))
+        if dtype_name == _UINT24:
+            return cls(party, round_, _unpack24(payload, length), 24)
+        return cls(party, round_, np.frombuffer(payload, dtype=_DTYPES[dtype_name]))
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,8 @@ class SecAggParams:
     Attributes:
         threshold: t, the Shamir threshold and the minimum number of parties at every stage
             (Bonawitz et al. 2017 §4). At least 2.
-        modulus_bits: k; inputs and masks live in Z_{2^k}, k in {32, 64}.
+        modulus_bits: k; inputs and masks live in Z_{2^k}, k in {24, 32, 64} (24-bit words
+            are held in uint32 and packed into 3 bytes on the wire).
         dim: length of the masked vector. With :func:`crypto.secagg.encode_update` the last
             coordinate is the sample weight, so a model with m parameters uses ``dim = m + 1``.
         frac_bits: f, the fixed-point scale 2^f.
@@ -67,7 +68,7 @@ class SecAggParams:
         if not (_is_int(self.threshold) and 2 <= self.threshold <= MAX_PARTY):
             raise ParameterError("threshold must be an integer >= 2")
         if not (_is_int(self.modulus_bits)):
-            raise ParameterError("modulus_bits must be 32 or 64")
+            raise ParameterError("modulus_bits must be 24, 32 or 64")
         uint_dtype(self.modulus_bits)
         if not (_is_int(self.dim) and 1 <= self.dim <= 2**31):
             raise ParameterError("dim must be a positive integer")
@@ -83,7 +84,7 @@ class SecAggParams:
 
     @property
     def dtype(self) -> np.dtype[Any]:
-        """The unsigned dtype of inputs, masks and sums (``<u4`` or ``<u8``)."""
+        """The unsigned dtype of inputs, masks and sums (``<u4`` for 24 and 32 bits, ``<u8``)."""
         return uint_dtype(self.modulus_bits)
 
     def to_json(self) -> dict[str, Any]:
@@ -105,7 +106,7 @@ class SecAggParams:
         try:
             params = cls(
                 threshold=r.int_("threshold", lo=2, hi=MAX_PARTY),
-                modulus_bits=r.int_("modulus_bits", lo=32, hi=64),
+                modulus_bits=r.int_("modulus_bits", lo=24, hi=64),
                 dim=r.int_("dim", lo=1, hi=2**31),
                 frac_bits=r.int_("frac_bits", hi=63),
                 clip=r.float_("clip"),

@@ -27,24 +27,35 @@ ENCODE_CHUNK = 1 << 16
 
 
 def choose_width(
-    n_parties: int, clip: float, max_weight: float, *, min_frac_bits: int, frac_bits_64: int
+    n_parties: int,
+    clip: float,
+    max_weight: float,
+    *,
+    min_frac_bits: int,
+    frac_bits_64: int,
+    widths: tuple[int, ...] = (24, 32),
 ) -> tuple[int, int]:
-    """(modulus_bits, frac_bits) for n parties: 2^32 with the finest f the headroom rule
-    ``n * W * max(C, 1) * 2^f < 2^31`` allows, if that f is at least ``min_frac_bits``;
-    otherwise 2^64 with ``frac_bits_64``. Half the bytes per masked coordinate whenever the
-    precision floor holds; a pure function of public, signed values, so every party agrees.
+    """(modulus_bits, frac_bits) for n parties: the narrowest of ``widths`` (2^24, then 2^32)
+    whose finest f under the headroom rule ``n * W * max(C, 1) * 2^f < 2^(k-1)`` is at least
+    ``min_frac_bits``; otherwise 2^64 with ``frac_bits_64``. A 2^24 word costs 3 bytes on the
+    wire, a 2^32 word 4, a 2^64 word 8; a pure function of public, signed values, so every
+    party agrees.
 
-    A decoded sum of n sites is within n * 2^-f of the exact sum of clipped, weighted
-    values, so the weighted mean is within n * 2^-f / (sum of weights).
+    Precision depends on f alone, not on the width: a decoded sum of n sites is within
+    n * 2^-f of the exact sum of clipped, weighted values, so the weighted mean is within
+    n * 2^-f / (sum of weights). The width only bounds how large f can be.
 
     >>> choose_width(4, 64.0, 100_000, min_frac_bits=4, frac_bits_64=24)
     (32, 6)
     >>> choose_width(4, 64.0, 100_000, min_frac_bits=8, frac_bits_64=24)
     (64, 24)
+    >>> choose_width(10, 1.0, 4096, min_frac_bits=4, frac_bits_64=24)
+    (24, 7)
     """
-    f = fixed_point.largest_frac_bits(n_parties, max(clip, 1.0), 32, max_weight)
-    if f is not None and f >= min_frac_bits:
-        return 32, f
+    for bits in widths:
+        f = fixed_point.largest_frac_bits(n_parties, max(clip, 1.0), bits, max_weight)
+        if f is not None and f >= min_frac_bits:
+            return bits, f
     fixed_point.check_headroom(n_parties, max(clip, 1.0), frac_bits_64, 64, max_weight)
     return 64, frac_bits_64
 

@@ -172,9 +172,15 @@ def _check_masked_input(ctx: RoundContext, masking_roster: MaskingRoster, m: Mas
     """Refuse a masked input of the wrong type, round, author, dtype or length."""
     _by_party([m], MaskedInput, ctx.round, masking_roster.participants)
     params = ctx.params
-    if m.vector.dtype != params.dtype or m.vector.shape != (params.dim,):
+    if (
+        m.vector.dtype != params.dtype
+        or m.vector.shape != (params.dim,)
+        or m.modulus_bits != params.modulus_bits
+    ):
         raise MalformedMessage(
-            f"masked input of party {m.party} is not {params.dtype}[{params.dim}]", party=m.party
+            f"masked input of party {m.party} is not {params.modulus_bits}-bit words "
+            f"[{params.dim}]",
+            party=m.party,
         )
 
 

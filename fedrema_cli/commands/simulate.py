@@ -90,11 +90,23 @@ def simulate(
         str,
         typer.Option(
             "--secagg-bits",
-            help="Width of the masked sum: auto (2^32 when the headroom rule allows, else "
-            "2^64), 32 or 64 (64: every round before 'auto', for comparing bytes).",
+            help="Width of the masked sum: auto (2^24 or else 2^32 when the headroom rule "
+            "allows, else 2^64), 24, 32 or 64 (64: every round before 'auto', for comparing "
+            "bytes).",
             rich_help_panel="Secure aggregation",
         ),
     ] = "auto",
+    secagg_bounds: Annotated[
+        str,
+        typer.Option(
+            "--secagg-bounds",
+            help="The public bounds the headroom rule uses: data (max_weight = the smallest "
+            "power of two >= the largest site's training records, clip = 4 per coordinate "
+            "of the update) or config (the config defaults: 100,000 and 64, as `fedrema "
+            "init` writes them; for comparing bytes).",
+            rich_help_panel="Secure aggregation",
+        ),
+    ] = "data",
     broadcast: Annotated[
         str,
         typer.Option(
@@ -164,6 +176,7 @@ def simulate(
             method_options=parse_method_options(m, option) if option else {},
             drops=drops,
             secagg_bits=secagg_bits,
+            secagg_bounds=secagg_bounds,
             broadcast=broadcast,
             validation=validation,
             workdir=(workdir / m) if workdir and len(methods) > 1 else workdir,

@@ -32,11 +32,13 @@ class KeyAdvertBody(Body):
 
 
 class KeyRosterBody(Body):
-    """U1(r): the sites whose key adverts the round uses."""
+    """U1(r): the sites whose key adverts the round uses, and each advert's signature by its
+    site (so a site checks every peer's keys without downloading every advert)."""
 
     parties: tuple[str, ...]
     roster: str
     opened_at: str
+    advert_signatures: dict[str, str] | None = None  # None: written before they were carried
 
 
 class MaskingRosterBody(Body):

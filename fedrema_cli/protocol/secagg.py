@@ -36,7 +36,6 @@ from crypto.secagg import (
     encode_update,
     finalize,
     load_client_state,
-    route_ciphertexts,
     start_round,
 )
 from crypto.secagg import fix_key_roster as _fix_key_roster
@@ -74,15 +73,30 @@ def _dim(config: FederationConfig) -> int:
 
 
 def width(config: FederationConfig, n_sites: int) -> tuple[int, int]:
-    """(modulus_bits, frac_bits) of the masked sum: fixed in the config, or derived from it and
-    the roster's size alone ("auto"), so every party computes the same."""
+    """(modulus_bits, frac_bits) of the masked sum, from the signed config and the roster's
+    size alone, so every party computes the same: "auto" takes the narrowest width the
+    headroom rule allows above the precision floor; a fixed 24 or 32 takes the finest
+    ``frac_bits`` (at most the configured one) that fits it; 64 takes ``frac_bits``."""
     c = config.secagg
-    if c.modulus_bits != "auto":
-        return c.modulus_bits, c.frac_bits
+    widths = (24, 32) if c.modulus_bits == "auto" else (c.modulus_bits,)
     try:
-        return choose_width(
-            n_sites, c.clip, c.max_weight, min_frac_bits=c.min_frac_bits, frac_bits_64=c.frac_bits
+        if c.modulus_bits == 64:
+            return 64, c.frac_bits
+        bits, f = choose_width(
+            n_sites,
+            c.clip,
+            c.max_weight,
+            min_frac_bits=c.min_frac_bits,
+            frac_bits_64=c.frac_bits,
+            widths=widths,
         )
+        if c.modulus_bits != "auto" and bits != c.modulus_bits:
+            raise ConfigError(
+                f"secure-aggregation parameters do not fit {c.modulus_bits}-bit words for "
+                f"{n_sites} sites with at least {c.min_frac_bits} fractional bits",
+                hint="use secagg.modulus_bits auto or 64, or lower clip or max_weight",
+            )
+        return (bits, f) if c.modulus_bits == "auto" else (bits, min(f, c.frac_bits))
     except SecAggError as e:
         raise ConfigError(
             f"secure-aggregation parameters do not work for {n_sites} sites: {e}"
@@ -201,6 +215,28 @@ def read_shares(fed: Federation, r: int, site: str, *, to: int | None = None) ->
     )
 
 
+def _inbox(fed: Federation, r: int, senders: list[str], me: int) -> dict[int, bytes]:
+    """The key-share ciphertexts addressed to party ``me``, one per sender in U2.
+
+    Each is read without the sender's signed envelope: it is AES-GCM under a key only the
+    sender and ``me`` can derive (X25519 of the keys in the verified key roster, each signed
+    by its site), with the session id and both parties in its associated data, so anything
+    else in its place fails decryption and the site aborts the round, as it would on a bad
+    signature. The envelope's commitment is for the coordinator, not the recipient. Shares
+    written in the single-file layout are read through the envelope as before.
+    """
+    inbox = {}
+    for s in senders:
+        ct = fed.read_self_authenticating("shares", r, f"to-{me}.bin", site=s)
+        if ct is None:
+            msg = read_shares(fed, r, s, to=me)
+            if me not in msg.ciphertexts:
+                raise IntegrityError(f"round {r}: {s}'s key shares hold none for this site")
+            ct = msg.ciphertexts[me]
+        inbox[_index(fed, s, r)] = ct
+    return inbox
+
+
 _MESSAGES: dict[str, tuple[type, str]] = {
     "submission": (MaskedInput, MASKED),
     "reveal": (UnmaskShares, MSG),
@@ -274,16 +310,37 @@ def verified_key_roster(fed: Federation, r: int) -> KeyRoster:
     other sites only, one that did) and so receive every site's Shamir shares of b_u and
     s_u^SK for that party: with t such parties it unmasks individual updates (the
     signed-advert requirement of Bonawitz et al. 2017's actively secure variant).
+
+    The key roster carries each advert's signature by its site: the site rebuilds the
+    advert's envelope from the roster's keys and checks that signature with the peer's
+    enrolled key, the same check as reading the advert file, without downloading n - 1
+    of them. A roster written without signatures is checked against the advert files.
     """
     roster = key_roster(fed, r)
+    signed = messages.read(fed, "key-roster", r, messages.KeyRosterBody).advert_signatures
+    signatures = signed or {}
     for advert in roster.adverts:
         name = fed.roster_for(r).by_index(advert.party).name
-        if not fed.exists("key-advert", r, site=name) or _advert(fed, r, name) != advert:
-            raise IntegrityError(
-                f"round {r}: the key roster carries keys for {name} that {name} did not sign; "
-                "no key shares are sent"
-            )
+        if name in signatures:  # the advert's own signature, carried: the same check, no download
+            try:
+                fed.verify_detached(
+                    "key-advert", r, _advert_body(advert), signatures[name], site=name
+                )
+                continue
+            except IntegrityError:
+                pass
+        elif fed.exists("key-advert", r, site=name) and _advert(fed, r, name) == advert:
+            continue
+        raise IntegrityError(
+            f"round {r}: the key roster carries keys for {name} that {name} did not sign; "
+            "no key shares are sent"
+        )
     return roster
+
+
+def _advert_body(advert: KeyAdvert) -> dict[str, Any]:
+    """The body of the key-advert artifact a site signs for this advert (deterministic)."""
+    return {"round": advert.round, "advert": b64(advert.to_bytes())}
 
 
 def _read_all(fed: Federation, kind: str, r: int, sites: list[str]) -> list[Any]:
@@ -305,7 +362,16 @@ def fix_key_roster(
         advertised,
         lambda sites: _fix_key_roster(_ctx(fed, r), _read_all(fed, "key-advert", r, sites)),
     )
-    body = {"round": r, "parties": _names(fed, roster.parties, r), "roster": b64(roster.to_bytes())}
+    names = _names(fed, roster.parties, r)
+    body = {
+        "round": r,
+        "parties": names,
+        "roster": b64(roster.to_bytes()),
+        # each site's signature of its advert: peers check them without downloading adverts
+        "advert_signatures": {
+            s: fed.get("key-advert", r, site=s).envelope.signature for s in names
+        },
+    }
     return body, rejected
 
 
@@ -477,7 +543,7 @@ def advertise(fed: Federation, state: PartyState, r: int) -> None:
     secrets = _Secrets(state, r)
     if secrets.client is None:
         client, advert = start_round(_ctx(fed, r), _index(fed, fed.me, r), rng=os.urandom)
-        secrets.save(client, "key-advert", {"round": r, "advert": b64(advert.to_bytes())})
+        secrets.save(client, "key-advert", _advert_body(advert))
     secrets.flush(fed)
 
 
@@ -592,7 +658,7 @@ def _submit_masked(site: SiteRound, r: int, secrets: _Secrets, actions: Actions)
         rng=np.random.default_rng(int.from_bytes(os.urandom(16), "big")),
     )
     senders = [s for s in _names(fed, roster.participants, r) if s != site.name]
-    inbox = route_ciphertexts(roster, [read_shares(fed, r, s, to=me) for s in senders], me)
+    inbox = _inbox(fed, r, senders, me)
     step = secrets.client.handle(roster, inbox=inbox, x=x)
     if r < site.last and step[1] is not None:
         advertise(fed, site.state, r + 1)  # keys for the next round travel with this update

@@ -11,7 +11,6 @@ files are refused before their content is used.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +30,7 @@ def sha256(data: bytes) -> str:
 class Envelope:
     header: dict[str, Any]
     body: dict[str, Any]
+    signature: str = ""  # base64 Ed25519 over the canonical header and body
 
     @property
     def attachments(self) -> dict[str, str]:
@@ -47,7 +47,18 @@ def seal(
     identity: Identity,
     attachments: Mapping[str, bytes] | None = None,
 ) -> bytes:
-    header = {
+    header = _header(kind, federation, round, author, attachments)
+    signed = {"header": header, "body": dict(body)}
+    signature = identity.sign(canonical_json(signed))
+    # One line, no indentation: the signature covers the canonical JSON, not the layout,
+    # and a pretty-printed envelope costs 8-20% more bytes on the wire (`jq .` shows it).
+    return canonical_json({**signed, "signature": b64(signature)}) + b"\n"
+
+
+def _header(
+    kind: str, federation: str, round: int, author: str, attachments: Mapping[str, bytes] | None
+) -> dict[str, Any]:
+    return {
         "format": FORMAT,
         "kind": kind,
         "federation": federation,
@@ -55,13 +66,27 @@ def seal(
         "author": author,
         "attachments": {name: sha256(data) for name, data in (attachments or {}).items()},
     }
-    signed = {"header": header, "body": dict(body)}
-    signature = identity.sign(canonical_json(signed))
-    return (
-        json.dumps(
-            {**signed, "signature": b64(signature)}, sort_keys=True, indent=1, allow_nan=False
-        ).encode("utf-8")
-        + b"\n"
+
+
+def verify_detached(
+    signature: str,
+    *,
+    kind: str,
+    federation: str,
+    round: int,
+    author: str,
+    body: Mapping[str, Any],
+    key: PublicIdentity,
+    where: str,
+) -> None:
+    """Raise IntegrityError unless ``signature`` is ``author``'s signature of the envelope
+    (no attachments) that :func:`seal` would write for this body: the check reading that
+    file makes, for a reader that can rebuild the body without downloading the file."""
+    signed = {"header": _header(kind, federation, round, author, None), "body": dict(body)}
+    key.verify(
+        unb64(signature, what=f"signature in {where}"),
+        canonical_json(signed),
+        who=f"{author} on {where}",
     )
 
 
@@ -110,7 +135,7 @@ def open_envelope(
                 f"{where} is a {field} {header.get(field)!r} file where {want!r} was expected "
                 "(replayed or misplaced)"
             )
-    return Envelope(header=header, body=body)
+    return Envelope(header=header, body=body, signature=signature)
 
 
 def check_attachment(envelope: Envelope, name: str, data: bytes, *, where: str) -> bytes:

@@ -23,6 +23,7 @@ from fedrema_cli.errors import (
     WriteOnceError,
 )
 from fedrema_cli.identity import Identity, PublicIdentity, fingerprint, unb64
+from fedrema_cli.store import envelope as env
 from fedrema_cli.store.envelope import sha256
 from fedrema_cli.store.workspace import COORDINATOR, Artifact, Workspace, round_path, site_author
 
@@ -441,6 +442,35 @@ class Federation:
         )
         self._verified.add(base)
         return art
+
+    def verify_detached(
+        self, kind: str, r: int, body: Mapping[str, Any], signature: str, *, site: str
+    ) -> None:
+        """Check ``signature`` as the one ``site``'s artifact of this kind and round with this
+        body would carry (IntegrityError if not), without reading the artifact."""
+        base, author = self._base(kind, r, site)
+        env.verify_detached(
+            signature,
+            kind=kind,
+            federation=self.id,
+            round=r,
+            author=author,
+            body=body,
+            key=self.key_for(author, r),
+            where=f"{base}.json (signature carried by another file)",
+        )
+
+    def read_self_authenticating(
+        self, kind: str, r: int, name: str, *, site: str | None = None
+    ) -> bytes | None:
+        """One attachment of an artifact, read without its signed envelope (None if absent).
+
+        Only for bytes whose content proves who made them (an AEAD ciphertext under a key
+        derived from signed public keys, with the round's session in its associated data):
+        anything else placed there fails that check, as a forged envelope would fail here.
+        """
+        base, _ = self._base(kind, r, site)
+        return self.ws.read_self_authenticating(base, name)
 
     def exists(self, kind: str, r: int, *, site: str | None = None) -> bool:
         """Whether a *verified* artifact of this kind is there.

@@ -164,6 +164,14 @@ class Workspace:
                 f"{base}.json lists attachment {name!r} but it is missing"
             ) from None
 
+    def read_self_authenticating(self, base: str, name: str) -> bytes | None:
+        """An attachment read without its envelope (None if absent): only for content that
+        authenticates itself, such as an AEAD ciphertext under a key from signed public keys,
+        where the envelope's signature would add nothing but its bytes on the wire."""
+        if not self.storage.exists(f"{base}.{name}"):
+            return None
+        return self.storage.read_bytes(f"{base}.{name}", max_bytes=self.max_bytes)
+
     def names(self, folder: str, suffix: str = ".json") -> list[str]:
         """Artifact names (without suffix) directly under a folder."""
         return [n[: -len(suffix)] for n in self.storage.list(folder) if n.endswith(suffix)]

@@ -127,3 +127,21 @@ def test_the_consistency_check_catches_a_coordinator_that_equivocates(
     assert sorted(set(snapshot(fed.workspace)) - set(before)) == [
         "rounds/0001/consistency/cleveland.json"
     ]
+
+
+def test_a_site_refuses_a_key_share_ciphertext_its_peer_did_not_encrypt(federation: Fed) -> None:
+    """A site reads the ciphertexts addressed to it without their senders' envelopes (their
+    AEAD authenticates them): one put in place by the coordinator or the storage, even a
+    real ciphertext of another pair, fails decryption, and the site sends no masked update."""
+    fed = federation
+    key_exchange(fed)
+    shares = fed.workspace / "rounds/0001/shares"
+    mine = shares / "hungary.to-4.bin"  # hungary -> va (party 4)
+    mine.chmod(0o644)
+    mine.write_bytes((shares / "hungary.to-3.bin").read_bytes())  # hungary -> switzerland
+    out = run("train-local", "-s", fed.site("va"))
+    assert out.exit_code == 0, out.stderr
+    out = run("submit", "-s", fed.site("va"))
+    assert out.exit_code != 0 and "aborted" in out.stderr and "Traceback" not in out.stderr
+    assert "shares from party 2 are invalid" in out.stderr
+    assert not (fed.workspace / "rounds/0001/submissions/va.json").exists()
