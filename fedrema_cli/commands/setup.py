@@ -190,6 +190,25 @@ def init(
             rich_help_panel="Secure aggregation",
         ),
     ] = 24 * 3600.0,
+    max_records: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="The most training records any site will have (public; default 100000). "
+            "A site with more cannot submit. A tight bound (e.g. 256) with a tight "
+            "--update-clip lets the masked sum use 3-byte words instead of 4.",
+            rich_help_panel="Secure aggregation",
+        ),
+    ] = None,
+    update_clip: Annotated[
+        float | None,
+        typer.Option(
+            min=1e-6,
+            help="Each coordinate of a masked update is clipped to ±this (public; default 64). "
+            "Model deltas of one round are far smaller (about 0.1 on the bundled data).",
+            rich_help_panel="Secure aggregation",
+        ),
+    ] = None,
     json_out: ui.JsonOpt = False,
 ) -> None:
     """Create a federation (coordinator), or join one (a site, with --site).
@@ -256,6 +275,8 @@ def init(
         secure_aggregation=not no_secure_aggregation,
         consistency_check=consistency_check,
         round_timeout=round_timeout,
+        max_records=max_records,
+        update_clip=update_clip,
     )
     if json_out:
         return ui.emit_json(out)

@@ -51,6 +51,8 @@ def create(
     secure_aggregation: bool,
     consistency_check: bool = False,
     round_timeout: float,
+    max_records: int | None = None,
+    update_clip: float | None = None,
 ) -> dict[str, Any]:
     schema, model = _task(preset, features, label, classes, hidden, feature_ranges)
     with checked_options():
@@ -72,6 +74,8 @@ def create(
             consistency_check=consistency_check,
             threshold=threshold,
             timeout_seconds=round_timeout,
+            max_weight=max_records,
+            secagg_clip=update_clip,
             epsilon=epsilon,
             delta=delta,
             max_grad_norm=max_grad_norm,

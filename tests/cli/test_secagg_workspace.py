@@ -225,3 +225,32 @@ def test_with_the_consistency_check_an_honest_round_completes(tmp_path: Path) ->
     assert sorted(p.name for p in (fed.workspace / "rounds/0001/consistency").iterdir()) == [
         f"{s}.json" for s in SITES
     ]
+
+
+def test_tight_public_bounds_at_init_give_3_byte_masked_words(tmp_path: Path) -> None:
+    """`init --max-records --update-clip` sign tight headroom bounds into the config, and the
+    masked sum then travels in 2^24 (3 bytes a coordinate) instead of 2^32."""
+    fed = make_federation(tmp_path, "--max-records", "256", "--update-clip", "4")
+    secagg = json.loads((fed.workspace / "federation.json").read_text())["body"]["secagg"]
+    assert (secagg["max_weight"], secagg["clip"], secagg["modulus_bits"]) == (256, 4.0, "auto")
+    run_rounds(fed, 1)
+    masked = MaskedInput.from_bytes(
+        (fed.workspace / "rounds" / "0001" / "submissions" / "va.masked.bin").read_bytes()
+    )
+    assert masked.modulus_bits == 24 and int(masked.vector.max()) < 1 << 24
+    # A hospital with more training records than the bound is refused before it writes.
+    small = make_federation(tmp_path / "small", "--max-records", "50", sites=(), approve=False)
+    joined = run(
+        "init",
+        "-w",
+        small.workspace,
+        "-s",
+        small.site("cleveland"),
+        "--site",
+        "cleveland",
+        "--train",
+        small.data("cleveland"),
+    )
+    assert joined.exit_code != 0 and "Traceback" not in joined.stderr
+    assert "199 training records" in joined.stderr and "--max-records" in joined.stderr
+    assert not small.site("cleveland").exists()

@@ -66,7 +66,14 @@ class Enrollment(SiteBase):
             )
         paths = _data_paths(train, test)
         # fails with file/line/column before anything is written
-        joined_with = _load_data(config, paths).train_fingerprint
+        loaded = _load_data(config, paths)
+        if config.secagg.enabled and len(loaded.y_train) > config.secagg.max_weight:
+            raise UsageError(
+                f"{train} holds {len(loaded.y_train):,} training records; this federation's "
+                f"secure aggregation admits at most {config.secagg.max_weight:,} per site",
+                hint="ask the coordinator to create the federation with a larger --max-records",
+            )
+        joined_with = loaded.train_fingerprint
         identity = state.create_identity()
         state.write_json(
             META,
