@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -374,3 +376,11 @@ def test_registry(tmp_path: Path) -> None:
     assert cancer.kind == "tabular" and cancer.sites == im.SITES and cancer.schema is im.SCHEMA
     with pytest.raises(UsageError, match="known: breast-cancer-imbalanced, heart-disease, label"):
         get_dataset("mnist")
+
+
+def test_cli_commands_start_without_sklearn() -> None:
+    """Every `init`/`approve` loads the dataset registry; sklearn (about a second per process
+    in the example scripts and the kill sweep) is imported only when a dataset is written."""
+    code = "import sys, fedrema_cli.roles.onboarding; print('sklearn' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -32,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import train_test_split
 
 from fedrema_cli.data.tables import FeatureRanges, TabularSchema
 from fedrema_cli.errors import DataError
@@ -153,6 +152,8 @@ def split_positions(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     binary = (np.asarray(labels) > 0).astype(np.int64)
     counts = np.unique(binary, return_counts=True)[1]
     stratify = binary if len(counts) > 1 and (counts > 2).all() else None
+    from sklearn.model_selection import train_test_split  # lazy: every command imports this module
+
     train, test = train_test_split(
         np.arange(n),
         test_size=1.0 - TRAIN_FRACTION,

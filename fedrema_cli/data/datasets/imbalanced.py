@@ -41,8 +41,6 @@ from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
-from sklearn.datasets import load_breast_cancer
-from sklearn.model_selection import train_test_split
 
 from fedrema_cli.data.tables import FeatureRanges, TabularSchema
 from fedrema_cli.learning.modelspec import ModelSpec
@@ -103,6 +101,8 @@ class SiteTables(NamedTuple):
 
 def load_table() -> pd.DataFrame:
     """The 569 records with our column names; the index is the row in scikit-learn's data."""
+    from sklearn.datasets import load_breast_cancer  # lazy: see heart_disease.py
+
     data = load_breast_cancer()
     frame = pd.DataFrame(data.data, columns=list(data.feature_names))
     table = frame[list(SOURCE_FEATURES)].rename(columns=SOURCE_FEATURES)
@@ -112,6 +112,8 @@ def load_table() -> pd.DataFrame:
 
 def make_sites(seed: int = 0) -> dict[str, SiteTables]:
     """Draw the five sites (same seed, same tables)."""
+    from sklearn.model_selection import train_test_split
+
     table = load_table()
     rng = np.random.default_rng(seed)
     benign = rng.permutation(np.flatnonzero(table[LABEL].to_numpy() == 0))

@@ -36,8 +36,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
 from fedrema_cli.data.tables import ImageSchema
 from fedrema_cli.learning.modelspec import ModelSpec
@@ -108,6 +106,8 @@ def class_budget(
 
 
 def _class_sizes() -> np.ndarray:
+    from sklearn.datasets import load_digits  # lazy: see heart_disease.py
+
     return np.bincount(load_digits().target, minlength=NUM_CLASSES)
 
 
@@ -147,6 +147,8 @@ class LabelSkewPartition:
 
 
 def _images() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
     digits = load_digits()
     x = (digits.images / 16.0 - 0.5) / 0.5
     return x[:, None, :, :].astype(np.float32), digits.target.astype(np.int64)
@@ -160,6 +162,8 @@ def make_partition(
     seed: int = 0,
 ) -> LabelSkewPartition:
     """Draw the partition; the same arguments always give the same arrays."""
+    from sklearn.model_selection import train_test_split
+
     if samples_per_site is None:
         samples_per_site = max_samples_per_site(n_sites, s)
     x, y = _images()
