@@ -6,6 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+import typer.testing
+
+from fedrema_cli.app import app
 from fedrema_cli.identity import Identity
 from fedrema_cli.store.workspace import Workspace
 from tests.cli.conftest import (
@@ -36,6 +40,15 @@ def test_approve_states_t_of_n_and_asks_before_leaving_out_an_enrolled_site(
     assert out.exit_code == 1, out.stdout
     assert "leaves out enrolled site(s) va" in out.stderr and "--yes" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+    assert (snapshot(fed.workspace), snapshot(fed.coordinator)) == before
+    # At a terminal it asks; "no" (the default) signs nothing.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(typer.testing._NamedTextIOWrapper, "isatty", lambda self: True)
+        asked = typer.testing.CliRunner().invoke(
+            app, ["approve", "-s", str(fed.coordinator), "cleveland", "hungary"], input="\n"
+        )
+    assert "leaves out enrolled site(s) va. Sign it anyway? [y/N]" in asked.stdout, asked.stderr
+    assert asked.exit_code == 0 and "nothing was signed" in asked.stdout
     assert (snapshot(fed.workspace), snapshot(fed.coordinator)) == before
     out = run("approve", "-s", fed.coordinator, "cleveland", "hungary", "--yes")
     assert out.exit_code == 0, out.stderr
