@@ -60,15 +60,15 @@ $(PEERS_STAMP):
 bench-peers: $(PEERS_STAMP)
 	$(PEERS)/bin/python benchmarks/vs_flower.py $(ARGS)
 
-# Every method vs every other: 12 methods x 3 datasets x 4 privacy levels x 3 seeds, with the
+# Every method vs every other: 12 methods x 3 datasets x 4 privacy levels x 2 seeds, with the
 # hyperparameters the last selection chose (benchmarks/chosen.json; about NN min on 2 cores);
-# tables and plots in benchmarks/results/accuracy/. ARGS=--quick: 2 seeds.
+# tables and plots in benchmarks/results/accuracy/. ARGS='--seeds 3' for docs/benchmarks.md's.
 bench-accuracy: $(STAMP)
-	$(BIN)/python benchmarks/accuracy.py $(ARGS)
+	$(BIN)/python benchmarks/accuracy.py --seeds 2 $(ARGS)
 
-# The same, choosing every hyperparameter again on validation splits first (about MM min).
+# The same with 3 seeds, choosing every hyperparameter again on validation splits first.
 bench-accuracy-full: $(STAMP)
-	$(BIN)/python benchmarks/accuracy.py --select $(ARGS)
+	$(BIN)/python benchmarks/accuracy.py --select --seeds 3 $(ARGS)
 
 clean:
 	rm -rf $(VENV) $(PEERS) runs

@@ -37,6 +37,7 @@ history; publishing the head with every submission bounds that.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -144,13 +145,19 @@ class RoundRecordLike(Protocol):
 
 def library_versions() -> dict[str, str]:
     """Return the installed versions of the libraries that did the accounting."""
+    return dict(_library_versions())
+
+
+@functools.lru_cache(maxsize=1)
+def _library_versions() -> tuple[tuple[str, str], ...]:
+    """Read once per process: the installed packages do not change under a running command."""
     out: dict[str, str] = {}
     for dist in ("torch", "opacus", "dp-accounting"):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             out[dist] = "not installed"
-    return out
+    return tuple(out.items())
 
 
 def body_from_record(

@@ -8,7 +8,9 @@ a result that must not be ignored is never a boolean.
 
 from __future__ import annotations
 
+import hashlib
 import os
+from collections import OrderedDict
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -54,12 +56,27 @@ def sign(private_key: bytes, message: bytes) -> bytes:
     return _private(private_key).sign(message)
 
 
+#: Signatures this process has already seen verify: (key, signature, SHA-256 of the message).
+#: A party re-reads the same signed files many times (its ledger before every round, the
+#: results behind every round number); a success is a pure function of these bytes, so it is
+#: remembered. Failures are never cached. Forging a hit needs a SHA-256 collision.
+_VERIFIED: OrderedDict[tuple[bytes, bytes, bytes], None] = OrderedDict()
+_VERIFIED_MAX = 1 << 16
+
+
 def verify(public_key: bytes, signature: bytes, message: bytes) -> None:
     """Check ``signature`` over ``message``; raises :class:`IntegrityError` if it fails."""
     if len(public_key) != KEY_LEN:
         raise IntegrityError("Ed25519 public key must be 32 bytes")
+    seen = (bytes(public_key), bytes(signature), hashlib.sha256(message).digest())
+    if seen in _VERIFIED:
+        _VERIFIED.move_to_end(seen)
+        return
     try:
         key = Ed25519PublicKey.from_public_bytes(public_key)
         key.verify(signature, message)
     except (InvalidSignature, ValueError):
         raise IntegrityError("signature does not verify") from None
+    _VERIFIED[seen] = None
+    if len(_VERIFIED) > _VERIFIED_MAX:
+        _VERIFIED.popitem(last=False)

@@ -40,3 +40,19 @@ def test_ed25519_sign_and_verify_raises() -> None:
         ed25519.verify(ed25519.public_key(ed25519.generate_private_key()), sig, b"message")
     with pytest.raises(IntegrityError):
         ed25519.verify(pk[:31], sig, b"message")
+
+
+def test_ed25519_remembers_only_successes_and_only_for_the_same_bytes() -> None:
+    sk = ed25519.generate_private_key(DeterministicRandom(b"memo"))
+    pk = ed25519.public_key(sk)
+    sig = ed25519.sign(sk, b"ledger entry 1")
+    for _ in range(2):  # the second check is answered from memory, with the same result
+        ed25519.verify(pk, sig, b"ledger entry 1")
+    for bad in (
+        (pk, sig, b"ledger entry 2"),  # another message under a remembered signature
+        (pk, bytes(64), b"ledger entry 1"),  # another signature
+        (ed25519.public_key(bytes(32)), sig, b"ledger entry 1"),  # another key
+    ):
+        for _ in range(2):  # a failure is never remembered as anything else
+            with pytest.raises(IntegrityError):
+                ed25519.verify(*bad)
