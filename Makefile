@@ -60,11 +60,11 @@ $(PEERS_STAMP):
 bench-peers: $(PEERS_STAMP)
 	$(PEERS)/bin/python benchmarks/vs_flower.py $(ARGS)
 
-# Every method vs every other: 12 methods x 3 datasets x 4 privacy levels x 2 seeds, with the
-# hyperparameters the last selection chose (benchmarks/chosen.json; about NN min on 2 cores);
-# tables and plots in benchmarks/results/accuracy/. ARGS='--seeds 3' for docs/benchmarks.md's.
+# Every method vs every other on heart disease and label skew: 12 methods x 4 privacy levels x
+# 2 seeds, with the hyperparameters the last selection chose (benchmarks/chosen.json; about NN min
+# on 2 cores); tables and plots in benchmarks/results/accuracy/ (docs/benchmarks.md for more).
 bench-accuracy: $(STAMP)
-	$(BIN)/python benchmarks/accuracy.py --seeds 2 $(ARGS)
+	$(BIN)/python benchmarks/accuracy.py --seeds 2 --datasets heart-disease,label-skew $(ARGS)
 
 # The same with 3 seeds, choosing every hyperparameter again on validation splits first.
 bench-accuracy-full: $(STAMP)

@@ -843,6 +843,16 @@ def markdown(
                     f"{picked} | {same} |"
                 ]
             lines += [""]
+    lines += hyperparameter_lines(selection, datasets)
+    lines += ["", "### FLamby's published Fed-Heart-Disease numbers (mean client accuracy)", ""]
+    lines += ["| FLamby | accuracy |", "|---|---|"]
+    lines += [f"| {k} | {v:.3f} |" for k, v in flamby.items()]
+    return "\n".join(lines) + "\n"
+
+
+def hyperparameter_lines(selection: list[dict], datasets: list[str]) -> list[str]:
+    """The table of what the selection chose, per dataset, method and privacy group."""
+    lines: list[str] = []
     lines += ["### Hyperparameters chosen on validation splits", ""]
     lines += ["| dataset | method | no DP | DP (chosen at ε=3) |", "|---|---|---|---|"]
     for ds in datasets:
@@ -864,10 +874,7 @@ def markdown(
                     else "defaults (nothing to tune)"
                 )
             lines += [f"| {ds} | {m} | {cells[0]} | {cells[1]} |"]
-    lines += ["", "### FLamby's published Fed-Heart-Disease numbers (mean client accuracy)", ""]
-    lines += ["| FLamby | accuracy |", "|---|---|"]
-    lines += [f"| {k} | {v:.3f} |" for k, v in flamby.items()]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 # -- ablation: each FedReMa rule, measured on validation splits -----------------------------
@@ -1061,7 +1068,8 @@ def main(argv: list[str] | None = None) -> int:
         sel = [r for r in old if r["phase"] == "select"]
         records = [r for r in old if r["phase"] == "test"]
         jobs = [r for r in records if not r.get("reused_from")]
-        _, selection_table = choose(sel)
+        # a run that reused an earlier selection kept its table in --chosen
+        selection_table = choose(sel)[1] if sel else load_chosen(args.chosen, datasets)[1]
         before = json.loads((args.out / "results.json").read_text(encoding="utf-8"))["meta"]
         wall, t_sel = before["wall_seconds"], before["selection_seconds"]
         seeds = before["seeds"]
