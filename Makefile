@@ -61,7 +61,7 @@ bench-peers: $(PEERS_STAMP)
 	$(PEERS)/bin/python benchmarks/vs_flower.py $(ARGS)
 
 # Every method vs every other on heart disease and label skew: 12 methods x 4 privacy levels x
-# 2 seeds, with the hyperparameters the last selection chose (benchmarks/chosen.json; about NN min
+# 2 seeds, with the hyperparameters the last selection chose (benchmarks/chosen.json; about 17 min
 # on 2 cores); tables and plots in benchmarks/results/accuracy/ (docs/benchmarks.md for more).
 bench-accuracy: $(STAMP)
 	$(BIN)/python benchmarks/accuracy.py --seeds 2 --datasets heart-disease,label-skew $(ARGS)
