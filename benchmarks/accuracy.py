@@ -209,6 +209,38 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def remeasure_bytes(
+    records: list[dict[str, Any]], workers: int
+) -> tuple[list[dict[str, Any]], float]:
+    """Re-run only the runs made through secure aggregation; replace their bytes, keep the rest.
+
+    For a change to how files travel that moves no number (packing, say). The masked sum
+    rounds stochastically from os.urandom, so a re-run's accuracy may differ from the record
+    by a prediction or two; the largest difference is returned and printed, and a change
+    beyond ``BYTES_TOLERANCE`` means the change was not neutral: re-run the whole benchmark.
+    """
+    fields = ("phase", "dataset", "method", "group", "epsilon", "seed", "config", "secure")
+    secure = [r for r in records if r.get("secure") and not r.get("reused_from")]
+    print(f"bytes: {len(secure)} federations through secure aggregation", flush=True)
+    fresh = run_all([{k: r[k] for k in fields} for r in secure], workers, "bytes")
+    by_key = {(r["dataset"], r["method"]): r for r in fresh}
+    remeasured = {id(r) for r in secure}
+    out, largest = [], 0.0
+    for r in records:
+        new = by_key.get((r["dataset"], r["method"])) if id(r) in remeasured else None
+        if new is None:
+            out.append(r)
+            continue
+        change = abs(new["mean_accuracy"] - r["mean_accuracy"])
+        largest = max(largest, change)
+        if change:
+            print(f"  {r['dataset']} {r['method']}: accuracy {change:+.4f} against the record")
+        out.append({**r, "bytes": new["bytes"]})
+    if largest > BYTES_TOLERANCE:
+        raise SystemExit(f"accuracy moved by {largest:.4f}: re-run the whole benchmark")
+    return out, largest
+
+
 def run_all(jobs: list[dict[str, Any]], workers: int, what: str) -> list[dict[str, Any]]:
     """Run jobs in worker processes, the expensive ones first, printing progress."""
     order = sorted(jobs, key=_cost, reverse=True)
@@ -393,6 +425,8 @@ METRICS: tuple[tuple[str, str], ...] = (
 # Bytes are measured on the runs that go through secure aggregation (see BYTES_RUN): the
 # plaintext runs that make the benchmark fast would under-count the protocol's messages.
 BYTES_RUN = {"epsilon": 3.0, "seed": 1}
+#: How far a `--bytes` re-run's accuracy may stray from its record (stochastic rounding only).
+BYTES_TOLERANCE = 0.01
 
 
 def _mean_std(values: list[float | None]) -> tuple[float, float]:
@@ -805,6 +839,17 @@ def markdown(
             lines += [
                 f"#### {ds}: bytes per site per round (secure aggregation on, ε=3, seed 1)",
                 "",
+                *(
+                    [
+                        f"Re-measured on {meta['bytes_remeasured']['date']} with `--bytes`: the "
+                        "same runs in the current wire format; their accuracy came out within "
+                        f"{meta['bytes_remeasured']['largest_accuracy_change']:.4f} of the "
+                        "tables' (the masked sum rounds stochastically).",
+                        "",
+                    ]
+                    if meta.get("bytes_remeasured")
+                    else []
+                ),
                 "| method | KiB up | KiB down | largest uploads (KiB) | largest downloads (KiB) |",
                 "|---|---|---|---|---|",
             ]
@@ -1036,6 +1081,13 @@ def main(argv: list[str] | None = None) -> int:
         help="no federations: redo the tables and plots from OUT/runs.jsonl of an earlier run",
     )
     parser.add_argument(
+        "--bytes",
+        action="store_true",
+        help="after a wire-format change that moves no number: re-run only the runs made "
+        "through secure aggregation (eps 3, seed 1) of OUT/runs.jsonl, replace their bytes "
+        "(their accuracy must come out identical), and redo the tables",
+    )
+    parser.add_argument(
         "--ablation",
         action="store_true",
         help="instead: FedReMa's rules one by one, on validation splits (docs/fedrema.md)",
@@ -1063,15 +1115,22 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
 
-    if args.replot:  # the analysis of an earlier run, its timing kept
+    if args.replot or args.bytes:  # the analysis of an earlier run, its timing kept
         old = [json.loads(line) for line in (args.out / "runs.jsonl").open(encoding="utf-8")]
         sel = [r for r in old if r["phase"] == "select"]
         records = [r for r in old if r["phase"] == "test"]
+        if args.bytes:
+            records, moved = remeasure_bytes(records, args.workers)
         jobs = [r for r in records if not r.get("reused_from")]
         # a run that reused an earlier selection kept its table in --chosen
         selection_table = choose(sel)[1] if sel else load_chosen(args.chosen, datasets)[1]
         before = json.loads((args.out / "results.json").read_text(encoding="utf-8"))["meta"]
         wall, t_sel = before["wall_seconds"], before["selection_seconds"]
+        bytes_note = (
+            {"date": time.strftime("%Y-%m-%d"), "largest_accuracy_change": moved}
+            if args.bytes
+            else before.get("bytes_remeasured")
+        )
         seeds = before["seeds"]
         args.quick = before["quick"]
     elif args.select:
@@ -1085,7 +1144,8 @@ def main(argv: list[str] | None = None) -> int:
         chosen, selection_table = load_chosen(args.chosen, datasets)
         sel, t_sel = [], 0.0
         print(f"configurations chosen by an earlier selection: {args.chosen}", flush=True)
-    if not args.replot:
+    if not (args.replot or args.bytes):
+        bytes_note = None
         jobs = test_jobs(datasets, methods_of, chosen, seeds)
         print(f"test: {len(jobs)} federations", flush=True)
         records = reuse_majority(run_all(jobs, args.workers, "test"))
@@ -1096,15 +1156,19 @@ def main(argv: list[str] | None = None) -> int:
     pairs = paired(records)
     peer_rows = peers(records)
     flamby = flamby_reference()
-    given = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--replot"]
-    command = (
-        "make bench-accuracy" if not given else "python benchmarks/accuracy.py " + " ".join(given)
-    )
+    if args.replot or args.bytes:  # the analysis of an earlier run: its command and workers
+        command, workers = before["command"], before["workers"]
+    else:
+        given = argv if argv is not None else sys.argv[1:]
+        command = (
+            "python benchmarks/accuracy.py " + " ".join(given) if given else "make bench-accuracy"
+        )
+        workers = args.workers
     meta = {
         "command": command.strip(),
         "quick": args.quick,
         "seeds": seeds,
-        "workers": args.workers,
+        "workers": workers,
         "wall_seconds": wall,
         "selection_seconds": t_sel,
         "selection": "run" if sel else f"reused from {args.chosen.name}",
@@ -1112,6 +1176,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
         ),
         "federations": len(sel) + len(jobs),
+        "bytes_remeasured": bytes_note,
         "privacy_levels": [level_name(e) for e in PRIVACY],
         "delta": DELTA,
         "setup": {ds: {k: v for k, v in SETUP[ds].items()} for ds in datasets},

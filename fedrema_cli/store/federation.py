@@ -414,6 +414,7 @@ class Federation:
                 identity=self.identity_for(r),
                 body=body,
                 attachments=attachments,
+                packed=True,
             )
 
         try:

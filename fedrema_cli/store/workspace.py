@@ -17,6 +17,9 @@ The only code that knows where artifacts live. It holds public, signed files onl
     rounds/<r>/reveals/<site>.json (+.bin)             unmasking shares
     rounds/<r>/result.json               coordinator: what happened in round r
     ledger/<site>/<r>.json               published copy of a site's privacy-ledger entry
+
+Round files and ledger copies are stored gzip'd (`envelope.pack`); the bootstrap files above
+``rounds/`` stay plain JSON. Every read takes both.
 """
 
 from __future__ import annotations
@@ -88,9 +91,11 @@ class Workspace:
         identity: Identity,
         body: Mapping[str, Any],
         attachments: Mapping[str, bytes] | None = None,
+        packed: bool = False,
     ) -> bool:
         """Write attachments first, then the envelope whose appearance completes the artifact.
 
+        ``packed``: store the envelope gzip'd (`envelope.pack`; every reader takes both).
         Returns False when the identical artifact was already there (an idempotent re-run).
         """
         attachments = dict(attachments or {})
@@ -105,7 +110,7 @@ class Workspace:
             identity=identity,
             attachments=attachments,
         )
-        return self.storage.write_once(f"{base}.json", raw)
+        return self.storage.write_once(f"{base}.json", env.pack(raw) if packed else raw)
 
     def quarantine(self, base: str, attachments: tuple[str, ...]) -> str:
         """Move an artifact that does not verify (and its attachments) to ``quarantine/``.
@@ -142,7 +147,7 @@ class Workspace:
         attachments: tuple[str, ...] = (),
     ) -> Artifact:
         where = f"{self.describe()}/{base}.json"
-        raw = self.storage.read_bytes(f"{base}.json", max_bytes=self.max_bytes)
+        raw = self.read_envelope(base, where=where)
         envelope = env.open_envelope(
             raw, where=where, kind=kind, federation=federation, round=round, author=author, key=key
         )
@@ -153,6 +158,12 @@ class Workspace:
             for name in attachments
         }
         return Artifact(envelope=envelope, attachments=blobs)
+
+    def read_envelope(self, base: str, *, where: str | None = None) -> bytes:
+        """An envelope's JSON bytes, unverified: read and unpacked, each capped at the limit."""
+        stored = self.storage.read_bytes(f"{base}.json", max_bytes=self.max_bytes)
+        where = where or f"{self.describe()}/{base}.json"
+        return env.unpack(stored, where=where, limit=self.max_bytes)
 
     def _read_attachment(self, base: str, name: str) -> bytes:
         try:
@@ -185,7 +196,7 @@ class Workspace:
         fingerprint a person compared (``--coordinator-fingerprint``, ``approve``) or a pin.
         """
         where = f"{self.describe()}/{base}.json"
-        raw = self.storage.read_bytes(f"{base}.json", max_bytes=self.max_bytes)
+        raw = self.read_envelope(base, where=where)
         _, body, _ = env.parse_signed(raw, where=where)
         try:
             key = PublicIdentity.from_json(body[key_field])

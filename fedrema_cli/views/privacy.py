@@ -136,7 +136,7 @@ def _published_ledger(fed: Federation, site: str) -> tuple[str, list[str]]:
                 _named(path, _local(fed, e)) if readable else f"{path}: not a readable signed file"
             )
             try:
-                raw = fed.ws.storage.read_bytes(path, max_bytes=fed.ws.max_bytes)
+                raw = fed.ws.read_envelope(path.removesuffix(".json"))
                 entry = parse_json(raw)["body"]
             except (ValueError, KeyError, TypeError, StoreError, IntegrityError):
                 continue

@@ -17,6 +17,7 @@ import pytest
 
 from fedrema_cli.store import storage
 from tests.cli.conftest import SITES, Fed, make_federation, run
+from tests.signed_files import read_signed
 
 
 class Crash(BaseException):
@@ -85,7 +86,7 @@ def test_every_command_survives_a_crash_at_every_write(private_fed: Fed) -> None
 
     status = run("status", "-s", fed.coordinator, "--json").json()
     assert status["complete"]
-    result = json.loads((fed.workspace / "rounds/0001/result.json").read_text())["body"]
+    result = read_signed(fed.workspace / "rounds/0001/result.json")["body"]
     assert result["survivors"] == list(SITES)
     for s in SITES:
         lines = (fed.site(s) / "ledger.jsonl").read_text().splitlines()

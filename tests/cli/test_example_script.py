@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.signed_files import read_signed
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -30,7 +32,7 @@ def test_run_sh_drives_every_command_for_one_round(tmp_path: Path) -> None:
     """With pFedNet (the script's default, FedReMa, runs in `make demo`): any method works."""
     work = tmp_path / "run"
     out = run_example("run.sh", work, "1", "pfednet", timeout=600)
-    status = json.loads((work / "workspace" / "rounds" / "0001" / "result.json").read_text())
+    status = read_signed(work / "workspace" / "rounds" / "0001" / "result.json")
     assert status["body"]["survivors"] == ["cleveland", "hungary", "switzerland", "va"]
     assert status["body"]["method"] == "pfednet" and "pfednet" in status["body"]
     heads = sorted(p.name for p in (work / "workspace/rounds/0002/heads").iterdir())
@@ -50,7 +52,7 @@ def test_roster_scenario_drops_rejoins_adds_a_fifth_site_and_rotates_a_key(
 
     def survivors(r: int) -> list[str]:
         path = work / "workspace" / "rounds" / f"{r:04d}" / "result.json"
-        return json.loads(path.read_text())["body"]["survivors"]
+        return read_signed(path)["body"]["survivors"]
 
     four = ["cleveland", "hungary", "switzerland", "va"]
     assert survivors(1) == ["cleveland", "hungary", "va"]  # switzerland offline: quorum 3

@@ -24,6 +24,7 @@ from tests.cli.conftest import (
     submit_all,
     train_and_submit,
 )
+from tests.signed_files import plain, read_signed, write_signed
 
 
 def secrets_of(fed: Fed, r: int) -> dict[str, bool]:
@@ -63,7 +64,7 @@ def test_an_unsigned_result_neither_moves_a_site_on_nor_deletes_its_secrets(
     out = run("aggregate", "-s", fed.coordinator)
     assert out.exit_code == 0, out.stderr
     assert "round 1: finished" in out.stdout
-    assert json.loads(planted.read_text())["header"]["author"] == "coordinator"
+    assert read_signed(planted)["header"]["author"] == "coordinator"
     assert list((fed.workspace / "quarantine").iterdir())
     shutil.rmtree(fed.workspace / "rounds/0003")
     assert run("status", "-s", fed.site("va"), "--json").json()["round"] == 2
@@ -83,10 +84,10 @@ def test_a_damaged_result_makes_status_fail_loudly_and_the_coordinator_republish
     out = run("status", "-w", fed.workspace)
     assert out.exit_code == 3
     assert "rounds/0001/result.json" in out.stderr and "Traceback" not in out.stderr
-    flipped = bytearray(good)
-    flipped[good.index(b'"survivors"') + 20] ^= 0x01
-    result.unlink()
-    result.write_bytes(bytes(flipped))
+    flipped = bytearray(plain(good))  # a bit flipped in the signed JSON, stored as before
+    flipped[flipped.index(b'"survivors"') + 20] ^= 0x01
+    result.write_bytes(good)
+    write_signed(result, bytes(flipped))
     assert run("status", "-s", fed.site("cleveland")).exit_code == 3
     # The coordinator keeps every round's outcome: it restores the exact bytes.
     out = run("aggregate", "-s", fed.coordinator)

@@ -47,6 +47,7 @@ from fedrema_cli.store.federation import COORDINATOR, Federation, read_federatio
 from fedrema_cli.store.state import PartyState
 from fedrema_cli.store.workspace import Workspace
 from tests.cli.conftest import Fed, make_federation, run
+from tests.signed_files import read_signed
 
 ROOT = Path(__file__).resolve().parents[2]
 SITES = ("cleveland", "hungary", "switzerland")
@@ -230,7 +231,7 @@ def verify_results(fed: Fed, rounds: int) -> None:
     for r in range(1, rounds + 1):
         for kind, at in (("result", r), ("model", r + 1)):
             base = f"rounds/{at:04d}/{kind}"
-            header = json.loads((fed.workspace / f"{base}.json").read_text())["header"]
+            header = read_signed(fed.workspace / f"{base}.json")["header"]
             federation.get(kind, at, attachments=tuple(header["attachments"]))
         body = federation.get("result", r).body
         assert body["survivors"] == list(SITES), body

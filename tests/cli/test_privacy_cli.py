@@ -23,6 +23,7 @@ from tests.cli.conftest import (
     run_rounds,
     snapshot,
 )
+from tests.signed_files import read_signed, write_signed
 
 
 def _ledger_lines(fed: Fed, site: str) -> list[str]:
@@ -188,9 +189,9 @@ def test_audit_of_the_workspace_names_the_site_and_entry(private_fed: Fed) -> No
     run_rounds(fed, 1)
     assert run("audit", "-w", fed.workspace).exit_code == 0
     path = fed.workspace / "ledger" / "hungary" / "0001.json"
-    doc = json.loads(path.read_text())
+    doc = read_signed(path)
     doc["body"]["steps"] -= 1  # under-reports the spend
-    path.write_text(json.dumps(doc))
+    write_signed(path, doc)
     out = run("audit", "-w", fed.workspace)
     assert out.exit_code == 3
     assert "hungary" in out.stderr and "0001" in out.stderr

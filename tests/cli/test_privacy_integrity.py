@@ -14,6 +14,7 @@ import shutil
 import pytest
 
 from tests.cli.conftest import Fed, run, run_rounds
+from tests.signed_files import plain, read_signed, write_signed
 
 
 def test_a_ledger_with_bytes_that_are_not_utf8_is_named_not_a_crash(private_fed: Fed) -> None:
@@ -33,9 +34,9 @@ def test_audit_names_a_published_entry_holding_infinity(private_fed: Fed) -> Non
     fed = private_fed
     run_rounds(fed, 1)
     path = fed.workspace / "ledger" / "va" / "0001.json"
-    doc = json.loads(path.read_text())
+    doc = read_signed(path)
     doc["body"]["noise_multiplier"] = float("inf")  # json writes Infinity
-    path.write_text(json.dumps(doc))
+    write_signed(path, doc)
     for cmd in (("audit",), ("privacy", "report")):
         out = run(*cmd, "-w", fed.workspace)  # a finding, not a traceback
         assert out.exit_code == 3, out.stderr
@@ -101,9 +102,9 @@ def test_the_filed_report_is_not_green_when_a_published_envelope_fails(private_f
     fed = private_fed
     run_rounds(fed, 1)
     path = fed.workspace / "ledger" / "va" / "0001.json"
-    doc = json.loads(path.read_text())
+    doc = read_signed(path)
     doc["header"]["author"] = "site:hungary"  # the envelope no longer verifies; the entry does
-    path.write_text(json.dumps(doc))
+    write_signed(path, doc)
     html = fed.root / "report.html"
     out = run("privacy", "report", "-w", fed.workspace, "--json", "--html", html)
     assert out.exit_code == 3
@@ -120,7 +121,7 @@ def test_published_ledger_entries_do_not_carry_the_raw_hash_of_the_patient_file(
 ) -> None:
     fed = private_fed
     run_rounds(fed, 1)
-    published = json.loads((fed.workspace / "ledger" / "va" / "0001.json").read_text())["body"]
+    published = read_signed(fed.workspace / "ledger" / "va" / "0001.json")["body"]
     file_hash = hashlib.sha256(fed.data("va").read_bytes()).hexdigest()
     assert published["dataset_fingerprint"] != file_hash  # not testable by a data holder
     key = json.loads((fed.site("va") / "ledger-fingerprint-key.json").read_text())
@@ -188,12 +189,13 @@ def test_a_round_result_that_does_not_verify_fails_report_and_audit(
     run_rounds(fed, 1)
     assert run("audit", "-w", fed.workspace).exit_code == 0
     path = fed.workspace / "rounds" / "0001" / "result.json"
-    raw = bytearray(path.read_bytes())
-    if damage == "flip a byte":
+    if damage == "flip a byte":  # in the signed JSON, stored packed as before
+        raw = bytearray(plain(path.read_bytes()))
         raw[raw.index(b'"survivors"') + 20] ^= 0x01
-    else:
-        del raw[len(raw) // 2 :]
-    path.write_bytes(bytes(raw))
+        write_signed(path, bytes(raw))
+    else:  # the stored file cut short
+        stored = path.read_bytes()
+        path.write_bytes(stored[: len(stored) // 2])
     for cmd in (("privacy", "report"), ("audit",)):
         out = run(*cmd, "-w", fed.workspace)
         assert out.exit_code == 3, (cmd, out.stdout)

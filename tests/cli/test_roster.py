@@ -18,6 +18,7 @@ from tests.cli.conftest import (
     snapshot,
     submit_all,
 )
+from tests.signed_files import read_signed
 
 
 def _join(fed, name: str) -> None:
@@ -28,7 +29,7 @@ def _join(fed, name: str) -> None:
 
 
 def _result(fed, r: int) -> dict:
-    return json.loads((fed.workspace / f"rounds/{r:04d}/result.json").read_text())["body"]
+    return read_signed(fed.workspace / f"rounds/{r:04d}/result.json")["body"]
 
 
 def test_approve_states_t_of_n_and_asks_before_leaving_out_an_enrolled_site(
@@ -146,7 +147,7 @@ def test_key_rotation_keeps_earlier_rounds_auditable_and_refuses_a_forged_rotati
     full_round_of(fed, pair)  # round 2: still the old key
     full_round_of(fed, pair)  # round 3: the new key
     for r, key in ((1, old_key), (3, new_key)):
-        entry = json.loads((fed.workspace / f"ledger/cleveland/{r:04d}.json").read_text())
+        entry = read_signed(fed.workspace / f"ledger/cleveland/{r:04d}.json")
         assert entry["header"]["author"] == "site:cleveland"
         assert _signed_by(entry, key["sign_pk"]), r
     out = run("audit", "-w", fed.workspace)

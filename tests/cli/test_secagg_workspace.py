@@ -31,6 +31,7 @@ from tests.cli.conftest import (
     submit_all,
     train_and_submit,
 )
+from tests.signed_files import read_signed
 
 
 def _true_updates(fed: Fed) -> dict[str, tuple[np.ndarray, float]]:
@@ -69,13 +70,13 @@ def test_the_coordinator_holds_only_the_sum(federation: Fed) -> None:
 
     # 2. Everything the coordinator has: every file of the round and its own folder.
     key_roster = KeyRoster.from_bytes(
-        unb64(json.loads((ws / "key-roster.json").read_text())["body"]["roster"], what="U1")
+        unb64(read_signed(ws / "key-roster.json")["body"]["roster"], what="U1")
     )
     masking = MaskingRoster.from_bytes(
-        unb64(json.loads((ws / "masking-roster.json").read_text())["body"]["roster"], what="U2")
+        unb64(read_signed(ws / "masking-roster.json")["body"]["roster"], what="U2")
     )
     request = UnmaskRequest.from_bytes(
-        unb64(json.loads((ws / "unmask-request.json").read_text())["body"]["request"], what="U3")
+        unb64(read_signed(ws / "unmask-request.json")["body"]["request"], what="U3")
     )
     reveals = [
         UnmaskShares.from_bytes((ws / "reveals" / f"{s}.msg.bin").read_bytes()) for s in SITES
@@ -128,7 +129,7 @@ def test_a_site_that_drops_after_submitting_does_not_stop_the_round(federation: 
     assert out.exit_code == 75  # waits for va until the deadline ...
     out = run("aggregate", "-s", fed.coordinator, "--close", "--json")
     assert out.exit_code == 0  # ... or until the coordinator stops waiting
-    result = json.loads((fed.workspace / "rounds/0001/result.json").read_text())["body"]
+    result = read_signed(fed.workspace / "rounds/0001/result.json")["body"]
     assert result["survivors"] == list(SITES)  # va's update is in the sum: it did submit
 
 
@@ -137,11 +138,11 @@ def test_a_site_that_never_submits_is_dropped_and_the_sum_excludes_it(federation
     key_exchange(fed)
     train_and_submit(fed, SITES[:-1])
     assert run("aggregate", "-s", fed.coordinator, "--close").exit_code == 0
-    request = json.loads((fed.workspace / "rounds/0001/unmask-request.json").read_text())["body"]
+    request = read_signed(fed.workspace / "rounds/0001/unmask-request.json")["body"]
     assert request["dropped"] == ["va"]
     submit_all(fed, SITES[:-1])
     assert run("aggregate", "-s", fed.coordinator).exit_code == 0
-    result = json.loads((fed.workspace / "rounds/0001/result.json").read_text())["body"]
+    result = read_signed(fed.workspace / "rounds/0001/result.json")["body"]
     assert result["survivors"] == list(SITES[:-1]) and result["dropped"] == ["va"]
 
 
@@ -171,7 +172,7 @@ def test_a_tampered_masked_update_is_rejected_and_nothing_is_lost(federation: Fe
     out = run("aggregate", "-s", fed.coordinator, "--close", "--json")
     assert out.exit_code == 0, out.stderr
     assert "round 1: va's submission" in out.json()["rejected"]
-    body = json.loads((fed.workspace / "rounds/0001/unmask-request.json").read_text())["body"]
+    body = read_signed(fed.workspace / "rounds/0001/unmask-request.json")["body"]
     assert body["survivors"] == list(SITES[:-1]) and body["dropped"] == ["va"]
 
 
@@ -196,7 +197,7 @@ def test_a_file_from_one_site_the_protocol_refuses_does_not_stall_the_round(
     out = run("aggregate", "-s", fed.coordinator, "--json")
     assert out.exit_code == 0, out.stderr
     assert "small order" in out.json()["rejected"]["round 1: va's key-advert"]
-    roster = json.loads((fed.workspace / "rounds/0001/key-roster.json").read_text())["body"]
+    roster = read_signed(fed.workspace / "rounds/0001/key-roster.json")["body"]
     assert roster["parties"] == list(SITES[:-1])
 
 
@@ -220,7 +221,7 @@ def test_with_the_consistency_check_an_honest_round_completes(tmp_path: Path) ->
     submit_all(fed)  # everyone signs the survivor set; the last ones to sign can reveal
     submit_all(fed)  # the first ones reveal now
     assert run("aggregate", "-s", fed.coordinator).exit_code == 0
-    result = json.loads((fed.workspace / "rounds/0001/result.json").read_text())["body"]
+    result = read_signed(fed.workspace / "rounds/0001/result.json")["body"]
     assert result["survivors"] == list(SITES)
     assert sorted(p.name for p in (fed.workspace / "rounds/0001/consistency").iterdir()) == [
         f"{s}.json" for s in SITES

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from crypto.secagg._derive import SHARE_CIPHERTEXT_LEN
 from tests.cli.conftest import SITES, run
+from tests.signed_files import read_signed
 
 
 def _simulate(*extra: str) -> dict:
@@ -84,8 +84,8 @@ def test_the_federation_finishes_when_a_hospital_drops(
     assert result["drops"] == [drop]
     assert all(result["sites"][s]["accuracy"] is not None for s in SITES)
     r = int(drop.split("@")[1])
-    body = json.loads((tmp_path / "sim/workspace/rounds" / f"{r:04d}" / "result.json").read_text())
+    body = read_signed(tmp_path / "sim/workspace/rounds" / f"{r:04d}" / "result.json")
     assert body["body"]["survivors"] == survivors_of_that_round
-    last = json.loads((tmp_path / "sim/workspace/rounds/0003/result.json").read_text())["body"]
+    last = read_signed(tmp_path / "sim/workspace/rounds/0003/result.json")["body"]
     site = drop.split(":")[0]
     assert (site in last["survivors"]) is in_round_3

@@ -7,7 +7,6 @@ part of the round (keys, masked update, unmasking shares) as the coordinator's
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -15,6 +14,7 @@ import sys
 from pathlib import Path
 
 from tests.cli.conftest import SITES, make_federation, run
+from tests.signed_files import read_signed
 
 FEDREMA = shutil.which("fedrema", path=os.path.dirname(sys.executable)) or "fedrema"
 
@@ -47,7 +47,7 @@ def test_one_round_with_every_party_waiting_in_parallel(tmp_path: Path) -> None:
     outputs = {name: p.communicate(timeout=180) for name, p in procs.items()}
     for name, p in procs.items():
         assert p.returncode == 0, (name, outputs[name])
-    result = json.loads((fed.workspace / "rounds/0001/result.json").read_text())["body"]
+    result = read_signed(fed.workspace / "rounds/0001/result.json")["body"]
     assert result["survivors"] == list(SITES)
     assert "finished with 4 sites" in outputs["coordinator"][0]
     for s in SITES:

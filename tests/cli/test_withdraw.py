@@ -7,7 +7,6 @@ passes `--close` each time.
 
 from __future__ import annotations
 
-import json
 import shutil
 import threading
 import time
@@ -29,12 +28,13 @@ from tests.cli.conftest import (
     submit_all,
     train_and_submit,
 )
+from tests.signed_files import read_signed
 
 OTHERS = SITES[:-1]  # va withdraws
 
 
 def _body(fed: Fed, path: str) -> dict:
-    return json.loads((fed.workspace / path).read_text())["body"]
+    return read_signed(fed.workspace / path)["body"]
 
 
 def _finish_round_without_close(fed: Fed, sites: tuple[str, ...]) -> None:
@@ -129,7 +129,7 @@ def test_a_withdrawal_another_party_wrote_is_refused(federation: Fed) -> None:
     out = run("withdraw", "-s", fed.site("va"), "--yes")
     assert out.exit_code == 0, out.stderr
     assert "ignored withdrawals/va.json" in out.stderr and "quarantine/" in out.stderr
-    notice = json.loads((fed.workspace / "withdrawals/va.json").read_text())
+    notice = read_signed(fed.workspace / "withdrawals/va.json")
     assert notice["header"]["author"] == "site:va"
 
 

@@ -26,6 +26,7 @@ the finish itself, from its own state, and the working copy is refreshed.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import json
 import os
@@ -54,6 +55,7 @@ from tests.cli.conftest import (
     train_and_submit,
 )
 from tests.cli.test_hostile_workspace import clean
+from tests.signed_files import plain
 
 R = "rounds/0002"
 #: file kind -> the command that reads it at this point of the protocol, and whether the
@@ -102,6 +104,7 @@ ATTACKS = (
     "fifo",
     "folder",
     "sparse",
+    "gzip-bomb",
 )
 
 #: Coordinator files the parties need verbatim: without them nobody can act, and only the
@@ -197,11 +200,11 @@ def plant(path: Path, how: str, original: bytes, data: st.DataObject, other: Pat
         path.write_bytes(b'{"header": {"round": ' + b"7" * digits + b'}, "body": {}}')
     elif how == "infinite":
         number = data.draw(st.sampled_from([b"1e999", b"-1e999", b"NaN", b"Infinity"]))
-        swapped, n = re.subn(rb'"round": ?\d+', b'"round": ' + number, original, count=1)
+        swapped, n = re.subn(rb'"round": ?\d+', b'"round": ' + number, plain(original), count=1)
         path.write_bytes(swapped if n else b'{"header": {"round": ' + number + b"}}")
     elif how == "forged":  # well-formed, a signature nobody made
         try:
-            envelope = json.loads(original)
+            envelope = json.loads(plain(original))
         except ValueError:
             envelope = {"header": {}, "body": {}}
         envelope["signature"] = "A" * 86 + "=="
@@ -227,6 +230,9 @@ def plant(path: Path, how: str, original: bytes, data: st.DataObject, other: Pat
     elif how == "folder":
         path.mkdir()
         (path / "0001.json").write_bytes(original)
+    elif how == "gzip-bomb":  # a small packed file that inflates far past any file limit
+        size = data.draw(st.sampled_from([8 << 20, 64 << 20]), label="inflated")
+        path.write_bytes(gzip.compress(b'{"header":' + b" " * size + b"}", mtime=0))
     elif how == "sparse":
         with open(path, "wb") as f:
             f.truncate(6 * 1024**3)

@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 
 from fedrema_cli.store.storage import STORAGE_OPTIONS_ENV
+from tests.signed_files import read_signed
 from tests.store.servers import SftpServer, sftp_server_process
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -172,7 +173,7 @@ class Hosts:
 
 
 def result(sftp: SftpServer, r: int) -> dict:
-    return json.loads((sftp.root / "ws" / f"rounds/{r:04d}/result.json").read_text())["body"]
+    return read_signed(sftp.root / "ws" / f"rounds/{r:04d}/result.json")["body"]
 
 
 def test_a_federation_across_hosts_survives_a_cable_pulled_mid_round(
