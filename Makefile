@@ -29,7 +29,7 @@ demo: $(STAMP)
 	  --html runs/demo/privacy-report.html
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
