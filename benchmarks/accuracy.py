@@ -1085,7 +1085,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="after a wire-format change that moves no number: re-run only the runs made "
         "through secure aggregation (eps 3, seed 1) of OUT/runs.jsonl, replace their bytes "
-        "(their accuracy must come out identical), and redo the tables",
+        "(their accuracy must stay within BYTES_TOLERANCE of the record), and redo the tables",
     )
     parser.add_argument(
         "--ablation",
