@@ -411,12 +411,15 @@ def reuse_majority(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 # -- analysis -------------------------------------------------------------------------------
 
 
-# The metrics of every table, headline first: accuracy; balanced accuracy and sensitivity at
-# the decision threshold each site chose on its own validation split (what a clinician would
-# deploy; sensitivity is of the positive class, so binary tasks only); the same at argmax; AUC;
-# and the bytes a site moves per round (uploaded and downloaded, mean over sites).
+# The metrics of every table, headline first: accuracy (argmax); accuracy at each site's
+# operating point (binary: its threshold; more classes: its own class prior, what the site
+# deploys); balanced accuracy and sensitivity at the decision threshold each site chose on its
+# own validation split (sensitivity is of the positive class, so binary tasks only); balanced
+# accuracy at argmax; AUC; and the bytes a site moves per round (uploaded and downloaded, mean
+# over sites).
 METRICS: tuple[tuple[str, str], ...] = (
     ("accuracy", "accuracy"),
+    ("accuracy_at_operating_point", "accuracy at the site's operating point"),
     ("balanced_accuracy_at_threshold", "balanced accuracy at the site's threshold"),
     ("sensitivity_at_threshold", "sensitivity at the site's threshold"),
     ("balanced_accuracy", "balanced accuracy at argmax"),
@@ -510,12 +513,30 @@ def paired_bootstrap(
     return float(point), float(lo), float(hi)
 
 
+#: What the paired bootstraps compare: accuracy at the argmax, and at each site's operating
+#: point (the simulate key of the 0/1 string, and the table's title).
+PAIRED = (
+    ("correct", "accuracy"),
+    ("correct_at_operating_point", "accuracy at the site's operating point"),
+)
+
+
 def paired(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """FedReMa minus each method, per dataset and privacy level, for each `PAIRED` metric
+    (runs recorded before a metric existed are left out of its table)."""
+    return [
+        {**row, "metric": title}
+        for key, title in PAIRED
+        for row in _paired([r for r in records if all(key in v for v in r["sites"].values())], key)
+    ]
+
+
+def _paired(records: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
     rng = np.random.default_rng(20240607)
     correct: dict[tuple, dict[int, dict[str, str]]] = defaultdict(dict)
     for r in records:
         correct[(r["dataset"], r["epsilon"], r["method"])][r["seed"]] = {
-            s: v["correct"] for s, v in r["sites"].items()
+            s: v[key] for s, v in r["sites"].items()
         }
     rows = []
     for (ds, eps, method), runs in sorted(correct.items(), key=lambda kv: str(kv[0])):
@@ -810,30 +831,36 @@ def markdown(
                 if vals:
                     lines += [f"| {m} | " + " | ".join(f"{vals[s]:.3f}" for s in site_names) + " |"]
             lines += [""]
-        lines += [f"#### {ds}: FedReMa minus each method (accuracy, 95% paired bootstrap)", ""]
-        lines += ["| versus | " + " | ".join(level_label(e) for e in PRIVACY) + " |"]
-        lines += ["|---|" + "---|" * len(PRIVACY)]
-        for m in methods:
-            if m == REFERENCE:
+        for _, title in PAIRED:
+            if not any(r["dataset"] == ds and r["metric"] == title for r in pairs):
                 continue
-            cells = []
-            for eps in PRIVACY:
-                p = next(
-                    (
-                        r
-                        for r in pairs
-                        if (r["dataset"], r["privacy"], r["versus"]) == (ds, level_name(eps), m)
-                    ),
-                    None,
-                )
-                cells.append(
-                    f"{p['accuracy_difference']:+.3f} [{p['ci_low']:+.3f}, {p['ci_high']:+.3f}]"
-                    + (" ≈" if p["verdict"] == "within noise" else "")
-                    if p
-                    else "-"
-                )
-            lines += [f"| {m} | " + " | ".join(cells) + " |"]
-        lines += ["", "≈: the interval contains 0 (within noise).", ""]
+            lines += [f"#### {ds}: FedReMa minus each method ({title}, 95% paired bootstrap)"]
+            lines += ["", "| versus | " + " | ".join(level_label(e) for e in PRIVACY) + " |"]
+            lines += ["|---|" + "---|" * len(PRIVACY)]
+            for m in methods:
+                if m == REFERENCE:
+                    continue
+                cells = []
+                for eps in PRIVACY:
+                    p = next(
+                        (
+                            r
+                            for r in pairs
+                            if (r["dataset"], r["privacy"], r["versus"], r["metric"])
+                            == (ds, level_name(eps), m, title)
+                        ),
+                        None,
+                    )
+                    cells.append(
+                        f"{p['accuracy_difference']:+.3f} "
+                        f"[{p['ci_low']:+.3f}, {p['ci_high']:+.3f}]"
+                        + (" ≈" if p["verdict"] == "within noise" else "")
+                        if p
+                        else "-"
+                    )
+                lines += [f"| {m} | " + " | ".join(cells) + " |"]
+            lines += [""]
+        lines += ["≈: the interval contains 0 (within noise).", ""]
         tr = [r for r in traffic_rows if r["dataset"] == ds]
         if tr:
             lines += [

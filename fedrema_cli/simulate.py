@@ -89,9 +89,12 @@ def run(
     without DP); beside them, at the decision threshold `personalize` chooses on a stratified
     validation split of the site's *training* file (binary tasks; None otherwise):
     ``threshold``, ``balanced_accuracy_at_threshold`` and ``sensitivity_at_threshold``
-    (sensitivity = recall of class 1); and ``warnings``, the degenerate-model warnings
-    (`learning.metrics.model_warnings`: ``code``, ``message``, ``cause``, ``advice``, ``at``:
-    "argmax" or "threshold"). ``mean_accuracy``, ``mean_balanced_accuracy``, ``mean_auc``,
+    (sensitivity = recall of class 1); ``accuracy_at_operating_point``, the accuracy of the
+    site's decision rule (binary: at the threshold; more classes: the most probable class at
+    the site's own class prior, `learning.metrics.PriorShift`); and ``warnings``, the
+    degenerate-model warnings (`learning.metrics.model_warnings`: ``code``, ``message``,
+    ``cause``, ``advice``, ``at``: "argmax", "threshold" or "class prior"). ``mean_accuracy``,
+    ``mean_balanced_accuracy``, ``mean_auc``, ``mean_accuracy_at_operating_point``,
     ``mean_balanced_accuracy_at_threshold`` and ``mean_sensitivity_at_threshold`` are
     unweighted means over sites (a site without the value is left out of that mean).
     """
@@ -213,10 +216,11 @@ def _run(
                 else None
             ),
             "sensitivity_at_threshold": (clinical.get("sensitivity") or {}).get("value"),
+            "accuracy_at_operating_point": (clinical.get("accuracy") or {}).get("value"),
             "warnings": _warnings(site, out),
         }
         if spec.predictions:
-            per_site[name]["correct"] = _correct(site)
+            per_site[name].update(_correct(site, out))
     result: dict[str, Any] = {
         "dataset": spec.dataset,
         "method": spec.method,
@@ -316,7 +320,7 @@ def communication(meter: Meter, sites: list[str], rounds: int) -> dict[str, Any]
 def _mean_metrics(per_site: dict[str, Any]) -> dict[str, float | None]:
     """Unweighted mean over sites of each metric (a site without AUC is left out of that mean)."""
     out: dict[str, float | None] = {}
-    keys = ("accuracy", "balanced_accuracy", "auc")
+    keys = ("accuracy", "balanced_accuracy", "auc", "accuracy_at_operating_point")
     if any(v and "sensitivity_at_threshold" in v for v in per_site.values()):
         keys += ("balanced_accuracy_at_threshold", "sensitivity_at_threshold")
     for key in keys:
@@ -340,14 +344,19 @@ def _warnings(site: Site, out: dict[str, Any]) -> list[dict[str, str]]:
     set_part(model, "all", params)
     argmax = model_warnings(predict_proba(model, data.x_test), data.y_test)
     found = [{**w.to_json(), "at": "argmax"} for w in argmax]
-    if out["threshold"].get("threshold") is not None:
-        found += [{**w, "at": "threshold"} for w in out["warnings"] if w["code"] == "one-class"]
+    point = out["threshold"]
+    if point.get("threshold") is not None or point.get("criterion") == "prior-shift":
+        at = "threshold" if point.get("threshold") is not None else "class prior"
+        found += [{**w, "at": at} for w in out["warnings"] if w["code"] == "one-class"]
     return found
 
 
-def _correct(site: Site) -> str:
-    """Which test examples the site's deployed model gets right, as a string of 0/1 in file
-    order (for paired bootstraps over test examples)."""
+def _correct(site: Site, out: dict[str, Any]) -> dict[str, str]:
+    """Which test examples the site's deployed model gets right, as strings of 0/1 in file
+    order (for paired bootstraps over test examples): ``correct`` at the argmax,
+    ``correct_at_operating_point`` at the site's decision rule (`personalize`'s threshold or
+    class-prior shift)."""
+    from fedrema_cli.learning.metrics import predictions, reweighted
     from fedrema_cli.learning.models import build_model, set_part
     from fedrema_cli.learning.training import predict_proba
 
@@ -355,8 +364,19 @@ def _correct(site: Site) -> str:
     data = site.data()
     model = build_model(site.config.model, seed=site.config.seed)
     set_part(model, "all", params)
-    pred = predict_proba(model, data.x_test).argmax(axis=1)
-    return "".join("1" if ok else "0" for ok in pred == np.asarray(data.y_test))
+    proba = predict_proba(model, data.x_test)
+    point = out["threshold"]
+    shifted = point.get("criterion") == "prior-shift"
+    proba_at = reweighted(proba, point["class_weights"]) if shifted else proba
+    y = np.asarray(data.y_test)
+
+    def flags(pred: np.ndarray) -> str:
+        return "".join("1" if ok else "0" for ok in pred == y)
+
+    return {
+        "correct": flags(predictions(proba)),
+        "correct_at_operating_point": flags(predictions(proba_at, point.get("threshold"))),
+    }
 
 
 def _train_if_participant(site: Site) -> None:

@@ -260,3 +260,49 @@ def test_a_one_class_validation_split_matches_the_models_prior_when_it_can() -> 
         scores, labels
     )
     _no_nan(choice.to_json())
+
+
+# --------------------------------------------------------------------- more than two classes
+
+
+def test_a_prior_shift_moves_the_posterior_to_the_sites_class_prior() -> None:
+    # The model says [0.5, 0.3, 0.2] for every training record: its prior. The site's labels
+    # are 6 of class 2, 2 of class 1, none of class 0: add-one smoothed, [1, 3, 7] / 11.
+    proba = np.tile([0.5, 0.3, 0.2], (8, 1))
+    labels = np.array([2, 2, 2, 2, 2, 2, 1, 1])
+    shift = m.prior_shift(proba, labels)
+    site = np.array([1, 3, 7]) / 11
+    assert shift.site_prior == pytest.approx(tuple(site))
+    assert shift.model_prior == pytest.approx((0.5, 0.3, 0.2))
+    ratio = site / np.array([0.5, 0.3, 0.2])
+    assert shift.weights == pytest.approx(tuple(ratio / ratio.max()))
+    # A record the model calls class 0 is class 2 at the site's prior; rows stay distributions.
+    record = np.array([[0.45, 0.3, 0.25]])
+    moved = shift.apply(record)
+    assert record.argmax() == 0 and moved.argmax() == 2
+    assert moved.sum() == pytest.approx(1.0) and (moved > 0).all()
+    # Bayes' rule by hand: P(c|x) * pi_site(c) / pi_model(c), normalized.
+    by_hand = record[0] * ratio / (record[0] * ratio).sum()
+    assert moved[0] == pytest.approx(by_hand)
+    _no_nan(shift.to_json())
+    assert shift.to_json()["criterion"] == "prior-shift"
+
+
+def test_a_model_that_already_holds_the_sites_prior_is_left_alone() -> None:
+    labels = np.array([0] * 50 + [1] * 30 + [2] * 20)
+    site = (np.bincount(labels) + 1) / (len(labels) + 3)
+    rng = np.random.default_rng(3)
+    proba = rng.dirichlet(site * 40, size=100)
+    proba = proba * (site / proba.mean(axis=0))  # its mean posterior is the site's prior
+    proba /= proba.sum(axis=1, keepdims=True)
+    shift = m.prior_shift(proba, labels)
+    assert max(shift.weights) == 1.0 and min(shift.weights) > 0.95
+    assert (shift.apply(proba).argmax(axis=1) == proba.argmax(axis=1)).mean() > 0.95
+
+
+def test_a_prior_shift_reads_training_labels_only() -> None:
+    with pytest.raises(ValueError, match="posteriors for"):
+        m.prior_shift(np.tile([0.5, 0.3, 0.2], (4, 1)), np.array([0, 1, 2]))
+    with pytest.raises(ValueError, match="posteriors for"):
+        m.prior_shift(np.zeros((0, 3)), np.zeros(0))
+    assert np.array_equal(m.reweighted(np.eye(3), [1.0, 1.0, 1.0]), np.eye(3))

@@ -213,6 +213,7 @@ def results_tables(results: list[dict]) -> list[object]:
     columns = [
         "method",
         "mean accuracy",
+        "acc. @op.",
         "mean balanced acc.",
         "mean AUC",
         "bal. acc. @thr.",
@@ -225,6 +226,7 @@ def results_tables(results: list[dict]) -> list[object]:
         row = [
             r["method"],
             r["mean_accuracy"],
+            r.get("mean_accuracy_at_operating_point"),
             r["mean_balanced_accuracy"],
             r["mean_auc"],
             r.get("mean_balanced_accuracy_at_threshold"),
@@ -244,7 +246,11 @@ def results_tables(results: list[dict]) -> list[object]:
         f"{first['dataset']}, {first['rounds']} rounds, seed {first['seed']}, "
         f"{privacy}, secure aggregation {secure}"
     )
-    caption += "; @thr.: threshold chosen per site on a validation split of its training file"
+    caption += (
+        "; @thr.: at a threshold chosen per site on a validation split of its training file; "
+        "@op.: at each site's decision rule (that threshold, or with more than two classes "
+        "the site's own class prior)"
+    )
     return [
         per_site,
         ui.table("Mean over hospitals", columns, rows, caption=caption),

@@ -149,6 +149,9 @@ def personalize(
 
     The model is the federation's shared feature extractor with this site's personalized
     classifier head (FedReMa's merged head, or the site's own head for FedPer/local).
+    Its decision rule is fit on the training file, never the test file: a binary model's
+    threshold (on a validation split), or with more classes the posterior moved to this
+    site's own class prior.
 
       fedrema personalize -s cleveland --export models/cleveland
     """

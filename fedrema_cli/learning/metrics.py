@@ -369,6 +369,70 @@ def select_threshold(
     )
 
 
+@dataclass(frozen=True)
+class PriorShift:
+    """The operating point of a model with more than two classes: its posterior moved to the
+    site's own class prior.
+
+    A federated or DP-trained model's outputs carry the class prior it learned, which is not
+    the site's: a model averaged over sites learns the federation's mix, and DP noise flattens
+    what a small site's model learns of its own. Bayes' rule moves a posterior to another
+    prior without retraining: P_site(c|x) is proportional to P(c|x) * pi_site(c) / pi_model(c)
+    (Saerens, Latinne and Decaestecker, Neural Computation 14(1), 2002), the multi-class
+    counterpart of the binary threshold. ``pi_site`` is the class frequency of the site's
+    training labels (add-one smoothed, so no class is ruled out), ``pi_model`` the model's mean
+    posterior on the same records. Like the threshold it is fit in-sample, on the training
+    file, never on test data; it is the site's decision rule and stays at the site (the
+    export's model card records it beside the class balance).
+    """
+
+    weights: tuple[float, ...]
+    site_prior: tuple[float, ...]
+    model_prior: tuple[float, ...]
+
+    def apply(self, proba: np.ndarray) -> np.ndarray:
+        """``proba`` moved to the site's prior."""
+        return reweighted(proba, self.weights)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "threshold": None,
+            "criterion": "prior-shift",
+            "class_weights": list(self.weights),
+            "site_prior": list(self.site_prior),
+            "model_prior": list(self.model_prior),
+            "note": (
+                "the most probable class after P(c|x) is moved to this site's class prior: "
+                "P(c|x) * class_weights[c], class_weights = site_prior / model_prior"
+            ),
+        }
+
+
+def reweighted(proba: np.ndarray, weights: Sequence[float]) -> np.ndarray:
+    """Each row of ``proba`` times the class ``weights``, renormalized (a `PriorShift`)."""
+    p = _proba(proba) * np.asarray(weights, dtype=np.float64)[None, :]
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def prior_shift(training_proba: np.ndarray, training_labels: np.ndarray) -> PriorShift:
+    """The `PriorShift` of a model from its posteriors on the site's training records and
+    their labels (the training file only: the test file is not an argument)."""
+    p = _proba(training_proba)
+    y = np.asarray(training_labels).astype(np.int64)
+    if len(y) != len(p) or len(y) == 0:
+        raise ValueError(f"{len(p)} posteriors for {len(y)} training labels")
+    k = p.shape[1]
+    site = (np.bincount(y, minlength=k)[:k] + 1.0) / (len(y) + k)
+    model = np.clip(p.mean(axis=0), 1e-12, None)
+    model = model / model.sum()
+    weights = site / model
+    return PriorShift(
+        weights=tuple(float(w) for w in weights / weights.max()),
+        site_prior=tuple(float(v) for v in site),
+        model_prior=tuple(float(v) for v in model),
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # Metrics at the operating point, with intervals
 

@@ -8,6 +8,7 @@ from typing import Any
 from rich.markup import escape
 
 _METRICS = (
+    ("accuracy", "accuracy"),
     ("sensitivity", "sensitivity"),
     ("specificity", "specificity"),
     ("ppv", "PPV"),
@@ -28,6 +29,12 @@ def _estimate(e: dict[str, Any] | None) -> str:
 def threshold_line(out: dict[str, Any]) -> str:
     """How the decision threshold was chosen, in one line."""
     t = out["threshold"]
+    if t.get("criterion") == "prior-shift":
+        weights = ", ".join(f"{w:.2f}" for w in t["class_weights"])
+        return escape(
+            "  decision: the most probable class once P(c|x) is moved to this site's class "
+            f"prior (class weights {weights}; fit on the training file)"
+        )
     if t.get("threshold") is None:
         return f"  decision: {out['decision_rule']}"
     how = {

@@ -117,12 +117,14 @@ class Personalizing(SiteBase):
     def _operating_point(
         self, model: Any, data: SiteData, target_sensitivity: float | None
     ) -> dict[str, Any]:
-        """Threshold (chosen on validation data), test report at it, class balance, warnings."""
+        """The operating point (binary: a threshold chosen on validation data; more classes:
+        the site's class prior, `PriorShift`), the test report at it, class balance, warnings."""
         import numpy as np
 
         from fedrema_cli.learning.metrics import (
             clinical_report,
             model_warnings,
+            prior_shift,
             select_threshold,
             validation_split,
         )
@@ -132,22 +134,29 @@ class Personalizing(SiteBase):
         val = validation_split(
             data.y_train, seed=derive_seed(self.config.seed, self.name, "validation")
         )
-        val_proba = predict_proba(model, data.x_train[val])
+        training_proba = predict_proba(model, data.x_train)
+        # binary: a threshold chosen on the validation split; more classes: the posterior
+        # moved to the site's class prior (both fit on the training file alone)
+        shift = prior_shift(training_proba, data.y_train) if k > 2 else None
+        at_point = shift.apply if shift is not None else (lambda p: p)
+        val_proba = at_point(training_proba[val])
         choice = (
             select_threshold(
                 val_proba,
                 data.y_train[val],
                 target_sensitivity=target_sensitivity,
-                training_scores=predict_proba(model, data.x_train),
+                training_scores=training_proba,
             )
             if k == 2
             else None
         )
+        point = choice if choice is not None else shift
+        assert point is not None  # k == 2 chose a threshold, k > 2 a prior shift
         threshold = choice.threshold if choice is not None else None
         report = None
         if data.x_test is not None and data.y_test is not None:
             report = clinical_report(
-                predict_proba(model, data.x_test),
+                at_point(predict_proba(model, data.x_test)),
                 data.y_test,
                 threshold=threshold,
                 seed=derive_seed(self.config.seed, self.name, "bootstrap"),
@@ -164,15 +173,11 @@ class Personalizing(SiteBase):
             return [int(c) for c in np.bincount(np.asarray(y, dtype=np.int64), minlength=k)[:k]]
 
         return {
-            "threshold": (
-                choice.to_json()
-                if choice is not None
-                else {"threshold": None, "criterion": "argmax (more than two classes)"}
-            ),
+            "threshold": point.to_json(),
             "decision_rule": (
                 f"predict class 1 when P(class 1) >= {threshold:.6g}"
                 if threshold is not None
-                else "predict the most probable class"
+                else "predict the class with the largest P(c|x) * threshold.class_weights[c]"
             ),
             "clinical": report.to_json() if report is not None else None,
             "class_balance": {
