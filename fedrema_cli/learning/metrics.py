@@ -12,6 +12,10 @@ apart on purpose so that the test set can never choose its own threshold:
 
 ``operating_point`` chains 1 and 2 and takes the two splits as separate arguments.
 
+With more than two classes there is no threshold: ``prior_shift(training posteriors, training
+labels)`` returns the site's operating point, the posterior moved to its own class prior
+(`PriorShift`), and 2 evaluates the shifted posteriors at the argmax.
+
 Binary tasks only for thresholds: the score is the probability of class index 1 (the
 *positive* class: disease present), and a record is predicted positive when its score is
 ``>= threshold``. ``threshold=None`` means the argmax of the probabilities (what `evaluate`
