@@ -201,6 +201,7 @@ def _run(
     per_site: dict[str, Any] = {}
     for name, site in sites.items():
         out = site.personalize()
+        scored = site.test_proba()
         m = out["metrics"] or {}
         clinical = out.get("clinical") or {}
         per_site[name] = {
@@ -217,10 +218,10 @@ def _run(
             ),
             "sensitivity_at_threshold": (clinical.get("sensitivity") or {}).get("value"),
             "accuracy_at_operating_point": (clinical.get("accuracy") or {}).get("value"),
-            "warnings": _warnings(site, out),
+            "warnings": _warnings(out, scored),
         }
-        if spec.predictions:
-            per_site[name].update(_correct(site, out))
+        if spec.predictions and scored is not None:
+            per_site[name].update(_correct(out, *scored))
     result: dict[str, Any] = {
         "dataset": spec.dataset,
         "method": spec.method,
@@ -329,21 +330,15 @@ def _mean_metrics(per_site: dict[str, Any]) -> dict[str, float | None]:
     return out
 
 
-def _warnings(site: Site, out: dict[str, Any]) -> list[dict[str, str]]:
-    """Degenerate-model warnings of a site's deployed model on its test file: at the argmax
-    (the columns `simulate` always showed) and at the chosen threshold."""
+def _warnings(out: dict[str, Any], scored: tuple[Any, Any] | None) -> list[dict[str, str]]:
+    """Degenerate-model warnings of a site's deployed model on its test file (``scored``:
+    its probabilities and labels): at the argmax (the columns `simulate` always showed) and
+    at the site's decision rule (threshold or class prior)."""
     from fedrema_cli.learning.metrics import model_warnings
-    from fedrema_cli.learning.models import build_model, set_part
-    from fedrema_cli.learning.training import predict_proba
 
-    data = site.data()
-    if data.x_test is None:
+    if scored is None:
         return []
-    params, _ = site.personalized_params()
-    model = build_model(site.config.model, seed=site.config.seed)
-    set_part(model, "all", params)
-    argmax = model_warnings(predict_proba(model, data.x_test), data.y_test)
-    found = [{**w.to_json(), "at": "argmax"} for w in argmax]
+    found = [{**w.to_json(), "at": "argmax"} for w in model_warnings(*scored)]
     point = out["threshold"]
     if point.get("threshold") is not None or point.get("criterion") == "prior-shift":
         at = "threshold" if point.get("threshold") is not None else "class prior"
@@ -351,31 +346,20 @@ def _warnings(site: Site, out: dict[str, Any]) -> list[dict[str, str]]:
     return found
 
 
-def _correct(site: Site, out: dict[str, Any]) -> dict[str, str]:
+def _correct(out: dict[str, Any], proba: np.ndarray, labels: np.ndarray) -> dict[str, str]:
     """Which test examples the site's deployed model gets right, as strings of 0/1 in file
     order (for paired bootstraps over test examples): ``correct`` at the argmax,
-    ``correct_at_operating_point`` at the site's decision rule (`personalize`'s threshold or
-    class-prior shift)."""
-    from fedrema_cli.learning.metrics import predictions, reweighted
-    from fedrema_cli.learning.models import build_model, set_part
-    from fedrema_cli.learning.training import predict_proba
+    ``correct_at_operating_point`` under the decision rule `personalize` chose."""
+    from fedrema_cli.learning.metrics import decide, predictions
 
-    params, _ = site.personalized_params()
-    data = site.data()
-    model = build_model(site.config.model, seed=site.config.seed)
-    set_part(model, "all", params)
-    proba = predict_proba(model, data.x_test)
-    point = out["threshold"]
-    shifted = point.get("criterion") == "prior-shift"
-    proba_at = reweighted(proba, point["class_weights"]) if shifted else proba
-    y = np.asarray(data.y_test)
+    y = np.asarray(labels)
 
     def flags(pred: np.ndarray) -> str:
         return "".join("1" if ok else "0" for ok in pred == y)
 
     return {
         "correct": flags(predictions(proba)),
-        "correct_at_operating_point": flags(predictions(proba_at, point.get("threshold"))),
+        "correct_at_operating_point": flags(decide(proba, out["threshold"])),
     }
 
 

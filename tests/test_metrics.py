@@ -306,3 +306,15 @@ def test_a_prior_shift_reads_training_labels_only() -> None:
     with pytest.raises(ValueError, match="posteriors for"):
         m.prior_shift(np.zeros((0, 3)), np.zeros(0))
     assert np.array_equal(m.reweighted(np.eye(3), [1.0, 1.0, 1.0]), np.eye(3))
+
+
+def test_a_recorded_decision_rule_is_applied_as_personalize_chose_it() -> None:
+    # What `simulate` (and a deployment reading the model card) does with the rule.
+    proba = np.array([[0.45, 0.3, 0.25], [0.1, 0.2, 0.7]])
+    shift = m.prior_shift(np.tile([0.5, 0.3, 0.2], (8, 1)), np.array([2] * 6 + [1] * 2))
+    assert m.decide(proba, shift.to_json()).tolist() == [2, 2]
+    assert m.decide(proba, {"threshold": None, "criterion": "argmax"}).tolist() == [0, 2]
+    binary = _binary(np.array([0.3, 0.6]))
+    choice = m.select_threshold(np.array([0.1, 0.2, 0.35, 0.6]), np.array([0, 0, 1, 1]))
+    assert m.decide(binary, choice.to_json()).tolist() == [1, 1]  # threshold 0.275
+    assert m.decide(binary, {"threshold": 0.5}).tolist() == [0, 1]

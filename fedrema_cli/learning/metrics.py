@@ -49,7 +49,7 @@ class) is ``None`` with a ``None`` interval, never NaN.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -416,6 +416,15 @@ def reweighted(proba: np.ndarray, weights: Sequence[float]) -> np.ndarray:
     """Each row of ``proba`` times the class ``weights``, renormalized (a `PriorShift`)."""
     p = _proba(proba) * np.asarray(weights, dtype=np.float64)[None, :]
     return p / p.sum(axis=1, keepdims=True)
+
+
+def decide(proba: np.ndarray, rule: Mapping[str, Any]) -> np.ndarray:
+    """Predicted class per record under a recorded decision rule: the ``threshold`` object
+    `personalize` reports and the model card keeps (a binary threshold, a `PriorShift`'s
+    class weights, or neither: the argmax)."""
+    if rule.get("criterion") == "prior-shift":
+        return predictions(reweighted(proba, rule["class_weights"]))
+    return predictions(proba, rule.get("threshold"))
 
 
 def prior_shift(training_proba: np.ndarray, training_labels: np.ndarray) -> PriorShift:

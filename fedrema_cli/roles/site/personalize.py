@@ -39,14 +39,21 @@ class Personalizing(SiteBase):
         """Argmax metrics of the model this site would deploy now, on its test file (None
         without one). What `simulate --track` scores after every round: no threshold, no
         intervals, nothing written."""
-        from fedrema_cli.learning.training import evaluate
+        from fedrema_cli.learning.metrics import basic_metrics
+
+        scored = self.test_proba()
+        return basic_metrics(*scored).to_json() if scored is not None else None
+
+    def test_proba(self) -> tuple[Any, Any] | None:
+        """The deployed model's class probabilities on the test file and the test labels
+        (None without a test file): what `simulate` scores per record."""
+        from fedrema_cli.learning.training import predict_proba
 
         data = self.data()
-        if data.x_test is None:
+        if data.x_test is None or data.y_test is None:
             return None
         model, _, _ = self._deployed_model()
-        k = self.config.model.num_classes
-        return evaluate(model, data.x_test, data.y_test, num_classes=k).to_json()
+        return predict_proba(model, data.x_test), data.y_test
 
     def _deployed_model(self) -> tuple[Any, Params, int]:
         """The model to deploy now, its parameters, and the last finished round."""
