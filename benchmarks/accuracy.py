@@ -488,13 +488,19 @@ def per_site(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def paired_bootstrap(
-    a: dict[int, dict[str, str]], b: dict[int, dict[str, str]], rng: np.random.Generator
+    a: dict[int, dict[str, str]],
+    b: dict[int, dict[str, str]],
+    rng: np.random.Generator,
+    labels: dict[int, dict[str, str]] | None = None,
 ) -> tuple[float, float, float]:
     """Mean-over-sites accuracy of a minus b, with a 95% interval from a paired bootstrap.
 
     ``a[seed][site]`` is the 0/1 string of which test examples were right. Each replicate
     resamples the seeds and, within every site, the test examples (the same draws for both
     methods), so the interval covers training randomness and the small test sets together.
+    With ``labels[seed][site]`` (each example's class, one digit), balanced accuracy instead:
+    the mean over the classes present in the draw of the share of that class called right (a
+    draw without a site's only healthy patient scores that site on its sick ones alone).
     """
     seeds = sorted(set(a) & set(b))
     sites = sorted(a[seeds[0]])
@@ -503,13 +509,24 @@ def paired_bootstrap(
     boot = np.zeros(BOOTSTRAP)
     seed_draw = rng.integers(0, s, size=(BOOTSTRAP, s))
     for site in sites:
-        da = np.array([[c == "1" for c in a[k][site]] for k in seeds], dtype=np.float64)
-        db = np.array([[c == "1" for c in b[k][site]] for k in seeds], dtype=np.float64)
-        diff = da - db  # seeds x examples
-        n = diff.shape[1]
-        point += diff.mean()
+        da = np.array([[c == "1" for c in a[k][site]] for k in seeds])
+        db = np.array([[c == "1" for c in b[k][site]] for k in seeds])
+        n = da.shape[1]
         ex = rng.integers(0, n, size=(BOOTSTRAP, n))
-        per_seed = np.stack([diff[k][ex].mean(axis=1) for k in range(s)], axis=1)  # B x s
+        if labels is None:
+            diff = da.astype(np.float64) - db  # seeds x examples
+            point += diff.mean()
+            per_seed = np.stack([diff[k][ex].mean(axis=1) for k in range(s)], axis=1)
+        else:
+            ys = np.array([[int(c) for c in labels[k][site]] for k in seeds])
+            full = np.arange(n)[None, :]
+            point += np.mean(
+                [_balanced(da[k], ys[k], full) - _balanced(db[k], ys[k], full) for k in range(s)]
+            )
+            per_seed = np.stack(
+                [_balanced(da[k], ys[k], ex) - _balanced(db[k], ys[k], ex) for k in range(s)],
+                axis=1,
+            )  # B x s
         boot += np.take_along_axis(per_seed, seed_draw, axis=1).mean(axis=1)
     point /= len(sites)
     boot /= len(sites)
@@ -517,36 +534,65 @@ def paired_bootstrap(
     return float(point), float(lo), float(hi)
 
 
-#: What the paired bootstraps compare: accuracy at the argmax, and at each site's operating
-#: point (the simulate key of the 0/1 string, and the table's title).
+def _balanced(right: np.ndarray, y: np.ndarray, draws: np.ndarray) -> np.ndarray:
+    """Balanced accuracy of each draw (a row of example indices): the mean over the classes
+    present in it of the share of that class's examples called right."""
+    yd, rd = y[draws], right[draws]
+    total = np.zeros(draws.shape[0])
+    present = np.zeros(draws.shape[0])
+    for c in np.unique(y):
+        m = yd == c
+        count = m.sum(axis=1)
+        has = count > 0
+        total[has] += (rd & m).sum(axis=1)[has] / count[has]
+        present += has
+    return total / present
+
+
+#: What the paired bootstraps compare: accuracy at the argmax and at each site's operating
+#: point, and balanced accuracy there (the simulate key of the 0/1 string, the table's title,
+#: and whether the statistic is balanced over the examples' ``labels``).
 PAIRED = (
-    ("correct", "accuracy"),
-    ("correct_at_operating_point", "accuracy at the site's operating point"),
+    ("correct", "accuracy", False),
+    ("correct_at_operating_point", "accuracy at the site's operating point", False),
+    ("correct_at_operating_point", "balanced accuracy at the site's operating point", True),
 )
 
 
 def paired(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """FedReMa minus each method, per dataset and privacy level, for each `PAIRED` metric
-    (runs recorded before a metric existed are left out of its table)."""
+    (runs recorded before a metric, or the labels it needs, existed are left out of it)."""
     return [
         {**row, "metric": title}
-        for key, title in PAIRED
-        for row in _paired([r for r in records if all(key in v for v in r["sites"].values())], key)
+        for key, title, balanced in PAIRED
+        for row in _paired(
+            [
+                r
+                for r in records
+                if all(key in v and (not balanced or "labels" in v) for v in r["sites"].values())
+            ],
+            key,
+            balanced,
+        )
     ]
 
 
-def _paired(records: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
+def _paired(records: list[dict[str, Any]], key: str, balanced: bool) -> list[dict[str, Any]]:
     rng = np.random.default_rng(20240607)
     correct: dict[tuple, dict[int, dict[str, str]]] = defaultdict(dict)
+    labels: dict[tuple, dict[int, dict[str, str]]] = defaultdict(dict)
     for r in records:
-        correct[(r["dataset"], r["epsilon"], r["method"])][r["seed"]] = {
-            s: v[key] for s, v in r["sites"].items()
-        }
+        run = (r["dataset"], r["epsilon"], r["method"])
+        correct[run][r["seed"]] = {s: v[key] for s, v in r["sites"].items()}
+        if balanced:
+            labels[r["dataset"]][r["seed"]] = {s: v["labels"] for s, v in r["sites"].items()}
     rows = []
     for (ds, eps, method), runs in sorted(correct.items(), key=lambda kv: str(kv[0])):
         if method == REFERENCE or (ds, eps, REFERENCE) not in correct:
             continue
-        diff, lo, hi = paired_bootstrap(correct[(ds, eps, REFERENCE)], runs, rng)
+        diff, lo, hi = paired_bootstrap(
+            correct[(ds, eps, REFERENCE)], runs, rng, labels[ds] if balanced else None
+        )
         verdict = (
             "within noise" if lo <= 0 <= hi else ("fedrema better" if lo > 0 else "fedrema worse")
         )
@@ -835,7 +881,7 @@ def markdown(
                 if vals:
                     lines += [f"| {m} | " + " | ".join(f"{vals[s]:.3f}" for s in site_names) + " |"]
             lines += [""]
-        for _, title in PAIRED:
+        for _, title, _ in PAIRED:
             if not any(r["dataset"] == ds and r["metric"] == title for r in pairs):
                 continue
             lines += [f"#### {ds}: FedReMa minus each method ({title}, 95% paired bootstrap)"]

@@ -349,7 +349,8 @@ def _warnings(out: dict[str, Any], scored: tuple[Any, Any] | None) -> list[dict[
 def _correct(out: dict[str, Any], proba: np.ndarray, labels: np.ndarray) -> dict[str, str]:
     """Which test examples the site's deployed model gets right, as strings of 0/1 in file
     order (for paired bootstraps over test examples): ``correct`` at the argmax,
-    ``correct_at_operating_point`` under the decision rule `personalize` chose."""
+    ``correct_at_operating_point`` under the decision rule `personalize` chose; and, for
+    up to ten classes, ``labels``: each example's class as one digit (per-class rates)."""
     from fedrema_cli.learning.metrics import decide, predictions
 
     y = np.asarray(labels)
@@ -357,10 +358,13 @@ def _correct(out: dict[str, Any], proba: np.ndarray, labels: np.ndarray) -> dict
     def flags(pred: np.ndarray) -> str:
         return "".join("1" if ok else "0" for ok in pred == y)
 
-    return {
+    found = {
         "correct": flags(predictions(proba)),
         "correct_at_operating_point": flags(decide(proba, out["threshold"])),
     }
+    if proba.shape[1] <= 10:
+        found["labels"] = "".join(str(int(c)) for c in y)
+    return found
 
 
 def _train_if_participant(site: Site) -> None:

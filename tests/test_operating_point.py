@@ -43,6 +43,9 @@ def test_simulate_reports_accuracy_at_each_sites_decision_rule(skewed: tuple[Pat
         assert len(flags) == site["n_test"] == len(site["correct"]), name
         assert site["accuracy_at_operating_point"] == pytest.approx(flags.count("1") / len(flags))
         assert site["accuracy"] == pytest.approx(site["correct"].count("1") / len(flags))
+        # the labels are the site's test file, one digit each, in file order
+        test = Site(skewed[0] / "sites" / name).data()
+        assert site["labels"] == "".join(str(int(c)) for c in test.y_test), name
     means = [s["accuracy_at_operating_point"] for s in result["sites"].values()]
     assert result["mean_accuracy_at_operating_point"] == pytest.approx(np.mean(means))
     # One round leaves each model far from its site's prior: the shift must matter here.
