@@ -580,7 +580,7 @@ def paired(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _paired(records: list[dict[str, Any]], key: str, balanced: bool) -> list[dict[str, Any]]:
     rng = np.random.default_rng(20240607)
     correct: dict[tuple, dict[int, dict[str, str]]] = defaultdict(dict)
-    labels: dict[tuple, dict[int, dict[str, str]]] = defaultdict(dict)
+    labels: dict[str, dict[int, dict[str, str]]] = defaultdict(dict)  # by dataset
     for r in records:
         run = (r["dataset"], r["epsilon"], r["method"])
         correct[run][r["seed"]] = {s: v[key] for s, v in r["sites"].items()}

@@ -371,8 +371,10 @@ def test_a_site_left_out_of_the_masking_roster_cannot_get_into_the_sum(core: Cor
     assert core.phase() is Phase.COLLECT
     assert turn(core.fed, 1, withdrawn={}).expected == SITES[:-1]
 
-    core.act("va")  # late: its key shares are of no use now, and it submits nothing
+    late = core.act("va")["va"]  # late: it sends neither key shares nor an update now
+    assert not core.fed.exists("shares", 1, site="va")
     assert not core.fed.exists("submission", 1, site="va")
+    assert any("closed without this site" in w for w in late.waiting)
     va = core.sites["va"].fed
     va.put("submission", 1, {"round": 1, "method": "fedavg"}, attachments={"masked.bin": b"x"})
     assert turn(core.fed, 1, withdrawn={}).acted == ()
