@@ -10,8 +10,10 @@ What it does, in two phases:
 1. **Selection, on validation splits only.** For each dataset, method and privacy group (no DP;
    DP, selected at epsilon 3 and used for 8, 3 and 1), a small grid of hyperparameters is run
    with each site's *training* file split 75/25 into fit/validation (``--validation`` of
-   ``fedrema simulate``); the configuration with the best mean validation accuracy over the
-   validation splits is chosen (ties: the first in grid order). Test files are never read.
+   ``fedrema simulate``); the configuration with the best mean validation score over the
+   validation splits is chosen (ties: the first in grid order): accuracy, or the dataset's
+   ``select_on`` metric (label skew: accuracy at the site's operating point, the rule a site
+   deploys). Test files are never read.
    It runs with ``--select`` and saves what it chose in ``benchmarks/chosen.json``; without
    ``--select`` the configurations saved there are reused, which keeps the one-command
    benchmark short (the selection runs about as many federations as the test).
@@ -20,9 +22,10 @@ What it does, in two phases:
    balanced accuracy and sensitivity at the site's own validation threshold and at argmax, ROC
    AUC, and the bytes a site moves per round;
    the mean over sites; mean +- std over seeds; the accuracy after every round; and paired
-   differences between FedReMa and every other method with 95% intervals from a paired
-   bootstrap over seeds *and* test examples (a difference whose interval contains 0 is
-   reported as within noise).
+   differences between FedReMa and every other method (accuracy, and accuracy and balanced
+   accuracy at the site's operating point) with 95% intervals from a paired bootstrap over
+   seeds *and* test examples (a difference whose interval contains 0 is reported as within
+   noise).
 
 Outputs (``--out``, default ``benchmarks/results/accuracy``): ``summary.md`` (the tables),
 ``summary.csv``, ``per_site.csv``, ``paired.csv``, ``peers.csv``, ``selection.csv``,
