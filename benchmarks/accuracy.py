@@ -516,25 +516,31 @@ def paired_bootstrap(
         db = np.array([[c == "1" for c in b[k][site]] for k in seeds])
         n = da.shape[1]
         ex = rng.integers(0, n, size=(BOOTSTRAP, n))
-        if labels is None:
-            diff = da.astype(np.float64) - db  # seeds x examples
-            point += diff.mean()
-            per_seed = np.stack([diff[k][ex].mean(axis=1) for k in range(s)], axis=1)
-        else:
-            ys = np.array([[int(c) for c in labels[k][site]] for k in seeds])
-            full = np.arange(n)[None, :]
-            point += np.mean(
-                [_balanced(da[k], ys[k], full) - _balanced(db[k], ys[k], full) for k in range(s)]
-            )
-            per_seed = np.stack(
-                [_balanced(da[k], ys[k], ex) - _balanced(db[k], ys[k], ex) for k in range(s)],
-                axis=1,
-            )  # B x s
+        ys = None if labels is None else [[int(c) for c in labels[k][site]] for k in seeds]
+        point += _per_draw(da, db, ys, np.arange(n)[None, :]).mean()
+        per_seed = _per_draw(da, db, ys, ex)  # B x s
         boot += np.take_along_axis(per_seed, seed_draw, axis=1).mean(axis=1)
     point /= len(sites)
     boot /= len(sites)
     lo, hi = np.quantile(boot, [0.025, 0.975])
     return float(point), float(lo), float(hi)
+
+
+def _per_draw(
+    da: np.ndarray, db: np.ndarray, ys: list[list[int]] | None, draws: np.ndarray
+) -> np.ndarray:
+    """a minus b on each draw (a row of example indices), per seed (draws x seeds): accuracy,
+    or with each seed's labels ``ys`` balanced accuracy."""
+    if ys is None:
+        diffs = [
+            (ra.astype(np.float64) - rb)[draws].mean(axis=1) for ra, rb in zip(da, db, strict=True)
+        ]
+    else:
+        diffs = [
+            _balanced(ra, np.asarray(y), draws) - _balanced(rb, np.asarray(y), draws)
+            for ra, rb, y in zip(da, db, ys, strict=True)
+        ]
+    return np.stack(diffs, axis=1)
 
 
 def _balanced(right: np.ndarray, y: np.ndarray, draws: np.ndarray) -> np.ndarray:

@@ -340,8 +340,8 @@ def _warnings(out: dict[str, Any], scored: tuple[Any, Any] | None) -> list[dict[
         return []
     found = [{**w.to_json(), "at": "argmax"} for w in model_warnings(*scored)]
     point = out["threshold"]
-    if point.get("threshold") is not None or point.get("criterion") == "prior-shift":
-        at = "threshold" if point.get("threshold") is not None else "class prior"
+    at = "class prior" if point.get("criterion") == "prior-shift" else "threshold"
+    if at == "class prior" or point.get("threshold") is not None:  # a rule other than argmax
         found += [{**w, "at": at} for w in out["warnings"] if w["code"] == "one-class"]
     return found
 

@@ -621,7 +621,7 @@ def _share_keys(site: SiteRound, r: int, secrets: _Secrets, actions: Actions) ->
         return
     if site.name not in key_roster_parties(fed, r):
         return
-    if fed.exists("masking-roster", r):  # the phase closed without this site's shares
+    if _left_out(site, r):  # the phase closed without this site's shares
         actions.waiting.append(f"round {r}: closed without this site; it rejoins a later round")
         return
     client, msg = secrets.client.handle(verified_key_roster(fed, r), rng=os.urandom)
