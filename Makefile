@@ -28,8 +28,12 @@ demo: $(STAMP)
 	$(BIN)/fedrema privacy report --workspace runs/demo/fedrema/workspace \
 	  --html runs/demo/privacy-report.html
 
+# A test file per worker, in collection order: the conftest puts the `slow` tests (whole
+# federations through the real CLI, a minute or more each) first, so none is left to run
+# alone at the end. (xdist's default reorder, by number of tests per file, started the
+# longest single-test files last.)
 test: $(STAMP)
-	$(BIN)/python -m pytest -n auto --dist loadfile
+	$(BIN)/python -m pytest -n auto --dist loadfile --no-loadscope-reorder
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -61,7 +65,7 @@ bench-peers: $(PEERS_STAMP)
 	$(PEERS)/bin/python benchmarks/vs_flower.py $(ARGS)
 
 # Every method vs every other on heart disease and label skew: 12 methods x 4 privacy levels x
-# 2 seeds, with the hyperparameters the last selection chose (benchmarks/chosen.json; about 17 min
+# 2 seeds, with the hyperparameters the last selection chose (benchmarks/chosen.json; about 16 min
 # on 2 cores); tables and plots in benchmarks/results/accuracy/ (docs/benchmarks.md for more).
 bench-accuracy: $(STAMP)
 	$(BIN)/python benchmarks/accuracy.py --seeds 2 --datasets heart-disease,label-skew $(ARGS)

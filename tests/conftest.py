@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 import tempfile
 
+import pytest
+
 from fedrema_cli.app import configure_runtime
 
 configure_runtime()
@@ -25,3 +27,9 @@ if (
     and "FEDREMA_TEST_TMP_ON_DISK" not in os.environ
 ):
     tempfile.tempdir = _RAM
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The `slow` tests first (a stable sort): with `make test`'s one file per worker, in
+    collection order, the minutes-long ones then run beside the rest, not alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -68,6 +68,7 @@ def private_fed(tmp_path: Path) -> Fed:
     return make_federation(tmp_path, "--epsilon", "3", "--rounds", "1")
 
 
+@pytest.mark.slow
 def test_every_command_survives_a_crash_at_every_write(private_fed: Fed) -> None:
     fed = private_fed
     crashes = 0

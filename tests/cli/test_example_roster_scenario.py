@@ -9,10 +9,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.cli.test_example_script import run_example
 from tests.signed_files import read_signed
 
 
+@pytest.mark.slow
 def test_roster_scenario_drops_rejoins_adds_a_fifth_site_and_rotates_a_key(
     tmp_path: Path,
 ) -> None:

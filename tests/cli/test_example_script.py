@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.signed_files import read_signed
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,6 +29,7 @@ def run_example(script: str, *args: str | Path, timeout: float) -> subprocess.Co
     return out
 
 
+@pytest.mark.slow
 def test_run_sh_drives_every_command_for_one_round(tmp_path: Path) -> None:
     """With pFedNet (the script's default, FedReMa, runs in `make demo`): any method works."""
     work = tmp_path / "run"

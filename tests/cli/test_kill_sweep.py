@@ -237,6 +237,7 @@ def verify_results(fed: Fed, rounds: int) -> None:
         assert body["survivors"] == list(SITES), body
 
 
+@pytest.mark.slow
 def test_every_command_survives_sigkill_at_its_write_steps(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

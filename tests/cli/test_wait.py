@@ -13,12 +13,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.cli.conftest import SITES, make_federation, run
 from tests.signed_files import read_signed
 
 FEDREMA = shutil.which("fedrema", path=os.path.dirname(sys.executable)) or "fedrema"
 
 
+@pytest.mark.slow
 def test_one_round_with_every_party_waiting_in_parallel(tmp_path: Path) -> None:
     fed = make_federation(tmp_path, "--no-dp", "--rounds", "1")
     env = {**os.environ, "COLUMNS": "120"}

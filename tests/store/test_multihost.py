@@ -176,6 +176,7 @@ def result(sftp: SftpServer, r: int) -> dict:
     return read_signed(sftp.root / "ws" / f"rounds/{r:04d}/result.json")["body"]
 
 
+@pytest.mark.slow
 def test_a_federation_across_hosts_survives_a_cable_pulled_mid_round(
     network: Network, tmp_path: Path
 ) -> None:
