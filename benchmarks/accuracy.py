@@ -518,12 +518,10 @@ def paired_bootstrap(
         da = np.array([[c == "1" for c in a[k][site]] for k in seeds])
         db = np.array([[c == "1" for c in b[k][site]] for k in seeds])
         n = da.shape[1]
-        ys = None
-        if labels is not None:
-            ys = [np.array([int(c) for c in labels[k][site]]) for k in seeds]
-        if ys is None:
-            draws = [rng.integers(0, n, size=(BOOTSTRAP, n))] * s
+        if labels is None:
+            ys, draws = None, [rng.integers(0, n, size=(BOOTSTRAP, n))] * s
         else:
+            ys = [np.array([int(c) for c in labels[k][site]]) for k in seeds]
             draws = [_stratified(y, rng) for y in ys]
         point += _per_draw(da, db, ys, [np.arange(n)[None, :]] * s).mean()
         per_seed = _per_draw(da, db, ys, draws)  # B x s
