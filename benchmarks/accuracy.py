@@ -7,8 +7,9 @@ code (signed files, DP-SGD with Opacus, the ledger, FedReMa) in one process per 
 
 What it does, in two phases:
 
-1. **Selection, on validation splits only.** For each dataset, method and privacy group (no DP;
-   DP, selected at epsilon 3 and used for 8, 3 and 1), a small grid of hyperparameters is run
+1. **Selection, on validation splits only.** For each dataset, method and privacy level (no DP,
+   epsilon 8, 3 and 1: an operator fixes epsilon before training, so each level gets its own
+   choice), a small grid of hyperparameters is run
    with each site's *training* file split 75/25 into fit/validation (``--validation`` of
    ``fedrema simulate``); the configuration with the best mean validation score over the
    validation splits is chosen (ties: the first in grid order): accuracy, or the dataset's
@@ -65,7 +66,6 @@ sys.path.insert(0, str(ROOT))
 
 PRIVACY: tuple[float | None, ...] = (None, 8.0, 3.0, 1.0)
 DELTA = 1e-5
-SELECT_EPSILON = 3.0  # DP hyperparameters are chosen at this epsilon and used at every level
 BOOTSTRAP = 4000
 #: The configurations the last selection chose (``--select`` writes it; other runs reuse it).
 CHOSEN = Path(__file__).resolve().parent / "chosen.json"
@@ -283,15 +283,16 @@ def selection_jobs(datasets: Iterable[str], methods_of: dict[str, tuple[str, ...
         for method in methods_of[ds]:
             if method == "majority":
                 continue
-            for group, eps in (("none", None), ("dp", SELECT_EPSILON)):
+            for eps in PRIVACY:
+                splits = SETUP[ds]["val_splits"]["none" if eps is None else "dp"]
                 for c, cfg in enumerate(grid(ds, method)):
-                    for k in range(SETUP[ds]["val_splits"][group]):
+                    for k in range(splits):
                         jobs.append(
                             {
                                 "phase": "select",
                                 "dataset": ds,
                                 "method": method,
-                                "group": group,
+                                "group": level_name(eps),
                                 "epsilon": eps,
                                 "seed": 1001 + k,
                                 "config": cfg,
@@ -367,7 +368,7 @@ def load_chosen(path: Path, datasets: list[str]) -> tuple[dict[tuple, dict], lis
         (ds, g, m)
         for ds in datasets
         for m in SETUP[ds]["methods"]
-        for g in ("none", "dp")
+        for g in map(level_name, PRIVACY)
         if m != "majority" and (ds, g, m) not in chosen
     ]
     if missing:
@@ -387,7 +388,7 @@ def test_jobs(
             for eps in PRIVACY:
                 if method == "majority" and eps is not None:
                     continue  # no training, no budget: the no-DP run is reused
-                group = "none" if eps is None else "dp"
+                group = level_name(eps)
                 cfg = grid(ds, method)[0] if method == "majority" else chosen[(ds, group, method)]
                 for seed in seeds:
                     jobs.append(
@@ -411,7 +412,7 @@ def reuse_majority(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for r in records:
         if r["method"] == "majority" and r["epsilon"] is None:
             for eps in PRIVACY[1:]:
-                out.append({**r, "epsilon": eps, "group": "dp", "reused_from": "none"})
+                out.append({**r, "epsilon": eps, "group": level_name(eps), "reused_from": "none"})
     return out
 
 
@@ -992,14 +993,17 @@ def markdown(
 
 
 def hyperparameter_lines(selection: list[dict], datasets: list[str]) -> list[str]:
-    """The table of what the selection chose, per dataset, method and privacy group."""
+    """The table of what the selection chose, per dataset, method and privacy level."""
     lines: list[str] = []
     lines += ["### Hyperparameters chosen on validation splits", ""]
-    lines += ["| dataset | method | no DP | DP (chosen at ε=3) |", "|---|---|---|---|"]
+    lines += [
+        "| dataset | method | " + " | ".join(map(level_label, PRIVACY)) + " |",
+        "|---|---|" + "---|" * len(PRIVACY),
+    ]
     for ds in datasets:
         for m in SETUP[ds]["methods"]:
             cells = []
-            for group in ("none", "dp"):
+            for group in map(level_name, PRIVACY):
                 row = next(
                     (
                         r
@@ -1014,7 +1018,7 @@ def hyperparameter_lines(selection: list[dict], datasets: list[str]) -> list[str
                     if row
                     else "defaults (nothing to tune)"
                 )
-            lines += [f"| {ds} | {m} | {cells[0]} | {cells[1]} |"]
+            lines += [f"| {ds} | {m} | " + " | ".join(cells) + " |"]
     return lines
 
 
