@@ -303,12 +303,13 @@ def selection_jobs(datasets: Iterable[str], methods_of: dict[str, tuple[str, ...
 
 
 def choose(records: list[dict[str, Any]]) -> tuple[dict, list[dict[str, Any]]]:
-    """Best mean validation score per (dataset, group, method): accuracy, or the dataset's
-    ``select_on`` metric; ties: the first in grid order."""
+    """Best mean validation score per (dataset, privacy level, method): accuracy, or the
+    dataset's ``select_on`` metric; ties: the first in grid order. The level comes from each
+    run's epsilon, so records made when one DP group served every level are read right."""
     scores: dict[tuple, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     configs: dict[tuple, dict[int, dict]] = defaultdict(dict)
     for r in records:
-        key = (r["dataset"], r["group"], r["method"])
+        key = (r["dataset"], level_name(r["epsilon"]), r["method"])
         metric = SETUP[r["dataset"]].get("select_on", "accuracy")
         score = r.get(f"mean_{metric}")
         scores[key][r["config_index"]].append(r["mean_accuracy"] if score is None else score)
