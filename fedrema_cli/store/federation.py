@@ -333,11 +333,14 @@ class Federation:
         return None
 
     def identity_for(self, r: int) -> Identity:
-        """This party's identity for round r: the key the roster in force then names."""
+        """This party's identity for round r: the key the roster in force then names.
+
+        r = 0 (per-federation files, e.g. a withdrawal): the latest key, as `key_for` checks.
+        """
         if self.me == COORDINATOR or not self.rosters or self.me not in self.ever_listed():
             return self.identity
         roster = self.roster_for(r)
-        if self.me not in roster.names:  # out of that round (joined later, removed): latest
+        if r < 1 or self.me not in roster.names:  # per-federation, or out of that round: latest
             roster = next(x for x in reversed(self.rosters) if self.me in x.names)
         return self.identities.get(roster.site(self.me).sign_pk, self.identity)
 

@@ -156,6 +156,25 @@ def test_key_rotation_keeps_earlier_rounds_auditable_and_refuses_a_forged_rotati
     assert out.exit_code == 0, out.stdout + out.stderr
 
 
+def test_a_site_withdraws_after_its_key_rotation_is_approved(tmp_path: Path) -> None:
+    """A withdrawal is a per-federation file: it is signed, and checked, with the site's
+    latest approved key, even while the round in progress still uses the old one."""
+    trio = ("cleveland", "hungary", "va")
+    fed = make_federation(tmp_path, "--no-dp", "--rounds", "3", "--threshold", "2", sites=trio)
+    _key_exchange(fed, trio)
+    full_round_of(fed, trio)
+    assert run("rotate-key", "-s", fed.site("va")).exit_code == 0
+    out = run("approve", "-s", fed.coordinator, "va", "--json")
+    assert out.exit_code == 0 and out.json()["rotated"] == ["va"], out.stderr
+    out = run("withdraw", "-s", fed.site("va"), "--yes", "--json")
+    assert out.exit_code == 0, out.stderr
+    pair = ("cleveland", "hungary")
+    full_round_of(fed, pair)  # aggregate waits for va no more: its notice verifies
+    status = run("status", "-w", fed.workspace, "--json").json()
+    assert "va" in status["withdrawn"], status
+    assert not (fed.workspace / "quarantine").exists()
+
+
 def _signed_by(envelope: dict, sign_pk: str) -> bool:
     from crypto.canonical import canonical_json
     from fedrema_cli.errors import IntegrityError
