@@ -162,7 +162,8 @@ def table(
 ) -> Table:
     t = Table(title=title, caption=caption, title_justify="left")
     for i, c in enumerate(columns):
-        t.add_column(c, justify="left" if i == 0 else "right")
+        # fold, never elide: a fingerprint cut to "…" cannot be compared
+        t.add_column(c, justify="left" if i == 0 else "right", overflow="fold")
     for row in rows:
         t.add_row(*[fmt(v) for v in row])
     return t

@@ -350,13 +350,24 @@ def approve(
     ui.console.print(
         ui.table(
             "Enrolled sites",
-            ["site", "key fingerprint", "approved"],
+            ["site", "key fingerprint", "approved", "key rotation to approve"],
             [
-                (e["site"], e["fingerprint"], "yes" if e["approved"] else "no")
+                (
+                    e["site"],
+                    e["fingerprint"],
+                    "yes" if e["approved"] else "no",
+                    e["pending_new_key"] or "",
+                )
                 for e in out["enrollments"]
             ],
         )
     )
+    for e in out["enrollments"]:
+        if e["pending_new_key"]:
+            ui.say(
+                f"  {e['site']} asks to rotate its key to {e['pending_new_key']}: compare it "
+                f"with the one the hospital read to you, then `fedrema approve {e['site']}`"
+            )
     for site, why in out["refused_enrollments"].items():
         ui.warn(f"enrollment {site!r} refused, not approved: {why}")
     fixed = (
@@ -368,9 +379,9 @@ def approve(
     if out["signed"]:
         changes = [
             f"{what} {', '.join(out[key])}"
-            for what, key in (("added", "added"), ("removed", "removed"), ("new key", "rotated"))
+            for what, key in (("added", "added"), ("removed", "removed"))
             if out[key] and out["version"] > 1
-        ]
+        ] + [f"new key {s} ({fp})" for s, fp in out["rotated_fingerprints"].items()]
         ui.say(
             f"[green]✓[/] roster version {out['version']} signed, in force from round "
             f"{out['effective_from_round']}: {fixed}"

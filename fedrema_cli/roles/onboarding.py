@@ -21,6 +21,7 @@ from fedrema_cli.errors import OptionError
 from fedrema_cli.identity import fingerprint
 from fedrema_cli.learning.modelspec import ModelSpec
 from fedrema_cli.methods import parse_method_options
+from fedrema_cli.protocol.exchange import pending_rotations
 from fedrema_cli.roles.coordinator import Coordinator, RosterChange
 from fedrema_cli.roles.site import Site
 
@@ -261,6 +262,19 @@ def approve(
             coord.sign_roster(change)
             signed = True
     roster = coord.fed.roster
+    pending: dict[str, str] = {}
+    if roster is not None:
+        rotations, refused = pending_rotations(coord.fed)
+        coord.refused_enrollments.update(refused)
+        pending = {s: fingerprint(k.sign_pk) for s, k in sorted(rotations.items())}
+
+    def key_of(e: Any) -> str:
+        """The key in force: the latest roster's for an approved site (it may have rotated),
+        the enrollment's otherwise."""
+        if roster is not None and e.site in roster.names:
+            return fingerprint(roster.site(e.site).sign_pk)
+        return str(e.fingerprint)
+
     return {
         "federation": coord.config.federation_id,
         "roster_approved": roster is not None,
@@ -278,9 +292,19 @@ def approve(
         "left_out": list(change.left_out) if change else [],
         "approved_now": list(change.added) if change and signed else [],
         "enrollments": [
-            {"site": e.site, "fingerprint": e.fingerprint, "approved": e.approved}
+            {
+                "site": e.site,
+                "fingerprint": key_of(e),
+                "approved": e.approved,
+                "pending_new_key": pending.get(e.site),
+            }
             for e in coord.enrollments()
         ],
+        "rotated_fingerprints": (
+            {s: fingerprint(roster.site(s).sign_pk) for s in change.rotated}
+            if change and signed and roster is not None
+            else {}
+        ),
         "refused_enrollments": dict(coord.refused_enrollments),
     }
 

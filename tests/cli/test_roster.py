@@ -131,10 +131,22 @@ def test_key_rotation_keeps_earlier_rounds_auditable_and_refuses_a_forged_rotati
     out = run("rotate-key", "-s", fed.site("cleveland"))
     assert out.exit_code == 0, out.stderr
     assert "rotations/cleveland/0002.json" in out.stdout
+    new_fp = out.stdout.split("new key ")[1].split()[0]
+    # the coordinator sees the fingerprint to compare, beside the key in force
+    listing = run("approve", "-s", fed.coordinator)
+    assert new_fp in listing.stdout and "asks to rotate its key" in listing.stdout
+    rows = {
+        e["site"]: e for e in run("approve", "-s", fed.coordinator, "--json").json()["enrollments"]
+    }
+    assert rows["cleveland"]["pending_new_key"] == new_fp
+    assert rows["hungary"]["pending_new_key"] is None
     out = run("approve", "-s", fed.coordinator, "cleveland", "--json")
     assert out.exit_code == 0, out.stderr
     got = out.json()
     assert got["rotated"] == ["cleveland"] and got["effective_from_round"] == 3
+    assert got["rotated_fingerprints"] == {"cleveland": new_fp}
+    row = next(e for e in got["enrollments"] if e["site"] == "cleveland")
+    assert row["fingerprint"] == new_fp and row["pending_new_key"] is None
     assert "0001 refused" in got["refused_enrollments"]["cleveland"]
     roster = json.loads((fed.workspace / "rosters/0002.json").read_text())["body"]
     new_key = roster["sites"][0]
