@@ -82,17 +82,24 @@ class FedremaGroup(TyperGroup):
         configure_runtime()
         IGNORED.clear()
         error: dict[str, Any] | None = None
+        previous = _on_sigterm()
         try:
             return super().invoke(ctx)
-        except KeyboardInterrupt:  # every write is atomic: an interrupted command is re-run
-            error = _error_object(INTERRUPTED.removeprefix("fedrema: "), None, 130)
+        except (KeyboardInterrupt, Terminated) as exc:  # every write is atomic: re-run it
+            code = 143 if isinstance(exc, Terminated) else 130
+            error = _error_object(INTERRUPTED.removeprefix("fedrema: "), None, code)
             typer.echo(INTERRUPTED, err=True)
-            raise typer.Exit(130) from None
-        except typer.TyperException as exc:  # a usage error: Typer prints it and exits 2
+            raise typer.Exit(code) from None
+        except typer.TyperException as exc:  # a usage error: one line, exit 2
             format_message = getattr(exc, "format_message", None)
             message = format_message() if callable(format_message) else str(exc)
-            error = _error_object(message, None, getattr(exc, "exit_code", 2))
-            raise
+            code = getattr(exc, "exit_code", 2)
+            sub = getattr(exc, "ctx", None)
+            hint = f"`{sub.command_path} -h` shows its options" if sub is not None else None
+            error = _error_object(message, hint, code)
+            line = f"fedrema: error: {message}" + (f" (next: {hint})" if hint else "")
+            typer.echo(line.replace("\n", " "), err=True)
+            raise typer.Exit(code) from None
         except (typer.Exit, typer.Abort):
             raise
         except Exception as exc:
@@ -109,9 +116,35 @@ class FedremaGroup(TyperGroup):
             error = _error_object(str(err), err.hint, err.exit_code)
             raise typer.Exit(err.exit_code) from None
         finally:
+            _restore_sigterm(previous)
             report_ignored(IGNORED)
             ui.finish_json(error if ui.mode.json else None)
             ui.mode = ui.Mode()  # the next command (in this process, e.g. a test) starts afresh
+
+
+class Terminated(BaseException):
+    """SIGTERM (a service manager or `timeout` stopping the command): handled as Ctrl-C."""
+
+
+def _on_sigterm() -> Any:
+    """Turn SIGTERM into `Terminated` while a command runs (main thread only)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def stop(signum: int, frame: Any) -> None:
+        raise Terminated
+
+    return signal.signal(signal.SIGTERM, stop)
+
+
+def _restore_sigterm(previous: Any) -> None:
+    import signal
+
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _error_object(message: str, hint: str | None, exit_code: int) -> dict[str, Any]:

@@ -248,7 +248,7 @@ def _run(
 
 def _secagg_bits(text: str) -> str | int:
     if text not in ("auto", "24", "32", "64"):
-        raise UsageError(f"--secagg-bits must be auto, 24, 32 or 64, not {text!r}")
+        raise OptionError(f"--secagg-bits must be auto, 24, 32 or 64, not {text!r}")
     return text if text == "auto" else int(text)
 
 
@@ -265,7 +265,7 @@ def _secagg_bounds(text: str, info: Any, files: dict[str, dict[str, Any]]) -> di
     if text == "config":
         return {}
     if text != "data":
-        raise UsageError(f"--secagg-bounds must be data or config, not {text!r}")
+        raise OptionError(f"--secagg-bounds must be data or config, not {text!r}")
     largest = max(_records(info.schema, paths["train"]) for paths in files.values())
     return {"max_weight": 1 << max(0, largest - 1).bit_length(), "secagg_clip": SIMULATION_CLIP}
 
@@ -279,7 +279,7 @@ def _records(schema: Any, path: str | Path) -> int:
 
 def _broadcast(text: str) -> Literal["float32", "float16"]:
     if text not in ("float32", "float16"):
-        raise UsageError(f"--broadcast must be float16 or float32, not {text!r}")
+        raise OptionError(f"--broadcast must be float16 or float32, not {text!r}")
     return text
 
 

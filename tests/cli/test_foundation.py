@@ -245,6 +245,31 @@ def test_ctrl_c_says_what_happened_and_exits_130(
     assert "| 130 | interrupted" in readme
 
 
+def test_sigterm_is_handled_as_ctrl_c_and_exits_143(
+    federation: Fed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A service manager or `timeout` stops a command with SIGTERM: the same one line."""
+    import os
+    import signal
+
+    from fedrema_cli.views import status as status_view
+
+    def terminated(**kwargs: object) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(status_view, "federation_status", terminated)
+    before = signal.getsignal(signal.SIGTERM)
+    out = run("status", "-s", federation.site("va"), "--json")
+    assert out.exit_code == 143
+    assert out.json()["exit_code"] == 143
+    assert out.stderr.splitlines() == [
+        "fedrema: interrupted; nothing half-written, run the command again"
+    ]
+    assert signal.getsignal(signal.SIGTERM) == before  # restored for whatever runs next
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert "| 143 | stopped by SIGTERM" in readme
+
+
 def test_the_readme_lists_every_command_and_one_benchmark_time() -> None:
     import re
 

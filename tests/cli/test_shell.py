@@ -55,7 +55,28 @@ def test_json_usage_error_is_a_json_object_too() -> None:
     out = run("status", "--json", "--bogus")
     assert out.exit_code == 2
     doc = out.json()
-    assert doc == {"ok": False, "error": "No such option: --bogus", "hint": None, "exit_code": 2}
+    assert doc == {
+        "ok": False,
+        "error": "No such option: --bogus",
+        "hint": "`fedrema status -h` shows its options",
+        "exit_code": 2,
+    }
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("status", "--bogus"),
+        ("init", "-w", "ws", "-s", "st", "--rounds", "0"),
+        ("simulate", "heart-disease", "--lr", "-1"),
+    ],
+)
+def test_a_usage_error_is_one_line_that_names_the_help(args: tuple[str, ...]) -> None:
+    out = run(*args)
+    assert out.exit_code == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fedrema: error: "), out.stderr
+    assert f"`fedrema {args[0]} -h` shows its options" in lines[0]
 
 
 def test_json_values_carry_no_rich_markup() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fedrema_cli.errors import UsageError
+from fedrema_cli.errors import OptionError, UsageError
 from fedrema_cli.learning.params import Params, params_hash
 from fedrema_cli.protocol import secagg as secure
 from fedrema_cli.protocol.rounds import current_round, derive_seed
@@ -85,7 +85,7 @@ class Personalizing(SiteBase):
         self._require_admitted()
         k = self.config.model.num_classes
         if target_sensitivity is not None and not 0 < target_sensitivity <= 1:
-            raise UsageError(f"--target-sensitivity must be in (0, 1], got {target_sensitivity}")
+            raise OptionError(f"--target-sensitivity must be in (0, 1], got {target_sensitivity}")
         if target_sensitivity is not None and k != 2:
             raise UsageError(
                 f"--target-sensitivity needs a binary task; this one has {k} classes",
