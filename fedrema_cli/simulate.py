@@ -108,6 +108,10 @@ def run(
             )
         if not 1 <= d.round <= spec.rounds:
             raise OptionError(f"--drop round {d.round} is outside 1..{spec.rounds}")
+    _secagg_bits(spec.secagg_bits)  # bad values are refused before any folder is made
+    _broadcast(spec.broadcast)
+    if spec.secagg_bounds not in SECAGG_BOUNDS:
+        raise OptionError(f"--secagg-bounds must be data or config, not {spec.secagg_bounds!r}")
     tmp = None
     if spec.workdir is None:
         tmp = tempfile.mkdtemp(prefix="fedrema-sim-")
@@ -258,14 +262,15 @@ def _secagg_bits(text: str) -> str | int:
 SIMULATION_CLIP = 4.0
 
 
+SECAGG_BOUNDS = ("data", "config")
+
+
 def _secagg_bounds(text: str, info: Any, files: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The signed config's headroom bounds: the defaults ("config"), or tight public ones
     ("data"): the smallest power of two at least the largest site's training set, the
     bound an operator would declare for its federation, and :data:`SIMULATION_CLIP`."""
     if text == "config":
         return {}
-    if text != "data":
-        raise OptionError(f"--secagg-bounds must be data or config, not {text!r}")
     largest = max(_records(info.schema, paths["train"]) for paths in files.values())
     return {"max_weight": 1 << max(0, largest - 1).bit_length(), "secagg_clip": SIMULATION_CLIP}
 

@@ -157,6 +157,13 @@ def warn(text: str) -> None:
     err_console.print(f"[yellow]![/] {escape(text)}", soft_wrap=True)
 
 
+#: The bundled datasets, for --help (a test checks it names every one in the registry).
+DATASET_HELP = (
+    "heart-disease (4 real hospitals), label-skew (10 sites, digits) or "
+    "breast-cancer-imbalanced (5 sites, 5-20% minority)."
+)
+
+
 def table(
     title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], caption: str | None = None
 ) -> Table:

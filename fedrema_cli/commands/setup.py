@@ -62,7 +62,7 @@ def init(
     preset: Annotated[
         str | None,
         typer.Option(
-            help="Data schema and model of a bundled dataset: heart-disease or label-skew.",
+            help="Data schema and model of a bundled dataset: " + ui.DATASET_HELP,
             rich_help_panel="Creating a federation",
         ),
     ] = None,

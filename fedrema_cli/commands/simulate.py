@@ -20,7 +20,7 @@ def register(app: typer.Typer) -> None:
 def simulate(
     dataset: Annotated[
         str,
-        typer.Argument(help="heart-disease (4 real hospitals) or label-skew (10 sites)."),
+        typer.Argument(help=ui.DATASET_HELP),
     ],
     method: Annotated[
         str,
@@ -73,8 +73,9 @@ def simulate(
     drop: Annotated[
         list[str] | None,
         typer.Option(
-            help="SITE:STAGE[@ROUND]: the site does nothing in that stage (keys, submit, unmask, "
-            "offline) of that round; repeatable.",
+            help="SITE:STAGE\\[@ROUND]: the site does nothing in that stage (keys, submit, "
+            "unmask, offline) of that round (default: round 1); repeatable, e.g. "
+            "--drop va:unmask@3.",
             rich_help_panel="Secure aggregation",
         ),
     ] = None,
@@ -298,7 +299,7 @@ def warning_lines(results: list[dict]) -> list[str]:
 
 
 def prepare_data(
-    dataset: Annotated[str, typer.Argument(help="heart-disease or label-skew.")],
+    dataset: Annotated[str, typer.Argument(help=ui.DATASET_HELP)],
     out: Annotated[Path, typer.Option(help="Folder for the per-site train/test files.")],
     seed: Annotated[int, typer.Option()] = 1,
     json_out: ui.JsonOpt = False,
@@ -308,8 +309,16 @@ def prepare_data(
     fedrema prepare-data heart-disease --out hospitals/
     """
     from fedrema_cli.data.datasets import get_dataset
+    from fedrema_cli.errors import UsageError
 
-    files = get_dataset(dataset).prepare(out, seed)
+    info = get_dataset(dataset)
+    try:
+        files = info.prepare(out, seed)
+    except OSError as exc:  # --out is a file, or a place this user cannot write
+        raise UsageError(
+            f"cannot write the site files to {out}: {exc.strerror or exc}",
+            hint="give --out a new or empty folder you can write to",
+        ) from None
     if json_out:
         return ui.emit_json({s: {k: str(v) for k, v in p.items()} for s, p in files.items()})
     for site, paths in files.items():

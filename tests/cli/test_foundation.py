@@ -227,6 +227,20 @@ def test_a_federation_over_your_own_table(tmp_path: Path) -> None:
     _one_line_error(out, 2, "--classes")  # a missing option: a usage error
 
 
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--secagg-bits", "16"), ("--secagg-bounds", "foo"), ("--broadcast", "float8")],
+)
+def test_a_value_no_simulate_option_takes_is_a_usage_error(
+    tmp_path: Path, option: str, value: str
+) -> None:
+    out = run(
+        "simulate", "heart-disease", "--rounds", "1", "--workdir", tmp_path / "w", option, value
+    )
+    _one_line_error(out, 2, option)
+    assert not (tmp_path / "w").exists()
+
+
 def test_ctrl_c_says_what_happened_and_exits_130(
     federation: Fed, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -171,3 +171,24 @@ def test_the_activity_display_shows_elapsed_time_and_clears_its_line() -> None:
     with ui.activity("quiet in a cron log", out=Console(file=not_a_terminal)):
         pass
     assert not_a_terminal.getvalue() == ""
+
+
+def test_help_names_every_bundled_dataset_and_the_drop_syntax() -> None:
+    from fedrema_cli.data.datasets import DATASETS
+
+    for args in (["simulate", "-h"], ["prepare-data", "-h"], ["init", "-h"]):
+        text = " ".join(run(*args).stdout.split())
+        for name in DATASETS:
+            assert name in text, (args, name)
+    text = " ".join(run("simulate", "-h").stdout.split())
+    assert "SITE:STAGE[@ROUND]" in text  # not eaten as markup
+
+
+def test_prepare_data_into_a_file_is_a_one_line_error(tmp_path: Path) -> None:
+    target = tmp_path / "a-file"
+    target.write_text("keep me")
+    out = run("prepare-data", "heart-disease", "--out", target)
+    assert out.exit_code == 1
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot write the site files" in lines[0], out.stderr
+    assert target.read_text() == "keep me"
