@@ -26,6 +26,10 @@ def methods(
     """
     from fedrema_cli.methods import METHODS, markdown_table
 
+    if markdown and json_out:
+        from fedrema_cli.errors import OptionError
+
+        raise OptionError("--markdown and --json each choose the output; give one")
     if markdown:
         return ui.emit_text(markdown_table())
 

@@ -18,7 +18,26 @@ def register(app: typer.Typer) -> None:
     app.command(name="rotate-key")(rotate_key)
 
 
+#: init's options that shape the federation: only its creator sets them.
+FEDERATION_OPTIONS = (
+    "preset", "features", "label", "classes", "hidden", "feature_ranges", "federation_id",
+    "method", "option", "rounds", "epochs", "batch_size", "lr", "class_weighting", "seed",
+    "epsilon", "delta", "max_grad_norm", "no_dp", "threshold", "no_secure_aggregation",
+    "consistency_check", "round_timeout", "max_records", "update_clip",
+)  # fmt: skip
+#: init's options for a hospital joining one.
+JOINING_OPTIONS = ("train", "test", "coordinator_fingerprint")
+
+
+def given_options(ctx: typer.Context, names: tuple[str, ...]) -> list[str]:
+    """The options among ``names`` the user set (command line or environment), as typed."""
+    said = ("COMMANDLINE", "ENVIRONMENT")  # by name: Typer may bring its own Click
+    opts = {p.name: p.opts[0] for p in ctx.command.params}
+    return [opts[n] for n in names if getattr(ctx.get_parameter_source(n), "name", None) in said]
+
+
 def init(
+    ctx: typer.Context,
     state: ui.StateOpt,
     workspace: Annotated[
         str,
@@ -223,8 +242,22 @@ def init(
       fedrema init -w /shared/heart -s cleveland --site cleveland --train c.csv --test c_test.csv
     """
     from fedrema_cli.config import target_epsilon
+    from fedrema_cli.errors import OptionError
     from fedrema_cli.roles import onboarding as actions
 
+    if site is not None and (stray := given_options(ctx, FEDERATION_OPTIONS)):
+        raise OptionError(
+            f"{', '.join(stray)}: set by the coordinator when it created the federation; a "
+            "site joining with --site takes every setting from the signed config (see it with "
+            "`fedrema status`)",
+            hint="leave them out",
+        )
+    if site is None and (stray := given_options(ctx, JOINING_OPTIONS)):
+        raise OptionError(
+            f"{', '.join(stray)}: for a hospital joining with --site NAME; creating a "
+            "federation takes no data",
+            hint="add --site NAME to join, or leave them out to create the federation",
+        )
     if site is not None:
         out = actions.join(
             workspace=workspace,
@@ -316,7 +349,8 @@ def approve(
     In a running federation the same command signs a new roster version, in force from the
     next round whose key exchange has not started: `approve SITE` adds a newly enrolled site
     (or approves its key rotation), `approve --remove SITE` removes one. Before it leaves out
-    an enrolled site it asks (or needs --yes).
+    an enrolled site you did not name it asks (or needs --yes); --remove names its site, so it
+    does not ask.
     """
     import sys
 

@@ -178,6 +178,19 @@ def test_joining_without_a_fingerprint_shows_the_unchecked_one(tmp_path: Path) -
     assert checked.json()["coordinator_fingerprint_checked"] is True
 
 
+def test_init_refuses_options_of_the_other_role(federation: Fed, tmp_path: Path) -> None:
+    """A hospital cannot set the federation's ε (the coordinator's signed config does), and
+    a federation is created without data: either is a usage error, and nothing is written."""
+    join = ("init", "-w", federation.workspace, "-s", tmp_path / "va2", "--site", "va")
+    out = run(*join, "--train", federation.data("va"), "--epsilon", "1", "--rounds", "5")
+    _one_line_error(out, 2, "--rounds, --epsilon", "signed config")
+    assert not (tmp_path / "va2").exists()
+    out = run("init", "-w", tmp_path / "ws2", "-s", tmp_path / "c2", "--preset",
+              "heart-disease", "--train", federation.data("va"))  # fmt: skip
+    _one_line_error(out, 2, "--train", "--site NAME")
+    assert not (tmp_path / "ws2").exists() and not (tmp_path / "c2").exists()
+
+
 @pytest.mark.parametrize("name", ["../escape", "Cleveland Clinic", "a/b", ""])
 def test_a_site_name_that_could_escape_the_workspace_is_refused(tmp_path: Path, name: str) -> None:
     fed = make_federation(tmp_path, "--no-dp", sites=("cleveland",), approve=False)
