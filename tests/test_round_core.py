@@ -34,7 +34,15 @@ from fedrema_cli.learning.modelspec import ModelSpec, part_size
 from fedrema_cli.protocol import secagg as secure
 from fedrema_cli.protocol.exchange import shared_vector
 from fedrema_cli.protocol.messages import ResultBody, UnmaskRequestBody, read
-from fedrema_cli.protocol.rounds import Actions, Phase, current_round, phase_of, read_model, turn
+from fedrema_cli.protocol.rounds import (
+    Actions,
+    Phase,
+    current_round,
+    phase_of,
+    read_model,
+    rejoin_round,
+    turn,
+)
 from fedrema_cli.protocol.secagg import SiteRound, SiteUpdate, site_steps
 from fedrema_cli.protocol.status import round_status
 from fedrema_cli.roles.coordinator import Coordinator, Progress
@@ -462,6 +470,28 @@ def test_the_second_round_starts_from_the_first_ones_result_and_finishes_the_fed
     assert core.coord.advance() == Progress()
 
 
+def test_a_site_dropped_from_the_next_to_last_round_is_told_no_round_is_left(
+    tmp_path: Path,
+) -> None:
+    """Dropped from round 1 of 2: round 2's keys are fixed without it, so there is nothing to
+    rejoin, and status must not send a cron job to `submit` forever."""
+    from fedrema_cli.protocol.status import round_status
+
+    core = make_core(tmp_path, rounds=2)
+    core.train(1, SITES[:-1])
+    core.to(Phase.COLLECT)
+    core.act(*SITES[:-1])
+    core.coord.advance(close=True)  # va never submitted
+    while core.phase(1) is not Phase.DONE:
+        core.act(*SITES[:-1])
+        core.coord.advance()
+    assert rejoin_round(core.fed, 1) is None and rejoin_round(core.fed, 2) is None
+    status = round_status(core.fed)
+    assert status.round == 2 and "va" not in status.expected
+    assert "no round is left to rejoin" in status.next_for["va"]
+    assert "`fedrema submit`" not in status.next_for["va"]
+
+
 def test_a_site_dropped_from_a_round_sits_out_the_next_and_rejoins_after(
     tmp_path: Path,
 ) -> None:
@@ -478,6 +508,7 @@ def test_a_site_dropped_from_a_round_sits_out_the_next_and_rejoins_after(
     assert core.phase(2) is Phase.KEYS
     assert turn(core.fed, 2, withdrawn={}).expected == SITES[:-1]
 
+    assert rejoin_round(core.fed, 1) == 3  # round 2's key roster is fixed without va
     done = core.act("va")["va"].done
     assert done == ["round 3: keys advertised to rejoin the federation"]
     for r in (1, 2):

@@ -178,6 +178,21 @@ def opened_at(fed: Federation, kind: str, r: int) -> str:
     return str(messages.read(fed, kind, r, cls).opened_at)
 
 
+def rejoin_round(fed: Federation, r: int) -> int | None:
+    """The first round after r whose key roster is not fixed yet: the earliest a site left
+    out of round r can take part again (None: no round is left for it)."""
+    rounds = range(r + 1, fed.config.rounds + 1)
+    return next((x for x in rounds if not fed.exists("key-roster", x)), None)
+
+
+def rejoin_note(fed: Federation, r: int) -> str:
+    """What a site left out of round r is told: from which round it takes part again."""
+    x = rejoin_round(fed, r)
+    if x is None:
+        return f"round {r}: closed without this site, and no round is left for it to rejoin"
+    return f"round {r}: closed without this site; it rejoins from round {x}"
+
+
 def current_round(fed: Federation) -> int:
     """The first round without a verified result; ``rounds + 1`` once the federation is complete.
 

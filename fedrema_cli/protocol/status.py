@@ -7,7 +7,14 @@ from typing import Any
 
 from fedrema_cli.errors import IntegrityError
 from fedrema_cli.identity import fingerprint
-from fedrema_cli.protocol.rounds import Phase, Turn, current_round, read_withdrawal, turn
+from fedrema_cli.protocol.rounds import (
+    Phase,
+    Turn,
+    current_round,
+    read_withdrawal,
+    rejoin_round,
+    turn,
+)
 from fedrema_cli.store.federation import Federation
 
 
@@ -113,14 +120,25 @@ def round_status(fed: Federation) -> RoundStatus:
         status.next_for[site] = (
             f"withdrew from round {withdrawn[site]} on: nothing more to send"
             if site in gone
-            else _site_next(site, t)
+            else _site_next(site, t, rejoin_round(fed, r))
         )
+    for site in fed.ever_listed():
+        if site not in status.next_for and (since := fed.removed_from(site)) is not None:
+            status.next_for[site] = (
+                f"removed by the coordinator from round {since} on: nothing more to send; "
+                "`fedrema personalize` for your model so far"
+            )
     return status
 
 
-def _site_next(site: str, t: Turn) -> str:
+def _site_next(site: str, t: Turn, rejoin: int | None) -> str:
     if site not in t.expected:
-        return "not part of this round; `fedrema submit` to rejoin a later round"
+        if rejoin is None:
+            return (
+                "not part of this round, and no round is left to rejoin; "
+                "`fedrema personalize` once the federation completes"
+            )
+        return f"not part of this round; `fedrema submit` to rejoin from round {rejoin}"
     if site in t.acted:
         return "wait for the coordinator"
     if t.phase is Phase.COLLECT:  # training is private: a site's own status knows if it is done

@@ -81,6 +81,8 @@ def test_a_site_added_and_one_removed_take_effect_from_the_next_round(tmp_path: 
     # Round 2: va is in, switzerland is out.
     out = run("train-local", "-s", fed.site("switzerland"))
     assert out.exit_code == 1 and "removed switzerland" in out.stderr
+    status = run("status", "-s", fed.site("switzerland"), "--json").json()
+    assert status["next"].startswith("removed by the coordinator from round 2"), status
     full_round_of(fed, ("cleveland", "hungary", "va"))
     assert _result(fed, 2)["survivors"] == ["cleveland", "hungary", "va"]
     out = run("approve", "-s", fed.coordinator, "--all", "--yes")  # no round left to change

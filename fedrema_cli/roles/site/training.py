@@ -13,6 +13,7 @@ from fedrema_cli.protocol.rounds import (
     key_roster_parties,
     participants,
     read_model,
+    rejoin_round,
     survivors,
     timestamp,
 )
@@ -173,6 +174,12 @@ class Training(SiteBase):
     def _finetune_rounds(self) -> int:
         return finetune_rounds(self.config)
 
+    def _rejoin_hint(self, r: int) -> str:
+        x = rejoin_round(self.fed, r)
+        if x is None:
+            return "no round is left to rejoin; `fedrema personalize` once the federation ends"
+        return f"run `fedrema submit` to advertise keys; you rejoin from round {x}"
+
     def _check_participant(self, r: int) -> None:
         if not self.config.secure:
             return
@@ -181,7 +188,7 @@ class Training(SiteBase):
             raise UsageError(
                 f"round {r} was closed without {self.name}'s update; training for it now "
                 "would spend privacy budget on an update that can no longer be sent",
-                hint="run `fedrema submit` to rejoin a later round",
+                hint=self._rejoin_hint(r),
             )
         for kind, members_of in (
             ("masking-roster", participants),
@@ -192,6 +199,6 @@ class Training(SiteBase):
                     raise UsageError(
                         f"{self.name} is not part of round {r}'s secure aggregation (it missed "
                         "the previous round's key exchange)",
-                        hint="run `fedrema submit` to advertise keys; you rejoin in a later round",
+                        hint=self._rejoin_hint(r),
                     )
                 return
