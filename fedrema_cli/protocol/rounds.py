@@ -15,6 +15,7 @@ from fedrema_cli.errors import IntegrityError
 from fedrema_cli.learning.params import Params, load_params, save_params
 from fedrema_cli.protocol import messages
 from fedrema_cli.store.federation import Federation
+from fedrema_cli.store.workspace import round_path
 
 PARAMS = "params.safetensors"
 
@@ -176,6 +177,21 @@ def opened_at(fed: Federation, kind: str, r: int) -> str:
         "unmask-request": messages.UnmaskRequestBody,
     }[kind]
     return str(messages.read(fed, kind, r, cls).opened_at)
+
+
+def next_unstarted_round(fed: Federation) -> int | None:
+    """The first round nobody has started its key exchange for (no key advert, no key
+    roster, not open), or None when every round has: a roster change (a site added or
+    removed, a key rotated) can only take effect there, since a round's session is bound to
+    the roster it starts under."""
+    r = current_round(fed)
+    while r <= fed.config.rounds and (
+        fed.present("key-roster", r)
+        or fed.present("masking-roster", r)
+        or fed.ws.names(round_path(r, "keys"))
+    ):
+        r += 1
+    return r if r <= fed.config.rounds else None
 
 
 def rejoin_round(fed: Federation, r: int) -> int | None:

@@ -45,6 +45,7 @@ from fedrema_cli.protocol.rounds import (
     expected_in,
     initial_params,
     model_attachment,
+    next_unstarted_round,
     opened_at,
     parse_time,
     participants,
@@ -70,7 +71,7 @@ from fedrema_cli.store.state import (
     not_a_state_folder,
 )
 from fedrema_cli.store.storage import lasting_location
-from fedrema_cli.store.workspace import COORDINATOR, SITE_NAME, Workspace, round_path
+from fedrema_cli.store.workspace import COORDINATOR, SITE_NAME, Workspace
 from fedrema_cli.suggest import did_you_mean
 
 META = COORDINATOR_META
@@ -334,17 +335,9 @@ class Coordinator:
         )
 
     def _next_unstarted_round(self) -> int:
-        """The first round nobody has started its key exchange for (no key advert, no key
-        roster, not open): a roster change can only take effect there, since a round's
-        session is bound to the roster it starts under."""
-        r = current_round(self.fed)
-        while r <= self.config.rounds and (
-            self.fed.present("key-roster", r)
-            or self.fed.present("masking-roster", r)
-            or self.fed.ws.names(round_path(r, "keys"))
-        ):
-            r += 1
-        if r > self.config.rounds:
+        """The round a roster change takes effect in (`rounds.next_unstarted_round`)."""
+        r = next_unstarted_round(self.fed)
+        if r is None:
             raise UsageError(
                 f"every round of {self.fed.id} has started ({self.config.rounds} rounds): "
                 "a roster change has no round left to take effect in; nothing was changed"

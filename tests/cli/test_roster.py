@@ -87,6 +87,9 @@ def test_a_site_added_and_one_removed_take_effect_from_the_next_round(tmp_path: 
     assert _result(fed, 2)["survivors"] == ["cleveland", "hungary", "va"]
     out = run("approve", "-s", fed.coordinator, "--all", "--yes")  # no round left to change
     assert out.exit_code == 0 and "nothing changed" in out.stdout
+    out = run("rotate-key", "-s", fed.site("cleveland"))  # it could never take effect
+    assert out.exit_code == 1 and "would never take effect" in out.stderr, out.stderr
+    assert not (fed.workspace / "rotations").exists()
 
 
 def _key_exchange(fed, sites: tuple[str, ...]) -> None:

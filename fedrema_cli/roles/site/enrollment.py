@@ -8,6 +8,7 @@ from typing import Any, Self
 from fedrema_cli.errors import ConfigError, UsageError
 from fedrema_cli.identity import Identity, fingerprint
 from fedrema_cli.protocol import exchange
+from fedrema_cli.protocol.rounds import next_unstarted_round
 from fedrema_cli.roles.site.base import (
     META,
     SiteBase,
@@ -127,6 +128,13 @@ class Enrollment(SiteBase):
         self._require_admitted()
         if self.name not in self.fed.roster.names:  # type: ignore[union-attr]
             raise UsageError(f"{self.name} is no longer in the roster: there is no key to rotate")
+        if next_unstarted_round(self.fed) is None:
+            raise UsageError(
+                f"every round of {self.fed.id} has started: a new key would never take effect; "
+                "nothing was changed",
+                hint="keep the key for the rest of this federation (if it leaked, tell the "
+                "coordinator, who can remove this site)",
+            )
         in_roster = self.fed.key_for(f"site:{self.name}").sign_pk
         current = self.fed.identity
         if current.public.sign_pk != in_roster:
