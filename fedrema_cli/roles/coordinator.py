@@ -388,6 +388,7 @@ class Coordinator:
         """
         roster = self.fed.require_roster()
         progress = Progress()
+        self._republish_model(progress)
         for step in range(4 * self.config.rounds + 4):  # bounded: each pass moves one phase
             r = current_round(self.fed)
             if r > self.config.rounds:
@@ -597,14 +598,7 @@ class Coordinator:
         if plan.get("merge_log") is not None and latest:
             log = [e for e in self.merge_log() if e["round"] != r] + [plan["merge_log"]]
             self.state.write_json(MERGE_LOG, log)
-        self.fed.put(
-            "model",
-            r + 1,
-            plan["model_body"],
-            attachments={PARAMS: unb64(plan["model_params"], what="pending model")},
-        )
-        for site, body in plan["heads"].items():
-            self.fed.put("head", r + 1, body, site=site)
+        self._publish_model(r, plan)
         self.fed.put("result", r, plan["result"])
         progress.events.extend(plan["events"])
         progress.finished.append(r)
@@ -617,6 +611,29 @@ class Coordinator:
                     self._fix_masking_roster(r + 1, shared, progress)
         else:
             self._open_round(r + 1, progress)
+
+    def _publish_model(self, r: int, plan: dict[str, Any]) -> None:
+        """Round r's outcome for round r + 1: the model and each site's sealed head."""
+        self.fed.put(
+            "model",
+            r + 1,
+            plan["model_body"],
+            attachments={PARAMS: unb64(plan["model_params"], what="pending model")},
+        )
+        for site, body in plan["heads"].items():
+            self.fed.put("head", r + 1, body, site=site)
+
+    def _republish_model(self, progress: Progress) -> None:
+        """The current round's model is gone from the workspace, or replaced by a file that
+        does not verify (a restore from backup, a hand copy): every site would wait for it
+        for ever. Publish it again, byte for byte, from the outcome kept in this state."""
+        r = current_round(self.fed)
+        if not 2 <= r <= self.config.rounds or self.fed.exists("model", r):
+            return
+        if not self.state.exists(_outcome(r - 1)):
+            return
+        self._publish_model(r - 1, dict(self.state.read_json(_outcome(r - 1))))
+        progress.events.append(f"round {r}: its model was missing or damaged; published again")
 
     def _finalize_plan(self, r: int, survivors: list[str], revealed: list[str]) -> dict[str, Any]:
         """Read round r's inputs, let the method aggregate them (pure), seal what goes back."""

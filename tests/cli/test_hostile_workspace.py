@@ -96,6 +96,32 @@ def test_a_damaged_result_makes_status_fail_loudly_and_the_coordinator_republish
     assert run("status", "-w", fed.workspace).exit_code == 0
 
 
+@pytest.mark.parametrize("how", ["replaced by round 1's", "deleted"])
+def test_a_lost_round_model_is_published_again_by_the_coordinator(
+    federation: Fed, how: str
+) -> None:
+    """Every site waits for round 2's model; if a restore or a hand copy loses it, the next
+    `aggregate` (a cron job) publishes the same bytes again instead of waiting for ever."""
+    fed = federation
+    key_exchange(fed)
+    full_round(fed)
+    r1, r2 = fed.workspace / "rounds/0001", fed.workspace / "rounds/0002"
+    originals = {p.name: p.read_bytes() for p in r2.glob("model*")}
+    assert len(originals) == 2
+    for name in originals:
+        (r2 / name).unlink()
+        if how != "deleted":
+            shutil.copy(r1 / name, r2 / name)
+    out = run("train-local", "-s", fed.site("va"))
+    assert out.exit_code == 75, out.stderr  # nothing it can do: the model is not there
+    out = run("aggregate", "-s", fed.coordinator)
+    assert out.exit_code == 0, out.stderr
+    assert "round 2: its model was missing or damaged; published again" in out.stdout
+    assert {p.name: p.read_bytes() for p in r2.glob("model*")} == originals
+    full_round(fed)
+    assert read_signed(r2 / "result.json")["body"]["survivors"]  # round 2 finished
+
+
 NESTED = b"[" * 200_000 + b"]" * 200_000
 
 
