@@ -269,6 +269,10 @@ def init(
         )
         if json_out:
             return ui.emit_json(out)
+        if out["already_joined"]:
+            ui.say(f"[green]✓[/] {site} already joined [bold]{out['federation']}[/]: no change")
+            ui.say(f"  next: {out['next']}")
+            return None
         ui.say(f"[green]✓[/] {site} asked to join [bold]{out['federation']}[/]")
         ui.say(
             f"  site key fingerprint: [bold]{out['fingerprint']}[/] (read it to the coordinator)"

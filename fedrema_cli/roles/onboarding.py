@@ -22,8 +22,11 @@ from fedrema_cli.identity import fingerprint
 from fedrema_cli.learning.modelspec import ModelSpec
 from fedrema_cli.methods import parse_method_options
 from fedrema_cli.protocol.exchange import pending_rotations
+from fedrema_cli.protocol.status import round_status
 from fedrema_cli.roles.coordinator import Coordinator, RosterChange
 from fedrema_cli.roles.site import Site
+from fedrema_cli.store.state import SITE_META, PartyState
+from fedrema_cli.store.workspace import Workspace
 
 
 def create(
@@ -211,6 +214,10 @@ def join(
 ) -> dict[str, Any]:
     if train is None:
         raise OptionError("a site needs its training data: --train PATH")
+    # `init` run again (a script, cron) after it finished: nothing to do, say what is next
+    already = PartyState(state).exists(SITE_META) and Workspace.open(workspace).exists(
+        f"enrollments/{site}"
+    )
     s = Site.create(
         workspace=workspace,
         state_dir=state,
@@ -226,6 +233,8 @@ def join(
         "coordinator_fingerprint": fingerprint(s.config.coordinator.sign_pk),
         "coordinator_fingerprint_checked": coordinator_fingerprint is not None,
         "warnings": [w.to_json() for w in _data_warnings(s)],
+        "already_joined": already,
+        "next": s.next_step(round_status(s.fed).to_json()) if already else None,
     }
 
 

@@ -144,7 +144,14 @@ def test_init_twice_changes_nothing(federation: Fed) -> None:
     again = ("--site", "va", "--train", fed.data("va"), "--test", fed.data("va", "test"))
     out = run("init", "-w", fed.workspace, "-s", fed.site("va"), *again)
     assert out.exit_code == 0, out.stderr  # the very same init again: nothing to do
+    assert "already joined" in out.stdout and "approve" not in out.stdout
     assert snapshot(fed.workspace) == before
+    # Another study under the same federation id: va's state folder belongs to the first.
+    other = make_federation(fed.root / "second", "--no-dp", sites=("cleveland", "va"))
+    before_other = snapshot(other.workspace)
+    out = run("init", "-w", other.workspace, "-s", fed.site("va"), *again)
+    _one_line_error(out, 1, "another federation", "new folder")
+    assert snapshot(other.workspace) == before_other
 
 
 def test_joining_with_the_wrong_coordinator_fingerprint_is_refused(tmp_path: Path) -> None:

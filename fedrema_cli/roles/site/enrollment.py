@@ -47,7 +47,16 @@ class Enrollment(SiteBase):
             if meta.get("site") == name and not ws.exists(f"enrollments/{name}"):
                 return cls._finish_enrollment(ws, state, state_dir, meta)
             if meta.get("site") == name and meta.get("data") == _data_paths(train, test):
-                return cls(state_dir)  # the same `init` run again (a script, cron): a no-op
+                # the same `init` run again (a script, cron): a no-op, if it names the same
+                # federation (two studies can share an id, never a signed config)
+                _, digest = read_federation(ws)
+                if digest != meta.get("federation_sha256"):
+                    raise UsageError(
+                        f"{state_dir} already holds site {name!r} of another federation "
+                        f"(workspace {meta.get('workspace')}); nothing was changed",
+                        hint="give --state a new folder to join this one",
+                    )
+                return cls(state_dir)
             raise UsageError(
                 f"{state_dir} already holds site {meta.get('site')!r}; nothing was changed"
             )
