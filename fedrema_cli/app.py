@@ -19,8 +19,10 @@ from fedrema_cli.errors import (
     ConfigError,
     FedremaError,
     IntegrityError,
+    NotYetError,
     OptionError,
     ProtocolAbortedError,
+    StateBusyError,
     UsageError,
 )
 
@@ -28,7 +30,7 @@ EPILOG = (
     "Exit codes: 0 done · 1 bad input or wrong order · 2 usage (bad option or value) · "
     "3 integrity failure (forged/tampered/replayed file) · 4 privacy budget exceeded · "
     "5 secure aggregation aborted · 75 nothing to do yet: waiting on other parties (or on "
-    "this site's train-local) · 130 interrupted (Ctrl-C)."
+    "this site's train-local) · 130 interrupted (Ctrl-C) · 143 stopped by SIGTERM."
 )
 
 INTERRUPTED = "fedrema: interrupted; nothing half-written, run the command again"
@@ -104,6 +106,15 @@ class FedremaGroup(TyperGroup):
             raise
         except Exception as exc:
             err = translate(exc)
+            if isinstance(err, NotYetError) and IGNORED and not isinstance(err, StateBusyError):
+                # Waiting, while a file that should be there does not verify: nobody may ever
+                # act on it (a forged, replayed or damaged file). That is an alarm, not a wait.
+                err = IntegrityError(
+                    f"{err}; and {len(IGNORED)} workspace file(s) did not verify (the "
+                    "`! ignored` lines)",
+                    hint="the party that writes each one runs its command again (the bad "
+                    "file is moved to quarantine/); if nobody wrote it, investigate",
+                )
             if err is None:  # a bug: keep its traceback
                 error = _error_object(f"internal error: {type(exc).__name__}: {exc}", None, 1)
                 raise

@@ -21,7 +21,7 @@ import numpy as np
 from fedrema_cli.config import TrainingConfig, checked_options, make_config
 from fedrema_cli.data.datasets import carve_validation, get_dataset
 from fedrema_cli.data.tables import TabularSchema, load_npz, load_table
-from fedrema_cli.errors import OptionError, UsageError
+from fedrema_cli.errors import OptionError, ProtocolAbortedError, UsageError
 from fedrema_cli.methods import METHODS
 from fedrema_cli.protocol.rounds import current_round, phase_of
 from fedrema_cli.roles.coordinator import Coordinator
@@ -194,7 +194,12 @@ def _run(
                 ):
                     _train_if_participant(site)
                 site.submit()
-            coord.advance(close=dropping)
+            try:
+                coord.advance(close=dropping)
+            except ProtocolAbortedError as exc:  # the coordinator's hint is for a real one
+                raise ProtocolAbortedError(
+                    str(exc), hint="--drop fewer sites in that round: the threshold t is fixed"
+                ) from None
         if current_round(coord.fed) <= r:
             raise UsageError(f"round {r} did not finish: {coord.waiting_for()}")
         if spec.track:

@@ -65,7 +65,8 @@ WorkspaceOpt = Annotated[
         "-w",
         envvar="FEDREMA_WORKSPACE",
         help="The federation workspace shared by all parties: a folder, or an fsspec URL "
-        "(sftp://host/path, s3://bucket/path). Defaults to the one recorded at init.",
+        "(sftp://host/path, s3://bucket/path). With --state, defaults to the one that "
+        "state folder recorded at init.",
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]

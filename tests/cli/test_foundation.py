@@ -154,6 +154,15 @@ def test_init_twice_changes_nothing(federation: Fed) -> None:
     assert snapshot(other.workspace) == before_other
 
 
+def test_an_identity_copied_from_another_site_is_named(federation: Fed) -> None:
+    fed = federation
+    mine = fed.site("va") / "identity.json"
+    mine.write_bytes((fed.site("hungary") / "identity.json").read_bytes())
+    for cmd in ("status", "submit"):
+        out = run(cmd, "-s", fed.site("va"))
+        _one_line_error(out, 1, "identity.json does not hold va's key", "backup")
+
+
 def test_joining_with_the_wrong_coordinator_fingerprint_is_refused(tmp_path: Path) -> None:
     fed = make_federation(tmp_path, "--no-dp", sites=("cleveland",), approve=False)
     out = run(

@@ -113,7 +113,10 @@ def test_a_lost_round_model_is_published_again_by_the_coordinator(
         if how != "deleted":
             shutil.copy(r1 / name, r2 / name)
     out = run("train-local", "-s", fed.site("va"))
-    assert out.exit_code == 75, out.stderr  # nothing it can do: the model is not there
+    if how == "deleted":  # nothing it can do: the model is not there
+        assert out.exit_code == 75, out.stderr
+    else:  # a file in its place that does not verify: an alarm, naming it
+        assert out.exit_code == 3 and "rounds/0002/model.json" in out.stderr, out.stderr
     out = run("aggregate", "-s", fed.coordinator)
     assert out.exit_code == 0, out.stderr
     assert "round 2: its model was missing or damaged; published again" in out.stdout

@@ -192,3 +192,15 @@ def test_prepare_data_into_a_file_is_a_one_line_error(tmp_path: Path) -> None:
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot write the site files" in lines[0], out.stderr
     assert target.read_text() == "keep me"
+
+
+def test_simulate_below_the_threshold_says_what_to_change_in_the_simulation(
+    tmp_path: Path,
+) -> None:
+    out = run(
+        "simulate", "heart-disease", "--rounds", "1", "--no-dp", "--workdir", tmp_path / "w",
+        "--drop", "va:submit", "--drop", "hungary:submit",
+    )  # fmt: skip
+    assert out.exit_code == 5, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert "--drop fewer sites" in lines[-1] and "fedrema aggregate" not in lines[-1]

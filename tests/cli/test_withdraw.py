@@ -119,7 +119,8 @@ def test_a_withdrawal_another_party_wrote_is_refused(federation: Fed) -> None:
     assert run("status", "-w", fed.workspace, "--json").json()["withdrawn"] == {}
     train_and_submit(fed, OTHERS)
     out = run("aggregate", "-s", fed.coordinator, "--json")
-    assert out.exit_code == 75 and list(out.json()["refused_withdrawals"]) == ["va"]
+    # still waiting, with a forged file in the way: an alarm (3), not a plain wait (75)
+    assert out.exit_code == 3 and list(out.json()["refused_withdrawals"]) == ["va"]
     assert "va" in out.json()["waiting_for"]  # still waited for: only va can withdraw va
     out = run("aggregate", "-s", fed.coordinator)
     assert "va's withdrawal refused, va is still waited for" in out.stderr

@@ -22,6 +22,7 @@ from fedrema_cli.data.tables import (
     load_table,
 )
 from fedrema_cli.errors import BUDGET_SPENT, ConfigError, DataError, IntegrityError
+from fedrema_cli.identity import fingerprint as key_fingerprint
 from fedrema_cli.learning.params import Params, load_params
 from fedrema_cli.protocol import exchange
 from fedrema_cli.protocol.rounds import (
@@ -31,7 +32,7 @@ from fedrema_cli.protocol.rounds import (
     turn,
 )
 from fedrema_cli.store.federation import Federation, read_federation
-from fedrema_cli.store.state import SITE_META, PartyState, not_a_state_folder
+from fedrema_cli.store.state import COORDINATOR_META, SITE_META, PartyState, not_a_state_folder
 from fedrema_cli.store.workspace import Workspace
 
 META = SITE_META
@@ -87,6 +88,13 @@ class SiteBase:
     def __init__(self, state_dir: str | Path, *, workspace: str | None = None) -> None:
         self.state = PartyState(state_dir)
         if not self.state.exists(META):
+            if self.state.exists(COORDINATOR_META):
+                raise not_a_state_folder(
+                    state_dir,
+                    "site",
+                    hint="it is the coordinator's; a site command wants a site's --state (the "
+                    "coordinator reads sites' published ledgers with -w WORKSPACE)",
+                )
             raise not_a_state_folder(
                 state_dir, "site", hint="create one with `fedrema init --site NAME ...`"
             )
@@ -112,9 +120,25 @@ class SiteBase:
         roster = self.fed.load_roster(pinned_sha256=self.meta.get("roster_sha256"))
         #: No roster version lists this site (yet): only `status` has anything to say.
         self.left_out = roster is not None and self.name not in self.fed.ever_listed()
+        if roster is not None and not self.left_out:
+            self._check_identity()
         if roster is not None and "roster_sha256" not in self.meta and not self.left_out:
             self.meta["roster_sha256"] = self.fed.ws.raw_sha256("roster")
             self.state.write_json(META, self.meta)
+
+    def _check_identity(self) -> None:
+        """The key the latest roster names for this site is one this folder holds (its
+        current key, or the old one while a rotation waits): an identity.json copied from
+        another site's folder, or replaced, is named here rather than as a file conflict."""
+        named = self.fed.key_for(f"site:{self.name}").sign_pk
+        if named not in self.fed.identities:
+            raise ConfigError(
+                f"{self.state.root}/identity.json does not hold {self.name}'s key: the roster "
+                f"names {key_fingerprint(named)}, this folder holds "
+                f"{key_fingerprint(self.fed.identity.public.sign_pk)} (replaced, or copied from "
+                "another site's folder)",
+                hint="restore this state folder's identity.json from its backup",
+            )
 
     def _not_admitted(self) -> ConfigError:
         return ConfigError(
