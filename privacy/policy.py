@@ -81,7 +81,7 @@ class PrivacyPolicy(BaseModel):
     Embedded in the signed federation config as ``policy.model_dump(mode="json")``.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     format: Literal["fedrema-privacy-policy/1"] = POLICY_FORMAT
     target_epsilon: float = Field(gt=0, le=1000, description="record-level epsilon per site")

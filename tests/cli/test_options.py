@@ -94,3 +94,11 @@ def test_no_dp_with_an_epsilon_is_refused_the_same_way(tmp_path: Path, command: 
     refusal = "fedrema: error: --no-dp and --epsilon contradict each other"
     assert out.stderr.splitlines() == [refusal]
     assert not (tmp_path / "ws").exists()
+
+
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_an_epsilon_that_is_not_a_finite_number_says_so(tmp_path: Path, value: str) -> None:
+    out = run("init", "-w", tmp_path / "ws", "-s", tmp_path / "c", "--preset", "heart-disease",
+              "--epsilon", value)  # fmt: skip
+    assert out.exit_code == 2 and "finite number" in out.stderr, out.stderr
+    assert not (tmp_path / "ws").exists()
