@@ -110,6 +110,13 @@ def _warnings(config: FederationConfig) -> list[str]:
             "the DP guarantee does not cover (the privacy report says so); to close that gap, "
             "create the federation with --feature-ranges from public knowledge"
         )
+    if config.secagg.enabled and config.secagg.threshold:
+        out.append(
+            f"secure aggregation's threshold is fixed at t = {config.secagg.threshold}: the "
+            f"roster needs at least {config.secagg.threshold} sites, and a round needs that "
+            "many to finish; this cannot be changed later (leave --threshold out for the "
+            "default, which follows the number of sites)"
+        )
     return out
 
 

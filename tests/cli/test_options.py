@@ -102,3 +102,14 @@ def test_an_epsilon_that_is_not_a_finite_number_says_so(tmp_path: Path, value: s
               "--epsilon", value)  # fmt: skip
     assert out.exit_code == 2 and "finite number" in out.stderr, out.stderr
     assert not (tmp_path / "ws").exists()
+
+
+def test_a_fixed_threshold_is_pointed_out_at_init(tmp_path: Path) -> None:
+    """t set at init cannot change: say so while the federation can still be made anew."""
+    out = run("init", "-w", tmp_path / "ws", "-s", tmp_path / "c", "--preset", "heart-disease",
+              "--threshold", "10", "--json")  # fmt: skip
+    assert out.exit_code == 0, out.stderr
+    assert any("fixed at t = 10" in w for w in out.json()["warnings"])
+    out = run("init", "-w", tmp_path / "ws2", "-s", tmp_path / "c2", "--preset", "heart-disease",
+              "--json")  # fmt: skip
+    assert not any("threshold" in w for w in out.json()["warnings"])
