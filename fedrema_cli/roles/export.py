@@ -33,6 +33,11 @@ def export_model(
     standardizer: Standardizer | None,
     card: Mapping[str, Any],
 ) -> str:
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(
+            f"--export {folder} is a file; the model and its card go into a folder",
+            hint="give --export a new folder, or this site's earlier export folder",
+        )
     store = LocalStorage(folder)
     _refuse_other_site(store, folder, str(card.get("site")))
     full_card = {

@@ -117,6 +117,11 @@ def test_personalize_chooses_the_threshold_on_validation_data_and_exports_it(
     assert "holds site 'cleveland'" in other.stderr and len(other.stderr.strip().splitlines()) == 1
     assert (folder / "model-card.json").read_bytes() == before
     assert run("personalize", "-s", fed.site("cleveland"), "--export", folder).exit_code == 0
+    a_file = fed.root / "a-file"
+    a_file.write_text("keep me")
+    out = run("personalize", "-s", fed.site("cleveland"), "--export", a_file)
+    assert out.exit_code == 1 and "is a file" in out.stderr, out.stderr
+    assert a_file.read_text() == "keep me"
 
 
 def test_a_majority_class_model_is_warned_about_not_ticked(tmp_path: Path) -> None:
