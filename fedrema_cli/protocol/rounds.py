@@ -201,12 +201,12 @@ def rejoin_round(fed: Federation, r: int) -> int | None:
     return next((x for x in rounds if not fed.exists("key-roster", x)), None)
 
 
-def rejoin_note(fed: Federation, r: int) -> str:
-    """What a site left out of round r is told: from which round it takes part again."""
+def rejoin_advice(fed: Federation, r: int) -> str:
+    """What a site left out of round r is told (status, submit, train-local alike)."""
     x = rejoin_round(fed, r)
     if x is None:
-        return f"round {r}: closed without this site, and no round is left for it to rejoin"
-    return f"round {r}: closed without this site; it rejoins from round {x}"
+        return "no round is left to rejoin; `fedrema personalize` once the federation completes"
+    return f"`fedrema submit` to advertise keys and rejoin from round {x}"
 
 
 def current_round(fed: Federation) -> int:

@@ -53,7 +53,7 @@ from fedrema_cli.protocol.rounds import (
     key_roster_parties,
     participants,
     phase_of,
-    rejoin_note,
+    rejoin_advice,
 )
 from fedrema_cli.store.envelope import sha256
 from fedrema_cli.store.federation import Federation, Roster
@@ -623,7 +623,7 @@ def _share_keys(site: SiteRound, r: int, secrets: _Secrets, actions: Actions) ->
     if site.name not in key_roster_parties(fed, r):
         return
     if _left_out(site, r):  # the phase closed without this site's shares
-        actions.waiting.append(rejoin_note(fed, r))
+        actions.waiting.append(f"round {r}: closed without this site; {rejoin_advice(fed, r)}")
         return
     client, msg = secrets.client.handle(verified_key_roster(fed, r), rng=os.urandom)
     if msg is None:
@@ -647,7 +647,7 @@ def _submit_masked(site: SiteRound, r: int, secrets: _Secrets, actions: Actions)
     if me not in roster.participants:
         return
     if fed.exists("unmask-request", r):
-        actions.waiting.append(rejoin_note(fed, r))
+        actions.waiting.append(f"round {r}: closed without this site; {rejoin_advice(fed, r)}")
         return
     update = site.updates.get(r)
     if update is None:

@@ -12,7 +12,7 @@ from fedrema_cli.protocol.rounds import (
     Turn,
     current_round,
     read_withdrawal,
-    rejoin_round,
+    rejoin_advice,
     turn,
 )
 from fedrema_cli.store.federation import Federation
@@ -120,7 +120,7 @@ def round_status(fed: Federation) -> RoundStatus:
         status.next_for[site] = (
             f"withdrew from round {withdrawn[site]} on: nothing more to send"
             if site in gone
-            else _site_next(site, t, rejoin_round(fed, r))
+            else _site_next(site, t, rejoin_advice(fed, r))
         )
     for site in fed.ever_listed():
         if site not in status.next_for and (since := fed.removed_from(site)) is not None:
@@ -131,14 +131,9 @@ def round_status(fed: Federation) -> RoundStatus:
     return status
 
 
-def _site_next(site: str, t: Turn, rejoin: int | None) -> str:
+def _site_next(site: str, t: Turn, rejoin: str) -> str:
     if site not in t.expected:
-        if rejoin is None:
-            return (
-                "not part of this round, and no round is left to rejoin; "
-                "`fedrema personalize` once the federation completes"
-            )
-        return f"not part of this round; `fedrema submit` to rejoin from round {rejoin}"
+        return f"not part of this round; {rejoin}"
     if site in t.acted:
         return "wait for the coordinator"
     if t.phase is Phase.COLLECT:  # training is private: a site's own status knows if it is done

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Self
 
-from fedrema_cli.errors import ConfigError, UsageError
+from fedrema_cli.errors import UsageError
 from fedrema_cli.identity import Identity, fingerprint
 from fedrema_cli.protocol import exchange
 from fedrema_cli.protocol.rounds import next_unstarted_round
@@ -160,8 +160,6 @@ class Enrollment(SiteBase):
                     self.fed, federation_sha256=self.meta["federation_sha256"], new=current
                 )
             return self._rotated(in_roster, current, where)
-        if in_roster not in self.fed.identities:
-            raise ConfigError(f"{self.state.root} does not hold the key the roster names")
         with self.state.exclusive():
             new = self.state.rotate_identity()
             where = exchange.write_rotation(

@@ -13,7 +13,7 @@ from fedrema_cli.protocol.rounds import (
     key_roster_parties,
     participants,
     read_model,
-    rejoin_round,
+    rejoin_advice,
     survivors,
     timestamp,
 )
@@ -174,12 +174,6 @@ class Training(SiteBase):
     def _finetune_rounds(self) -> int:
         return finetune_rounds(self.config)
 
-    def _rejoin_hint(self, r: int) -> str:
-        x = rejoin_round(self.fed, r)
-        if x is None:
-            return "no round is left to rejoin; `fedrema personalize` once the federation ends"
-        return f"run `fedrema submit` to advertise keys; you rejoin from round {x}"
-
     def _check_participant(self, r: int) -> None:
         if not self.config.secure:
             return
@@ -188,7 +182,7 @@ class Training(SiteBase):
             raise UsageError(
                 f"round {r} was closed without {self.name}'s update; training for it now "
                 "would spend privacy budget on an update that can no longer be sent",
-                hint=self._rejoin_hint(r),
+                hint=rejoin_advice(self.fed, r),
             )
         for kind, members_of in (
             ("masking-roster", participants),
@@ -199,6 +193,6 @@ class Training(SiteBase):
                     raise UsageError(
                         f"{self.name} is not part of round {r}'s secure aggregation (it missed "
                         "the previous round's key exchange)",
-                        hint=self._rejoin_hint(r),
+                        hint=rejoin_advice(self.fed, r),
                     )
                 return
