@@ -75,7 +75,15 @@ class FedremaGroup(TyperGroup):
 
         # Before Click parses anything, so that even a usage error answers in JSON.
         ui.mode = ui.Mode(json="--json" in args, deferred=True)
-        return super().parse_args(ctx, args)
+        if not args:
+            return super().parse_args(ctx, args)  # plain `fedrema`: the help, as Click shows it
+        try:
+            return super().parse_args(ctx, args)
+        except typer.TyperException as exc:  # `fedrema --bogus`: before any command runs
+            error = _usage_error(exc)
+            ui.finish_json(error if ui.mode.json else None)
+            ui.mode = ui.Mode()
+            raise typer.Exit(error["exit_code"]) from None
 
     def invoke(self, ctx: Any) -> Any:
         from fedrema_cli import ui
@@ -93,15 +101,8 @@ class FedremaGroup(TyperGroup):
             typer.echo(INTERRUPTED, err=True)
             raise typer.Exit(code) from None
         except typer.TyperException as exc:  # a usage error: one line, exit 2
-            format_message = getattr(exc, "format_message", None)
-            message = format_message() if callable(format_message) else str(exc)
-            code = getattr(exc, "exit_code", 2)
-            sub = getattr(exc, "ctx", None)
-            hint = f"`{sub.command_path} -h` shows its options" if sub is not None else None
-            error = _error_object(message, hint, code)
-            line = f"fedrema: error: {message}" + (f" (next: {hint})" if hint else "")
-            typer.echo(line.replace("\n", " "), err=True)
-            raise typer.Exit(code) from None
+            error = _usage_error(exc)
+            raise typer.Exit(error["exit_code"]) from None
         except (typer.Exit, typer.Abort):
             raise
         except Exception as exc:
@@ -156,6 +157,18 @@ def _restore_sigterm(previous: Any) -> None:
 
     if previous is not None:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _usage_error(exc: Exception) -> dict[str, Any]:
+    """Print a usage error (bad option or value) as one line naming the help; its JSON form."""
+    format_message = getattr(exc, "format_message", None)
+    message = format_message() if callable(format_message) else str(exc)
+    code = getattr(exc, "exit_code", 2)
+    sub = getattr(exc, "ctx", None)
+    hint = f"`{sub.command_path} -h` shows its options" if sub is not None else None
+    line = f"fedrema: error: {message}" + (f" (next: {hint})" if hint else "")
+    typer.echo(line.replace("\n", " "), err=True)
+    return _error_object(message, hint, code)
 
 
 def _error_object(message: str, hint: str | None, exit_code: int) -> dict[str, Any]:

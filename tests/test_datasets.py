@@ -384,3 +384,29 @@ def test_cli_commands_start_without_sklearn() -> None:
     code = "import sys, fedrema_cli.roles.onboarding; print('sklearn' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_prepare_data_on_a_full_disk_leaves_no_partial_file(tmp_path: Path) -> None:
+    """A write that fails half-way (here: a file-size limit, as a full disk would) leaves each
+    site file complete or absent, never a CSV that loads as fewer patients."""
+    import resource
+    import signal
+
+    whole = tmp_path / "whole"
+    hd.write_site_files(whole)
+    limit = 4096  # below every site's training file, above the smallest test file
+    assert (whole / "cleveland_train.csv").stat().st_size > limit
+
+    def small_disk() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a killed process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "fedrema_cli", "prepare-data", "heart-disease", "--out", out]
+    done = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=small_disk)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    left = sorted(p.name for p in out.iterdir())
+    assert all(not n.startswith(".") for n in left), left  # no temporary file left behind
+    for name in left:
+        assert (out / name).read_bytes() == (whole / name).read_bytes(), name

@@ -309,16 +309,16 @@ def prepare_data(
     fedrema prepare-data heart-disease --out hospitals/
     """
     from fedrema_cli.data.datasets import get_dataset
-    from fedrema_cli.errors import UsageError
+    from fedrema_cli.errors import StoreError, UsageError
 
     info = get_dataset(dataset)
+    hint = "give --out a new or empty folder you can write to"
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; the site files go into a folder", hint=hint)
     try:
-        files = info.prepare(out, seed)
-    except OSError as exc:  # --out is a file, or a place this user cannot write
-        raise UsageError(
-            f"cannot write the site files to {out}: {exc.strerror or exc}",
-            hint="give --out a new or empty folder you can write to",
-        ) from None
+        files = info.prepare(out, seed)  # each file whole or not at all (temp + rename)
+    except StoreError as exc:  # a place this user cannot write, a full disk: names the file
+        raise UsageError(str(exc), hint=hint) from None
     if json_out:
         return ui.emit_json({s: {k: str(v) for k, v in p.items()} for s, p in files.items()})
     for site, paths in files.items():

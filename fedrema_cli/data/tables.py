@@ -34,9 +34,11 @@ __all__ = [
     "ImageSchema",
     "Standardizer",
     "TabularSchema",
+    "csv_bytes",
     "fingerprint",
     "load_npz",
     "load_table",
+    "npz_bytes",
 ]
 
 # Cells that people (and pandas, R, Excel exports) write for "no value".
@@ -562,6 +564,18 @@ def load_npz(
             f"{list(classes)}{more}"
         )
     return x, index
+
+
+def csv_bytes(frame: pd.DataFrame) -> bytes:
+    """A table as the CSV bytes `load_table` reads back (header, no index, '\\n' lines)."""
+    return frame.to_csv(index=False, lineterminator="\n").encode("utf-8")
+
+
+def npz_bytes(**arrays: np.ndarray) -> bytes:
+    """Arrays as ``.npz`` bytes (numeric arrays only: `load_npz` refuses pickled objects)."""
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
 
 
 def fingerprint(path: str | Path) -> str:

@@ -55,8 +55,16 @@ def export_model(
 
 
 def _refuse_other_site(store: LocalStorage, folder: Path, site: str) -> None:
-    """Refuse a folder whose model card names another site (or is not a model card)."""
+    """Refuse a folder whose model card names another site (or is not a model card), and a
+    folder holding other files and no card: the weights would land beside someone's files, or
+    replace a ``model.safetensors`` that is not ours."""
     if not store.exists(CARD):
+        if store.list("."):
+            raise UsageError(
+                f"--export {folder} holds other files and no fedrema model card; refusing to "
+                "write the model into it",
+                hint="give --export a new or empty folder",
+            )
         return
     try:
         existing = json.loads(store.read_bytes(CARD, max_bytes=16 << 20))

@@ -24,7 +24,7 @@ import secrets
 import signal
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -453,6 +453,19 @@ class LocalStorage(BaseStorage):
         ):
             os.unlink(name, dir_fd=d)
             _test_kill_step()  # deleted
+
+
+def write_files(folder: str | os.PathLike[str], files: Mapping[str, bytes]) -> dict[str, Path]:
+    """Write each file whole (temporary file + rename) into a local folder, made if missing.
+
+    For files a command hands to a person (prepared site data, a validation split): a crash or
+    a full disk leaves each one complete or absent, never a partial CSV that loads as fewer
+    patients. Returns each name's path.
+    """
+    store = LocalStorage(folder)
+    for name, data in files.items():
+        store.replace(name, data)
+    return {name: Path(folder) / name for name in files}
 
 
 STORAGE_OPTIONS_ENV = "FEDREMA_STORAGE_OPTIONS"

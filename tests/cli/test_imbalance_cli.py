@@ -122,6 +122,14 @@ def test_personalize_chooses_the_threshold_on_validation_data_and_exports_it(
     out = run("personalize", "-s", fed.site("cleveland"), "--export", a_file)
     assert out.exit_code == 1 and "is a file" in out.stderr, out.stderr
     assert a_file.read_text() == "keep me"
+    # A folder of someone else's files (here a model of the same name) is not written into.
+    theirs = fed.root / "theirs"
+    theirs.mkdir()
+    (theirs / "model.safetensors").write_bytes(b"not ours")
+    out = run("personalize", "-s", fed.site("cleveland"), "--export", theirs)
+    assert out.exit_code == 1 and "no fedrema model card" in out.stderr, out.stderr
+    assert sorted(p.name for p in theirs.iterdir()) == ["model.safetensors"]
+    assert (theirs / "model.safetensors").read_bytes() == b"not ours"
 
 
 def test_a_majority_class_model_is_warned_about_not_ticked(tmp_path: Path) -> None:

@@ -130,9 +130,11 @@ def carve_validation(
     import pandas as pd
     from sklearn.model_selection import train_test_split
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    carved: SiteFiles = {}
+    from fedrema_cli.data.tables import csv_bytes, npz_bytes
+    from fedrema_cli.store.storage import write_files
+
+    out: dict[str, bytes] = {}
+    carved: dict[str, dict[str, str]] = {}
     for k, (site, paths) in enumerate(files.items()):
         src = Path(paths["train"])
         if src.suffix == ".csv":
@@ -152,13 +154,14 @@ def carve_validation(
         )
         carved[site] = {}
         for split, idx in (("train", np.sort(fit)), ("test", np.sort(val))):
-            target = out / f"{site}_{'fit' if split == 'train' else 'val'}{src.suffix}"
+            name = f"{site}_{'fit' if split == 'train' else 'val'}{src.suffix}"
             if src.suffix == ".csv":
-                frame.iloc[idx].to_csv(target, index=False, lineterminator="\n")
+                out[name] = csv_bytes(frame.iloc[idx])
             else:
-                np.savez(target, x=x[idx], y=labels[idx])
-            carved[site][split] = target
-    return carved
+                out[name] = npz_bytes(x=x[idx], y=labels[idx])
+            carved[site][split] = name
+    written = write_files(out_dir, out)
+    return {site: {s: written[n] for s, n in names.items()} for site, names in carved.items()}
 
 
 def get_dataset(name: str) -> DatasetInfo:

@@ -208,13 +208,16 @@ def write_site_files(
     out_dir: Path | str, data_dir: Path | str | None = None
 ) -> dict[str, dict[str, Path]]:
     """Write ``<site>_train.csv`` / ``<site>_test.csv`` (header = ``SCHEMA``) for the CLI."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths: dict[str, dict[str, Path]] = {}
-    for site, (train, test) in load_centers(data_dir).items():
-        paths[site] = {}
-        for split, frame in (("train", train), ("test", test)):
-            target = out / f"{site}_{split}.csv"
-            frame.to_csv(target, index=False, lineterminator="\n")
-            paths[site][split] = target
-    return paths
+    from fedrema_cli.data.tables import csv_bytes
+    from fedrema_cli.store.storage import write_files
+
+    centers = load_centers(data_dir)
+    written = write_files(
+        out_dir,
+        {
+            f"{site}_{split}.csv": csv_bytes(frame)
+            for site, pair in centers.items()
+            for split, frame in zip(("train", "test"), pair, strict=True)
+        },
+    )
+    return {site: {s: written[f"{site}_{s}.csv"] for s in ("train", "test")} for site in centers}

@@ -42,7 +42,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from fedrema_cli.data.tables import FeatureRanges, TabularSchema
+from fedrema_cli.data.tables import FeatureRanges, TabularSchema, csv_bytes
 from fedrema_cli.learning.modelspec import ModelSpec
 
 NAME = "breast-cancer-imbalanced"
@@ -141,18 +141,17 @@ def make_sites(seed: int = 0) -> dict[str, SiteTables]:
 def write_site_files(out_dir: Path | str, *, seed: int = 0) -> dict[str, dict[str, Path]]:
     """Write ``<site>_train.csv`` / ``<site>_test.csv`` (header = ``SCHEMA``) and
     ``partition.json`` (per site: records and malignant records per split)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths: dict[str, dict[str, Path]] = {}
+    from fedrema_cli.store.storage import write_files
+
+    files: dict[str, bytes] = {}
     summary: dict[str, dict[str, object]] = {}
-    for site, tables in make_sites(seed).items():
-        paths[site] = {}
+    sites = make_sites(seed)
+    for site, tables in sites.items():
         summary[site] = {"minority_rate": MINORITY_RATES[site]}
         for split, frame in (("train", tables.train), ("test", tables.test)):
-            target = out / f"{site}_{split}.csv"
-            frame.to_csv(target, index=False, lineterminator="\n")
-            paths[site][split] = target
+            files[f"{site}_{split}.csv"] = csv_bytes(frame)
             summary[site][split] = {"n": len(frame), "malignant": int(frame[LABEL].sum())}
     meta = {"dataset": NAME, "seed": seed, "source": "sklearn load_breast_cancer", "sites": summary}
-    (out / "partition.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    return paths
+    files["partition.json"] = (json.dumps(meta, indent=2) + "\n").encode("utf-8")
+    written = write_files(out_dir, files)
+    return {site: {s: written[f"{site}_{s}.csv"] for s in ("train", "test")} for site in sites}

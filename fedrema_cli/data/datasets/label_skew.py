@@ -37,7 +37,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from fedrema_cli.data.tables import ImageSchema
+from fedrema_cli.data.tables import ImageSchema, npz_bytes
 from fedrema_cli.learning.modelspec import ModelSpec
 
 NUM_CLASSES = 10
@@ -227,19 +227,13 @@ def write_site_files(
 ) -> dict[str, dict[str, Path]]:
     """Write ``<site>_{train,test}.npz`` (arrays ``x``, ``y``) and ``partition.json``."""
     part = make_partition(n_sites, samples_per_site, s=s, seed=seed)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths: dict[str, dict[str, Path]] = {}
+    from fedrema_cli.store.storage import write_files
+
+    files: dict[str, bytes] = {}
     summary: dict[str, dict[str, object]] = {}
     for i, (name, data) in enumerate(part.sites.items()):
-        paths[name] = {}
-        for split, xs, ys in (
-            ("train", data.x_train, data.y_train),
-            ("test", data.x_test, data.y_test),
-        ):
-            target = out / f"{name}_{split}.npz"
-            np.savez(target, x=xs, y=ys)
-            paths[name][split] = target
+        files[f"{name}_train.npz"] = npz_bytes(x=data.x_train, y=data.y_train)
+        files[f"{name}_test.npz"] = npz_bytes(x=data.x_test, y=data.y_test)
         summary[name] = {
             "block": part.block_of(name),
             "dominant_classes": list(part.dominant_classes(name)),
@@ -257,5 +251,6 @@ def write_site_files(
         "reused_classes": list(part.reused_classes),
         "sites": summary,
     }
-    (out / "partition.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    return paths
+    files["partition.json"] = (json.dumps(meta, indent=2) + "\n").encode("utf-8")
+    written = write_files(out_dir, files)
+    return {n: {s: written[f"{n}_{s}.npz"] for s in ("train", "test")} for n in part.sites}
