@@ -100,6 +100,9 @@ def test_pfednet_without_the_penalty_hands_every_site_its_own_head() -> None:
         for k, v in part_of(t, "head").items():
             np.testing.assert_allclose(out.personal[s][k], v, atol=1e-4)
     assert set(out.state["components"]) == set(SITES)
+    # every site its own cluster, so no edge is fused (the log's count is the clusters')
+    assert len(set(out.log["clusters"].values())) == len(SITES)
+    assert out.log["fused_edges"] == 0 == out.log["thresholded_edges"]
 
 
 def test_pfednet_with_a_large_penalty_fuses_connected_sites() -> None:
@@ -112,6 +115,19 @@ def test_pfednet_with_a_large_penalty_fuses_connected_sites() -> None:
     for h in heads:
         np.testing.assert_allclose(h, mean, atol=1e-3)
     assert len(set(out.log["clusters"].values())) == 1
+    assert out.log["fused_edges"] == len(out.log["edges"])
+
+
+def test_pfednet_counts_as_fused_the_edges_its_clusters_are_made_of() -> None:
+    """After the paper's few ADMM iterations every W row is thresholded to 0, yet no two
+    components are equal yet: the log says 0 fused edges beside four clusters, and keeps the
+    thresholded count apart (it once reported 6 fused edges and 4 clusters)."""
+    start = model(0)
+    trained = {s: model(i + 1) for i, s in enumerate(SITES)}
+    out = METHODS["pfednet-paper"]().aggregate(inputs("pfednet-paper", trained, start), None)
+    assert len(set(out.log["clusters"].values())) == len(SITES)
+    assert out.log["fused_edges"] == 0
+    assert out.log["thresholded_edges"] == len(out.log["edges"]) > 0
 
 
 def test_pfednet_keeps_components_of_sites_that_missed_the_round() -> None:
@@ -233,6 +249,9 @@ def test_summaries_count_how_often_merged_sites_share_a_planted_block() -> None:
     stats = METHODS["pfednet"]().summarize(pfednet_log, blocks)
     assert stats["mean_fused_edges"] == 2.0
     assert stats["peer_same_block_rate"] == 2 / 4  # (a,b) twice; (a,c), (b,c) once
+    assert "mean_thresholded_edges" not in stats  # a log from before the count existed
+    logged = [{**e, "thresholded_edges": 3} for e in pfednet_log]
+    assert METHODS["pfednet"]().summarize(logged, blocks)["mean_thresholded_edges"] == 3.0
 
 
 def test_fedrema_model_merges_whole_models_with_the_most_alike_peer() -> None:

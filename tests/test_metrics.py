@@ -218,6 +218,11 @@ def test_a_majority_class_model_is_flagged() -> None:
     assert "Likely cause" in str(w)
     # Lowering the threshold (chosen on validation) lifts the warning.
     assert m.model_warnings(p, y, threshold=0.28) == []
+    # Under DP, noise is among the causes and epsilon among the remedies; without DP neither.
+    assert "DP noise" in w.cause and "larger epsilon" in w.advice
+    (plain,) = m.clinical_report(p, y, private=False).warnings
+    assert "DP" not in plain.cause and "epsilon" not in plain.advice
+    assert "class weighting" in plain.advice and "rare class" in plain.cause
 
 
 def test_auc_below_chance_is_flagged_and_says_how_sure() -> None:

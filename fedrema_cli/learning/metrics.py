@@ -604,6 +604,7 @@ def clinical_report(
     confidence: float = CONFIDENCE,
     n_bootstrap: int = N_BOOTSTRAP,
     seed: int = 0,
+    private: bool = True,
 ) -> ClinicalReport:
     """Every metric of ``proba`` against ``labels`` at ``threshold``, with intervals and the
     degeneracy warnings (`model_warnings`).
@@ -666,7 +667,7 @@ def clinical_report(
         ece=_with(point["ece"], intervals["ece"]),
         confidence=confidence,
     )
-    warnings = model_warnings(p, y, threshold=threshold, auc_estimate=auc_est)
+    warnings = model_warnings(p, y, threshold=threshold, auc_estimate=auc_est, private=private)
     return replace(report, warnings=tuple(warnings))
 
 
@@ -706,8 +707,12 @@ def model_warnings(
     *,
     threshold: float | None = None,
     auc_estimate: Estimate | None = None,
+    private: bool = True,
 ) -> list[ModelWarning]:
     """Warnings about a model on one site's labelled data (empty list: nothing to flag).
+
+    ``private``: the model was trained under DP, so DP noise is among the causes and a larger
+    epsilon among the remedies; without DP neither is named.
 
     - ``one-class``: every prediction is the same class while the data hold several;
     - ``auc-below-chance``: ROC AUC below 0.5 (the message says whether its interval excludes
@@ -731,14 +736,15 @@ def model_warnings(
                     ),
                     cause=(
                         "the model learned the site's class balance instead of the outcome: a "
-                        "rare class, too few records or too much DP noise for the signal, or a "
-                        "head that averaged away the minority class"
+                        "rare class, too few records"
+                        + (" or too much DP noise" if private else "")
+                        + " for the signal, or a head that averaged away the minority class"
                     ),
                     advice=(
                         "class weighting (training.class_weighting), a threshold chosen on "
                         "validation data (`fedrema personalize`, --target-sensitivity), more "
-                        "rounds or a larger epsilon, or a method whose head is shared (fedavg, "
-                        "fedavg-ft)"
+                        "rounds" + (" or a larger epsilon" if private else "") + ", or a method "
+                        "whose head is shared (fedavg, fedavg-ft)"
                     ),
                 )
             )

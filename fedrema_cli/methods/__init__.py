@@ -90,4 +90,15 @@ def parse_method_options(method: str, pairs: list[str] | None) -> dict[str, Any]
     if unknown:
         known = ", ".join(fields) or "none"
         raise OptionError(f"{method} has no option {', '.join(unknown)} (its options: {known})")
+    from pydantic import ValidationError
+
+    try:  # the values too, here, before a command writes anything
+        METHODS[method].parse_options(out)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"--option {'.'.join(map(str, err['loc']))}: {err['msg'][:1].lower()}{err['msg'][1:]}"
+            f" (got {err['input']!r})"
+            for err in e.errors()
+        )
+        raise OptionError(f"{method}: {problems}") from None
     return out

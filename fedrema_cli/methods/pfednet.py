@@ -131,21 +131,33 @@ class PFedNet(PersonalHead):
             log={
                 "round": inputs.round,
                 "edges": [[sites[a], sites[b]] for a, b in graph.edges],
-                "fused_edges": result.thresholded_edges,
+                # fused: ||z_i - z_j|| <= fuse_tol, the edges `clusters` is made of;
+                # thresholded: W row exactly 0, the edges the solution is heading to fuse
+                "fused_edges": result.fused_edges,
+                "thresholded_edges": result.thresholded_edges,
                 "clusters": clusters,
                 "primal_residual": result.primal_residual,
             },
-            info={"pfednet": {"edges": len(graph.edges), "fused": result.thresholded_edges}},
+            info={
+                "pfednet": {
+                    "edges": len(graph.edges),
+                    "fused": result.fused_edges,
+                    "thresholded": result.thresholded_edges,
+                }
+            },
         )
 
     def summarize(self, log: list[dict[str, Any]], blocks: Mapping[str, int] | None) -> dict:
-        """Fused edges per round and, with known blocks, how often fused sites share one."""
+        """Fused edges per round (those the clusters are made of, and those thresholded to
+        0) and, with known blocks, how often fused sites share one."""
         if not log:
             return {}
         stats: dict[str, Any] = {
             "mean_fused_edges": float(np.mean([e["fused_edges"] for e in log])),
             "final_clusters": log[-1]["clusters"],
         }
+        if all("thresholded_edges" in e for e in log):  # logs written before it: not kept
+            stats["mean_thresholded_edges"] = float(np.mean([e["thresholded_edges"] for e in log]))
         if blocks:
             pairs = (
                 (a, b)

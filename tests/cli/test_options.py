@@ -62,6 +62,39 @@ def test_simulate_names_the_bad_option() -> None:
 
 
 @pytest.mark.parametrize(
+    ("method", "pair", "named"),
+    [
+        ("mr-mtl", "lam=abc", "--option lam: input should be a valid number"),
+        ("mr-mtl", "lam=-1", "--option lam: input should be greater than or equal to 0"),
+        ("pfednet", "k=0", "--option k:"),
+        ("fedrema", "similarity=foo", "--option similarity:"),
+        ("fedavg", "lam=1", "fedavg has no option lam"),
+        ("mr-mtl", "lam", "use KEY=VALUE"),
+    ],
+)
+def test_a_bad_method_option_is_a_usage_error_before_anything_is_written(
+    tmp_path: Path, method: str, pair: str, named: str
+) -> None:
+    """A method option's value is checked with the command's other options: exit 2, one line
+    naming it, and no folder made (a second try with the fixed value into the same
+    --workdir works)."""
+    sim = run(
+        "simulate", "heart-disease", "--method", method, "--rounds", "1", "--option", pair,
+        "--workdir", tmp_path / "w",
+    )  # fmt: skip
+    init = run(
+        "init", "-w", tmp_path / "ws", "-s", tmp_path / "c", "--preset", "heart-disease",
+        "--method", method, "--option", pair,
+    )  # fmt: skip
+    for out in (sim, init):
+        assert out.exit_code == 2, out.stderr
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and named in lines[0], out.stderr
+    assert not (tmp_path / "w").exists()
+    assert not (tmp_path / "ws").exists() and not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize(
     ("options", "named"),
     [
         (("--epsilon", "0"), "--epsilon"),

@@ -207,6 +207,8 @@ def test_simulate_reports_each_sites_epsilon() -> None:
         "2",
         "--epsilon",
         "3",
+        "--lr",
+        "0.07",
         "--json",
     )
     assert out.exit_code == 0, out.stderr
@@ -215,6 +217,12 @@ def test_simulate_reports_each_sites_epsilon() -> None:
         eps = result["sites"][site]["epsilon"]
         assert 2.9 < eps <= 3.0 + 1e-9
     assert result["privacy"] == {"epsilon": 3.0, "delta": 1e-5}
+    # what ran, as signed: enough for a script to re-create the run
+    config = result["config"]
+    assert config["training"]["lr"] == 0.07 and config["training"]["local_epochs"] == 1
+    assert config["privacy"]["max_grad_norm"] == 1.0 and config["privacy"]["planned_rounds"] == 2
+    assert config["method_options"] == {} and config["finetune_rounds"] == 0
+    assert config["secagg"]["enabled"] is True and config["broadcast"] == "float16"
 
 
 def test_simulated_dp_replays_from_the_seed_but_real_sites_draw_fresh_noise(

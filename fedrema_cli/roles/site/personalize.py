@@ -167,11 +167,17 @@ class Personalizing(SiteBase):
                 data.y_test,
                 threshold=threshold,
                 seed=derive_seed(self.config.seed, self.name, "bootstrap"),
+                private=self.config.privacy is not None,
             )
             warnings = list(report.warnings)
             warned_on = "test"
         else:  # no test file: the validation split is all this site can look at
-            warnings = model_warnings(val_proba, data.y_train[val], threshold=threshold)
+            warnings = model_warnings(
+                val_proba,
+                data.y_train[val],
+                threshold=threshold,
+                private=self.config.privacy is not None,
+            )
             warned_on = "validation"
 
         def counts(y: Any) -> list[int] | None:
