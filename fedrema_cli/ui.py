@@ -8,6 +8,7 @@ results, warnings and errors) and ``--verbose`` (errors keep their traceback).
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import time
@@ -30,8 +31,20 @@ from rich.table import Table
 
 from fedrema_cli.errors import NotYetError
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+#: Output that goes to a file or a pipe (a report filed, a log) is not cut to 80 columns: a
+#: table would fold a site's name over two lines ("switzerlan" / "d"). $COLUMNS still wins.
+FILE_WIDTH = 160
+
+
+def _console(*, stderr: bool = False) -> Console:
+    out = Console(stderr=stderr, highlight=False)
+    if not out.is_terminal and "COLUMNS" not in os.environ:
+        out.width = FILE_WIDTH
+    return out
+
+
+console = _console()
+err_console = _console(stderr=True)
 
 
 @dataclass

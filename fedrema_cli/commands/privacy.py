@@ -40,6 +40,12 @@ def report(
         ),
     ] = None,
     pdf: Annotated[Path | None, typer.Option(help="Write a PDF report here.")] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Replace an existing --html/--pdf file (never a link or device)."
+        ),
+    ] = False,
     detail: Annotated[
         bool,
         typer.Option(
@@ -57,16 +63,20 @@ def report(
 
       fedrema privacy report -w /shared/heart --html privacy-report.html
     """
-    from fedrema_cli.store.storage import LocalStorage
+    from fedrema_cli.store.storage import write_output
     from fedrema_cli.views.privacy import build
     from privacy.report import problem_lines, require_pdf_support, to_dict, to_html, to_pdf, to_rich
 
     if pdf is not None:
         require_pdf_support()  # a missing system library is one line, before any slow work
     rep, _ = build(state=state, workspace=workspace)  # workspace problems are folded into rep
-    for path, data in ((html, lambda: to_html(rep).encode("utf-8")), (pdf, lambda: to_pdf(rep))):
+    outputs = (
+        ("--html", html, lambda: to_html(rep).encode("utf-8")),
+        ("--pdf", pdf, lambda: to_pdf(rep)),
+    )
+    for option, path, data in outputs:
         if path is not None:
-            LocalStorage(path.parent).replace(path.name, data())
+            write_output(path, data(), option=option, overwrite=force)
     if json_out:
         ui.emit_json(to_dict(rep))
     else:

@@ -468,6 +468,38 @@ def write_files(folder: str | os.PathLike[str], files: Mapping[str, bytes]) -> d
     return {name: Path(folder) / name for name in files}
 
 
+def write_output(path: Path, data: bytes, *, option: str, overwrite: bool) -> None:
+    """Write a file a person asked for by name (a report to file), whole (temp + rename).
+
+    Only a regular file is ever replaced, and only with ``overwrite``: a rename onto a device,
+    a FIFO or a link would replace it (as root, ``/dev/full`` with an HTML file), and a filed
+    report must not be overwritten by a later one unnoticed. Missing folders are made.
+    """
+    from fedrema_cli.errors import UsageError
+
+    if not path.name or path.name in (".", ".."):
+        raise UsageError(f"{option} {str(path)!r} is not a file name", hint="e.g. report.html")
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        mode = None
+    except NotADirectoryError:
+        raise UsageError(
+            f"{option} {path}: a part of the folder path is a file, not a folder"
+        ) from None
+    if mode is not None and not stat.S_ISREG(mode):
+        raise UsageError(
+            f"{option} {path} is {_kind(mode)}; refusing to replace it",
+            hint="give a new file name",
+        )
+    if mode is not None and not overwrite:
+        raise UsageError(
+            f"{option} {path} exists; refusing to overwrite it",
+            hint="give a new file name, or --force to replace it",
+        )
+    LocalStorage(path.parent).replace(path.name, data)
+
+
 STORAGE_OPTIONS_ENV = "FEDREMA_STORAGE_OPTIONS"
 
 

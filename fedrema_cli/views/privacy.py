@@ -68,6 +68,15 @@ def _own_ledger_anchors(site: Any, text: str, verify: Callable[[bytes, bytes], N
             "missing from the site's own ledger (entries dropped?)"
             for r in site.published_not_in(entries)
         ]
+        published = set(site.fed.ledger_rounds(site.name))
+        out += [
+            f"{site.name}: round {e.round}: in the site's own ledger but not published as "
+            f"ledger/{site.name}/{e.round:04d}.json: deleted from the workspace (a workspace "
+            "report under-counts this site), or the site's last command was interrupted "
+            "(`fedrema submit` publishes it)"
+            for e in entries
+            if e.round not in published
+        ]
     return out
 
 
@@ -112,6 +121,29 @@ def _round_results(fed: Federation) -> tuple[list[RoundResult], list[int], list[
             continue
         results.append(RoundResult(round=r, finished_at=finished, survivors=tuple(survivors)))
     return results, bad, problems
+
+
+def _missing_results(fed: Federation, results: list[RoundResult], bad: list[int]) -> list[str]:
+    """Rounds before the latest verified model whose signed result is not there at all.
+
+    The coordinator publishes round r + 1's model in the same step as round r's result, and
+    opens a round only after the one before it finished; so a verified model of round R
+    vouches that rounds 1..R-1 have results. Deleting a round's whole folder and its ledger
+    entries leaves chains that still verify (shorter), and would under-report the spend.
+    """
+    rounds = _round_numbers(fed)
+    latest = next((r for r in reversed(rounds) if r >= 2 and fed.exists("model", r)), None)
+    if latest is None:
+        return []
+    seen = {res.round for res in results} | set(bad)
+    return [
+        f"rounds/{r:04d}/result.json: missing, although round {latest}'s signed model is "
+        f"published, which the coordinator does only after round {r} finished: the round's "
+        "record (and any spend in it) was deleted from the workspace, or the coordinator's "
+        "`aggregate` was interrupted (run it again: it republishes the result)"
+        for r in range(1, latest)
+        if r not in seen
+    ]
 
 
 def _published_ledger(fed: Federation, site: str) -> tuple[str, list[str]]:
@@ -212,7 +244,7 @@ def build(*, state: Path | None, workspace: str | None) -> tuple[PrivacyReport, 
         fingerprints = {site.name: fingerprint(fed.identity.public.sign_pk)}
         config = site.config
         results, bad_results, problems = _round_results(fed)
-        extra += problems
+        extra += problems + _missing_results(fed, results, bad_results)
         extra += _own_ledger_anchors(site, text, verifiers[site.name])
     else:
         if workspace is None:
@@ -228,7 +260,7 @@ def build(*, state: Path | None, workspace: str | None) -> tuple[PrivacyReport, 
             raise UsageError("the roster is not approved yet: there are no ledgers")
         policy = _policy(config)
         results, bad_results, problems = _round_results(fed)
-        extra += problems
+        extra += problems + _missing_results(fed, results, bad_results)
         ledgers, verifiers, fingerprints = {}, {}, {}
         for name in fed.ever_listed():  # every version: a removed site's spend still counts
             text, problems = _published_ledger(fed, name)

@@ -96,6 +96,19 @@ def test_two_private_rounds_compose_and_stay_within_budget(private_fed: Fed) -> 
     # Run again later: the same ledgers give the same digest (how a DPO checks a filed copy).
     again = run("privacy", "report", "-w", fed.workspace, "--json")
     assert again.json()["digest"] == data["digest"]
+    # A filed report is not overwritten unnoticed, and never a link or a device.
+    filed = (fed.root / "report.html").read_bytes()
+    over = run("privacy", "report", "-w", fed.workspace, "--html", fed.root / "report.html")
+    assert over.exit_code == 1 and "exists; refusing to overwrite" in over.stderr
+    assert (fed.root / "report.html").read_bytes() == filed
+    (fed.root / "link.html").symlink_to(fed.root / "report.html")
+    for target in (fed.root / "link.html", Path("/dev/null")):
+        out = run("privacy", "report", "-w", fed.workspace, "--html", target, "--force")
+        assert out.exit_code == 1 and "refusing to replace it" in out.stderr, out.stderr
+    assert (fed.root / "link.html").is_symlink() and Path("/dev/null").is_char_device()
+    forced = run("privacy", "report", "-w", fed.workspace, "--html", fed.root / "report.html",
+                 "--force")  # fmt: skip
+    assert forced.exit_code == 0 and (fed.root / "report.html").read_bytes() != filed
 
 
 def test_the_budget_gate_refuses_a_round_that_would_cross_it(private_fed: Fed) -> None:

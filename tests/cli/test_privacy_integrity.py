@@ -116,6 +116,28 @@ def test_the_filed_report_is_not_green_when_a_published_envelope_fails(private_f
     assert audit.exit_code == 3 and "ledger/va/0001.json" in audit.stderr
 
 
+def test_a_finished_round_deleted_from_the_workspace_is_not_reported_verified(
+    private_fed: Fed,
+) -> None:
+    """Round 2's folder and every site's round-2 entry deleted: the chains still verify (they
+    are only shorter), but round 3's signed model vouches that round 2 finished, so the report
+    and the audit fail (exit 3) instead of filing a lower spend."""
+    fed = private_fed
+    run_rounds(fed, 2)
+    assert (fed.workspace / "rounds" / "0003" / "model.json").exists()
+    shutil.rmtree(fed.workspace / "rounds" / "0002")
+    for entry in fed.workspace.glob("ledger/*/0002.json"):
+        entry.unlink()
+    for args in (("privacy", "report"), ("audit",)):
+        out = run(*args, "-w", fed.workspace)
+        assert out.exit_code == 3, (args, out.stdout, out.stderr)
+        assert "rounds/0002/result.json: missing" in out.stderr
+    # The site's own ledger still holds round 2, and says the workspace lacks it.
+    own = run("privacy", "report", "-s", fed.site("va"), "-w", fed.workspace, "--json")
+    assert own.exit_code == 3
+    assert any("not published as ledger/va/0002.json" in p for p in own.json()["problem_lines"])
+
+
 def test_published_ledger_entries_do_not_carry_the_raw_hash_of_the_patient_file(
     private_fed: Fed,
 ) -> None:
