@@ -264,7 +264,11 @@ class ProblemKind(StrEnum):
 
 @dataclass(frozen=True)
 class Problem:
-    """One finding, naming the 1-based line and the entry (seq, round) where known."""
+    """One finding, naming the 1-based line and the entry (seq, round) where known.
+
+    Messages count entries from 1, as lines are counted (entry N is the chain's Nth, seq N-1),
+    so "line 2, entry 2" name the same record; ``seq`` in the JSON stays the 0-based field.
+    """
 
     kind: ProblemKind
     message: str
@@ -277,7 +281,7 @@ class Problem:
         if self.line is not None:
             where.append(f"line {self.line}")
         if self.seq is not None:
-            where.append(f"entry {self.seq}")
+            where.append(f"entry {self.seq + 1}")
         if self.round is not None:
             where.append(f"round {self.round}")
         prefix = f"{', '.join(where)}: " if where else ""
@@ -345,7 +349,8 @@ def parse_lines(text: str) -> ParsedLedger:
             problems.append(
                 Problem(
                     ProblemKind.MALFORMED,
-                    f"not a valid ledger entry ({exc.error_count()} errors: "
+                    f"not a valid ledger entry ({exc.error_count()} "
+                    f"error{'s' if exc.error_count() != 1 else ''}: "
                     f"{exc.errors()[0]['msg']})",
                     line=number,
                 )
@@ -442,17 +447,18 @@ def verify_chain(
                 if later:
                     add(
                         ProblemKind.REORDERED,
-                        f"entry {e.seq} comes before entries {later} (lines out of order)",
+                        f"entry {e.seq + 1} comes before {_entries(later)} (lines out of order)",
                     )
                 if missing:
                     add(
                         ProblemKind.MISSING,
-                        f"entries {_ranges(missing)} are missing before this line (deleted)",
+                        f"{_entries(missing)} {'is' if len(missing) == 1 else 'are'} missing "
+                        "before this line (deleted)",
                     )
             else:
                 add(
                     ProblemKind.REORDERED,
-                    f"entry {e.seq} comes after entry {expected_seq - 1} (lines out of order)",
+                    f"entry {e.seq + 1} comes after entry {expected_seq} (lines out of order)",
                 )
         if not positional and e.prev_hash != prev_digest:
             add(ProblemKind.CHAIN_BROKEN, "prev_hash does not match the previous line's entry")
@@ -493,14 +499,14 @@ def verify_chain(
     return problems
 
 
-def _ranges(values: Sequence[int]) -> str:
-    if len(values) == 1:
-        return str(values[0])
-    return (
-        f"{values[0]}..{values[-1]}"
-        if values[-1] - values[0] == len(values) - 1
-        else str(list(values))
-    )
+def _entries(seqs: Sequence[int]) -> str:
+    """Entries by their 1-based number (seq + 1): "entry 2", "entries 2..4", "entries 2, 5"."""
+    n = [s + 1 for s in seqs]
+    if len(n) == 1:
+        return f"entry {n[0]}"
+    if n[-1] - n[0] == len(n) - 1:
+        return f"entries {n[0]}..{n[-1]}"
+    return "entries " + ", ".join(map(str, n))
 
 
 def load_verified(
@@ -587,7 +593,7 @@ def restore_accountant(
     for e in entries:
         if e.accountant != mechanism:
             raise LedgerIntegrityError(
-                f"ledger entry {e.seq} used accountant {e.accountant!r}, not {mechanism!r}",
+                f"ledger entry {e.seq + 1} used accountant {e.accountant!r}, not {mechanism!r}",
                 seq=e.seq,
             )
     if cached_state is None:

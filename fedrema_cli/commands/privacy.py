@@ -87,6 +87,16 @@ def report(
     _fail_on(problem_lines(rep), hint="the report lists every problem; `fedrema audit` too")
 
 
+AUDIT_COLUMNS = (
+    "site", "status", "rounds", "ε (site)", "ε RDP (dp-acc.)", "ε PLD (dp-acc.)", "target",
+)  # fmt: skip
+
+
+def _unverified(at_least: float | None) -> str:
+    """The epsilon cell of a ledger that does not verify: what its verified entries prove."""
+    return "not verified" + (f" (≥ {at_least:.3f})" if at_least is not None else "")
+
+
 def _fail_on(problems: list[str], *, hint: str | None = None) -> None:
     """Exit 3 with the first problem on one line (and how many more), if there is any."""
     from fedrema_cli.errors import IntegrityError
@@ -112,16 +122,22 @@ def audit(
     from privacy.report import problem_lines
 
     rep, _ = build(state=state, workspace=workspace)  # workspace problems are in rep
-    rows = [
-        (
-            s.site,
-            s.status.value,
-            len(s.rounds),
-            s.epsilon,
-            s.epsilon_rdp_independent,
-            s.epsilon_pld_independent,
-            s.target_epsilon,
-        )
+    # A site whose ledger does not verify has no epsilon to show, only the lower bound its
+    # verified entries prove (a figure a script could file as the spend would under-report).
+    sites = [
+        {
+            "site": s.site,
+            "status": s.status.value,
+            "rounds": len(s.rounds),
+            "epsilon": s.epsilon if s.verified else None,
+            "epsilon_rdp_independent": s.epsilon_rdp_independent if s.verified else None,
+            "epsilon_pld_independent": s.epsilon_pld_independent if s.verified else None,
+            "epsilon_verified_at_least": (
+                s.verified_prefix.epsilon if s.verified_prefix is not None else None
+            ),
+            "target_epsilon": s.target_epsilon,
+            "delta": s.delta,
+        }
         for s in rep.sites
     ]
     # rep.problems holds the workspace problems (``extra``) too.
@@ -131,45 +147,31 @@ def audit(
     if json_out:
         ui.emit_json(
             {
+                "federation": rep.federation,
+                "generated_at": rep.generated_at,
                 "verified": not problems,
                 "problems": problems,
                 "problem_lines": lines,
-                "sites": [
-                    dict(
-                        zip(
-                            (
-                                "site",
-                                "status",
-                                "rounds",
-                                "epsilon",
-                                "epsilon_rdp_independent",
-                                "epsilon_pld_independent",
-                                "target_epsilon",
-                            ),
-                            row,
-                            strict=True,
-                        )
-                    )
-                    for row in rows
-                ],
+                "sites": sites,
             }
         )
     else:
+        delta = rep.policy.get("delta")
         ui.console.print(
             ui.table(
-                f"Audit of {rep.federation}",
+                f"Audit of {rep.federation}, δ = {delta:g}, {rep.generated_at}",
+                AUDIT_COLUMNS,
                 [
-                    "site",
-                    "status",
-                    "rounds",
-                    "ε (site)",
-                    "ε RDP (dp-acc.)",
-                    "ε PLD (dp-acc.)",
-                    "target",
-                ],
-                [
-                    row if s.verified else (*row[:3], "not verified", "—", "—", row[6])
-                    for row, s in zip(rows, rep.sites, strict=True)
+                    (
+                        r["site"],
+                        r["status"],
+                        r["rounds"],
+                        r["epsilon"] if s.verified else _unverified(r["epsilon_verified_at_least"]),
+                        r["epsilon_rdp_independent"] if s.verified else "—",
+                        r["epsilon_pld_independent"] if s.verified else "—",
+                        r["target_epsilon"],
+                    )
+                    for r, s in zip(sites, rep.sites, strict=True)
                 ],
             )
         )

@@ -236,8 +236,8 @@ def default_assumptions(policy: PrivacyPolicy, *, preprocessing: str | None = No
             "anything computed from those afterwards: the aggregate, merged heads and the "
             "global model (post-processing)",
             "local fine-tuning rounds after the federation's last round (head-only DP-SGD, "
-            "listed as the rounds numbered after it) and the personalised model built from "
-            "them",
+            "listed as the rounds numbered after it) and the personalised model's weights "
+            "built from them",
             *(
                 (f"preprocessing, a fixed map that depends on no record: {preprocessing}",)
                 if preprocessing
@@ -247,6 +247,11 @@ def default_assumptions(policy: PrivacyPolicy, *, preprocessing: str | None = No
         not_covered=(
             "evaluation on the site's hold-out (test) records: accuracy/AUC are computed "
             "without DP and shown to the operator and written into exported model cards",
+            "the deployed decision rule and the exported model card: the threshold (or class "
+            "prior) is fitted on the site's training records without DP, and the card lists "
+            "its exact class counts; both stay at the site unless it shares the export",
+            "choosing the training settings (epsilon aside) by trying them on the same "
+            "records: each trial is another DP-SGD run the ledger does not record",
             *(() if preprocessing else (FITTED_PREPROCESSING,)),
             "the number of training records: it weights every update (sent in the clear "
             "without secure aggregation, inside the masked sum with it) and sets the sample "
@@ -257,8 +262,13 @@ def default_assumptions(policy: PrivacyPolicy, *, preprocessing: str | None = No
             "site-level, privacy)",
         ),
         caveats=(
-            "secure aggregation hides individual updates from the coordinator but the DP "
-            "guarantee does not depend on it",
+            "secure aggregation hides each site's shared update from the coordinator (only the "
+            "sum is revealed); what a method sends on its own (FedReMa's heads, whole models "
+            "for fedrema-model) reaches the coordinator individually, covered by DP as above; "
+            "the DP guarantee does not depend on secure aggregation",
+            "one record is one patient only if each patient has one record in the training "
+            "file; a patient with k records is protected at roughly k times epsilon (group "
+            "privacy)",
             "Opacus records q = 1/len(Poisson loader); for some dataset sizes this is slightly "
             "above the true sampling rate, which over-states epsilon (conservative)",
             "the last entries of a ledger can only be shown to be present against the head "

@@ -171,12 +171,13 @@ def _site_dict(s: SiteReport) -> dict[str, Any]:
         "accountant": s.accountant,
         "delta": s.delta,
         "target_epsilon": s.target_epsilon,
-        "epsilon": _num(s.epsilon),
+        # null when the ledger does not verify: only epsilon_verified_at_least is proven then
+        "epsilon": _num(s.epsilon) if s.verified else None,
         "epsilon_independent": {
-            "rdp": _num(s.epsilon_rdp_independent),
-            "pld": _num(s.epsilon_pld_independent),
+            "rdp": _num(s.epsilon_rdp_independent) if s.verified else None,
+            "pld": _num(s.epsilon_pld_independent) if s.verified else None,
         },
-        "remaining": _num(s.remaining),
+        "remaining": _num(s.remaining) if s.verified else None,
         "missing_rounds": list(s.missing_rounds),
         "verified_through_round": prefix.round if prefix else None,
         "epsilon_verified_at_least": _num(prefix.epsilon) if prefix else None,
@@ -276,9 +277,11 @@ def to_rich(report: PrivacyReport, *, detail: bool = False) -> Any:
         )
     p = report.policy
     summary = Table(
-        title=f"Privacy budget per site, federation {report.federation}, δ = {p.get('delta'):g}",
+        title=f"Privacy budget per site, federation {report.federation}, δ = {p.get('delta'):g}, "
+        f"accountant {p.get('accountant')}, generated {report.generated_at}",
         caption="ε: the site's accountant; RDP*, PLD*: recomputed from the ledger with "
-        "dp-accounting; ≥: what the verified entries alone prove was spent",
+        "dp-accounting; ≥: what the verified entries alone prove was spent. What ε covers and "
+        "what it does not: the --html/--pdf report, or --json's assumptions",
         title_justify="left",
         border_style=None if report.verified else "red",
     )
@@ -534,6 +537,7 @@ def _view(report: PrivacyReport, data: dict[str, Any]) -> dict[str, Any]:
         "d": data,
         "policy": policy,
         "sites": sites,
+        "label_release": any(r["round"] == 0 for s in data["sites"] for r in s["rounds"]),
         "rounds": sorted(
             [
                 *(

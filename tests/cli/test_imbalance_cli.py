@@ -63,6 +63,7 @@ def test_balanced_weighting_under_dp_is_signed_released_accounted_and_reported(
     assert shown.exit_code == 0, shown.stderr
     assert "0 (label counts)" in shown.stdout
     assert html.read_text().count("0 (label counts)") >= 1
+    assert "the DP release of the site's label counts" in html.read_text()  # the legend
 
 
 def test_personalize_chooses_the_threshold_on_validation_data_and_exports_it(

@@ -75,6 +75,8 @@ def test_two_private_rounds_compose_and_stay_within_budget(private_fed: Fed) -> 
     assert va["epsilon"] == pytest.approx(second["epsilon_after"], abs=1e-9)
     html = (fed.root / "report.html").read_text()
     assert "data:image/png;base64," in html and "add/remove one record" in html
+    assert "label counts" not in html  # no round-0 release here, so no legend entry for one
+    assert "several records is protected at about that many times" in html
     # Who and when: the keys a person compared at approval, the coordinator's round times.
     status = run("status", "-s", fed.site("va"), "--json").json()
     assert data["coordinator_fingerprint"] == status["coordinator_fingerprint"]
@@ -195,6 +197,13 @@ def test_audit_names_the_line_of_a_tampered_ledger(private_fed: Fed, edit: str) 
     assert "va" in out.stderr and "line 1" in out.stderr
     # In plain words: no internal problem codes.
     assert not any(c in out.stderr for c in ("bad_signature", "chain_broken", "edited:"))
+    # No spend figure a script could file: only what the verified entries prove.
+    for cmd in (("audit",), ("privacy", "report")):
+        doc = run(*cmd, "-s", fed.site("va"), "--json").json()
+        (va,) = doc["sites"]
+        assert va["verified"] is False if "verified" in va else va["status"] != "verified"
+        assert va["epsilon"] is None and va["epsilon_verified_at_least"] is None  # line 1 fails
+        assert doc["federation"] and doc["generated_at"]
 
 
 def test_audit_of_the_workspace_names_the_site_and_entry(private_fed: Fed) -> None:

@@ -118,9 +118,15 @@ def test_verbose_shows_the_traceback_of_an_error(tmp_path: Path) -> None:
 
 def test_shell_completion_completes_command_names() -> None:
     # in a real process, as a user's shell runs it (typer keeps completion state per process)
+    # The shell is named, not detected from the parent process: a runner with no shell above
+    # the test (a daemon, `nohup ... &`) makes Typer's detection answer "Shell  not supported".
     shown = subprocess.run(
         [sys.executable, "-m", "fedrema_cli", "--show-completion", "bash"],
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1",
+        },
         capture_output=True,
         text=True,
         timeout=60,

@@ -116,7 +116,28 @@ def test_deleted_line_is_named(key, ledger, i):
     del rows[i]
     problems = verify_chain(parse_lines("".join(rows)), key.public_key().verify)
     missing = [p for p in problems if p.kind is ProblemKind.MISSING]
-    assert len(missing) == 1 and missing[0].line == i + 1 and str(i) in missing[0].message
+    assert len(missing) == 1 and missing[0].line == i + 1
+    # counted from 1, as lines are: the deleted line i + 1 held entry i + 1
+    assert f"entry {i + 1} is missing before this line" in missing[0].message
+    assert str(missing[0]).startswith(f"line {i + 1}, entry {i + 2}, ")
+    if i == 0:  # two in a row
+        del rows[0]
+        (gap,) = [
+            p
+            for p in verify_chain(parse_lines("".join(rows)), key.public_key().verify)
+            if p.kind is ProblemKind.MISSING
+        ]
+        assert "entries 1..2 are missing" in gap.message
+
+
+def test_entries_are_named_from_one_and_listed_as_text() -> None:
+    from privacy.ledger import _entries
+
+    assert (_entries([0]), _entries([1, 2, 3]), _entries([1, 4])) == (
+        "entry 1",
+        "entries 2..4",
+        "entries 2, 5",
+    )
 
 
 def test_deleted_last_line_needs_the_published_head(key, ledger):
