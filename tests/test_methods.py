@@ -247,11 +247,12 @@ def test_summaries_count_how_often_merged_sites_share_a_planted_block() -> None:
         {"fused_edges": 3, "clusters": {"a": 0, "b": 0, "c": 0}},
     ]
     stats = METHODS["pfednet"]().summarize(pfednet_log, blocks)
-    assert stats["mean_fused_edges"] == 2.0
+    # a log from before both counts were kept: its "fused_edges" were thresholded counts
+    assert stats["mean_thresholded_edges"] == 2.0 and "mean_fused_edges" not in stats
     assert stats["peer_same_block_rate"] == 2 / 4  # (a,b) twice; (a,c), (b,c) once
-    assert "mean_thresholded_edges" not in stats  # a log from before the count existed
-    logged = [{**e, "thresholded_edges": 3} for e in pfednet_log]
-    assert METHODS["pfednet"]().summarize(logged, blocks)["mean_thresholded_edges"] == 3.0
+    logged = [pfednet_log[0], {**pfednet_log[1], "thresholded_edges": 3}]
+    both = METHODS["pfednet"]().summarize(logged, blocks)
+    assert both["mean_thresholded_edges"] == 2.0 and both["mean_fused_edges"] == 3.0
 
 
 def test_fedrema_model_merges_whole_models_with_the_most_alike_peer() -> None:

@@ -63,10 +63,16 @@ def report(
 
       fedrema privacy report -w /shared/heart --html privacy-report.html
     """
-    from fedrema_cli.store.storage import write_output
+    from fedrema_cli.errors import OptionError
+    from fedrema_cli.store.storage import check_output, write_output
     from fedrema_cli.views.privacy import build
     from privacy.report import problem_lines, require_pdf_support, to_dict, to_html, to_pdf, to_rich
 
+    if html is not None and pdf is not None and html.resolve() == pdf.resolve():
+        raise OptionError(f"--html and --pdf are both {html}; give each its own file")
+    for option, path in (("--html", html), ("--pdf", pdf)):
+        if path is not None:  # before any slow work, and before either file is written
+            check_output(path, option=option, overwrite=force)
     if pdf is not None:
         require_pdf_support()  # a missing system library is one line, before any slow work
     rep, _ = build(state=state, workspace=workspace)  # workspace problems are folded into rep
@@ -92,11 +98,6 @@ AUDIT_COLUMNS = (
 )  # fmt: skip
 
 
-def _unverified(at_least: float | None) -> str:
-    """The epsilon cell of a ledger that does not verify: what its verified entries prove."""
-    return "not verified" + (f" (≥ {at_least:.3f})" if at_least is not None else "")
-
-
 def _fail_on(problems: list[str], *, hint: str | None = None) -> None:
     """Exit 3 with the first problem on one line (and how many more), if there is any."""
     from fedrema_cli.errors import IntegrityError
@@ -119,26 +120,24 @@ def audit(
       fedrema audit -w /shared/heart
     """
     from fedrema_cli.views.privacy import build
-    from privacy.report import problem_lines
+    from privacy.report import epsilon_cell, problem_lines, to_dict
 
     rep, _ = build(state=state, workspace=workspace)  # workspace problems are in rep
-    # A site whose ledger does not verify has no epsilon to show, only the lower bound its
-    # verified entries prove (a figure a script could file as the spend would under-report).
+    # The report's own per-site figures (`to_dict`): a site that does not verify has no epsilon
+    # there, only the lower bound its verified entries prove.
     sites = [
         {
-            "site": s.site,
-            "status": s.status.value,
+            "site": d["site"],
+            "status": d["status"],
             "rounds": len(s.rounds),
-            "epsilon": s.epsilon if s.verified else None,
-            "epsilon_rdp_independent": s.epsilon_rdp_independent if s.verified else None,
-            "epsilon_pld_independent": s.epsilon_pld_independent if s.verified else None,
-            "epsilon_verified_at_least": (
-                s.verified_prefix.epsilon if s.verified_prefix is not None else None
-            ),
-            "target_epsilon": s.target_epsilon,
-            "delta": s.delta,
+            "epsilon": d["epsilon"],
+            "epsilon_rdp_independent": d["epsilon_independent"]["rdp"],
+            "epsilon_pld_independent": d["epsilon_independent"]["pld"],
+            "epsilon_verified_at_least": d["epsilon_verified_at_least"],
+            "target_epsilon": d["target_epsilon"],
+            "delta": d["delta"],
         }
-        for s in rep.sites
+        for d, s in zip(to_dict(rep)["sites"], rep.sites, strict=True)
     ]
     # rep.problems holds the workspace problems (``extra``) too.
     problems = [str(p) for p in rep.problems]
@@ -166,7 +165,7 @@ def audit(
                         r["site"],
                         r["status"],
                         r["rounds"],
-                        r["epsilon"] if s.verified else _unverified(r["epsilon_verified_at_least"]),
+                        epsilon_cell(s),
                         r["epsilon_rdp_independent"] if s.verified else "—",
                         r["epsilon_pld_independent"] if s.verified else "—",
                         r["target_epsilon"],

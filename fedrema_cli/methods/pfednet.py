@@ -152,12 +152,16 @@ class PFedNet(PersonalHead):
         0) and, with known blocks, how often fused sites share one."""
         if not log:
             return {}
+        # A round logged before both counts were kept has "fused_edges" holding the
+        # thresholded count: it counts as that, and not towards the fused mean.
+        both = [e for e in log if "thresholded_edges" in e]
+        thresholded = [e.get("thresholded_edges", e["fused_edges"]) for e in log]
         stats: dict[str, Any] = {
-            "mean_fused_edges": float(np.mean([e["fused_edges"] for e in log])),
+            "mean_thresholded_edges": float(np.mean(thresholded)),
             "final_clusters": log[-1]["clusters"],
         }
-        if all("thresholded_edges" in e for e in log):  # logs written before it: not kept
-            stats["mean_thresholded_edges"] = float(np.mean([e["thresholded_edges"] for e in log]))
+        if both:
+            stats["mean_fused_edges"] = float(np.mean([e["fused_edges"] for e in both]))
         if blocks:
             pairs = (
                 (a, b)

@@ -49,8 +49,10 @@ def export_model(
         "weights": WEIGHTS,
         "privacy": config.privacy.model_dump(mode="json") if config.privacy else None,
     }
-    store.replace(WEIGHTS, save_params(params))
+    # The card first: it claims the folder for this site, so an export interrupted before the
+    # weights can be run again (a folder of weights and no card is someone else's).
     store.replace(CARD, json.dumps(full_card, indent=1, sort_keys=True).encode() + b"\n")
+    store.replace(WEIGHTS, save_params(params))
     return str(folder)
 
 

@@ -468,12 +468,12 @@ def write_files(folder: str | os.PathLike[str], files: Mapping[str, bytes]) -> d
     return {name: Path(folder) / name for name in files}
 
 
-def write_output(path: Path, data: bytes, *, option: str, overwrite: bool) -> None:
-    """Write a file a person asked for by name (a report to file), whole (temp + rename).
+def check_output(path: Path, *, option: str, overwrite: bool) -> None:
+    """Refuse, before any slow work, a path `write_output` would refuse to write.
 
     Only a regular file is ever replaced, and only with ``overwrite``: a rename onto a device,
     a FIFO or a link would replace it (as root, ``/dev/full`` with an HTML file), and a filed
-    report must not be overwritten by a later one unnoticed. Missing folders are made.
+    report must not be overwritten by a later one unnoticed.
     """
     from fedrema_cli.errors import UsageError
 
@@ -497,6 +497,12 @@ def write_output(path: Path, data: bytes, *, option: str, overwrite: bool) -> No
             f"{option} {path} exists; refusing to overwrite it",
             hint="give a new file name, or --force to replace it",
         )
+
+
+def write_output(path: Path, data: bytes, *, option: str, overwrite: bool) -> None:
+    """Write a file a person asked for by name (a report), whole (temp + rename), after
+    `check_output`'s refusals; missing folders are made."""
+    check_output(path, option=option, overwrite=overwrite)
     LocalStorage(path.parent).replace(path.name, data)
 
 

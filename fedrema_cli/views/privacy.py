@@ -61,21 +61,20 @@ def _own_ledger_anchors(site: Any, text: str, verify: Callable[[bytes, bytes], N
             entries=entries, mechanism=site.config.privacy.accountant, cached_state=cached
         )
     except PrivacyError as exc:
-        out.append(f"{site.name}: {ACCOUNTANT}: {exc}")
+        out.append(f"{ACCOUNTANT}: {exc}")
     if site.fed.roster is not None:
         out += [
-            f"{site.name}: round {r}: published as ledger/{site.name}/{r:04d}.json but "
-            "missing from the site's own ledger (entries dropped?)"
+            f"round {r}: published as ledger/{site.name}/{r:04d}.json but missing from the "
+            "site's own ledger (entries dropped?)"
             for r in site.published_not_in(entries)
         ]
-        published = set(site.fed.ledger_rounds(site.name))
         out += [
-            f"{site.name}: round {e.round}: in the site's own ledger but not published as "
-            f"ledger/{site.name}/{e.round:04d}.json: deleted from the workspace (a workspace "
-            "report under-counts this site), or the site's last command was interrupted "
-            "(`fedrema submit` publishes it)"
+            f"round {e.round}: in the site's own ledger but not published (verified) as "
+            f"ledger/{site.name}/{e.round:04d}.json: deleted or replaced in the workspace (a "
+            "workspace report under-counts this site), or the site's last command was "
+            "interrupted (`fedrema submit` publishes it)"
             for e in entries
-            if e.round not in published
+            if not site.fed.exists("ledger-entry", e.round, site=site.name)
         ]
     return out
 
@@ -139,8 +138,13 @@ def _missing_results(fed: Federation, results: list[RoundResult], bad: list[int]
     return [
         f"rounds/{r:04d}/result.json: missing, although round {latest}'s signed model is "
         f"published, which the coordinator does only after round {r} finished: the round's "
-        "record (and any spend in it) was deleted from the workspace, or the coordinator's "
-        "`aggregate` was interrupted (run it again: it republishes the result)"
+        "record (and any spend in it) was deleted from the workspace, or "
+        + (
+            "the coordinator is publishing it right now (run the report again) or its "
+            "`aggregate` was interrupted (run that again: it republishes the result)"
+            if r == latest - 1
+            else "restored from an older copy"
+        )
         for r in range(1, latest)
         if r not in seen
     ]
@@ -228,6 +232,9 @@ def build(*, state: Path | None, workspace: str | None) -> tuple[PrivacyReport, 
     from privacy.report import build_report
 
     extra: list[str] = []
+    # Findings that put a site's own figure in doubt (a round of its spend not in the ledgers
+    # read): the site fails, so no epsilon of it is shown as verified, only its lower bound.
+    per_site: dict[str, list[str]] = {}
     if state is not None:
         from fedrema_cli.roles.site import Site, read_ledger_text
 
@@ -244,8 +251,9 @@ def build(*, state: Path | None, workspace: str | None) -> tuple[PrivacyReport, 
         fingerprints = {site.name: fingerprint(fed.identity.public.sign_pk)}
         config = site.config
         results, bad_results, problems = _round_results(fed)
-        extra += problems + _missing_results(fed, results, bad_results)
-        extra += _own_ledger_anchors(site, text, verifiers[site.name])
+        missing = _missing_results(fed, results, bad_results)
+        extra += problems + missing
+        per_site[site.name] = _own_ledger_anchors(site, text, verifiers[site.name])
     else:
         if workspace is None:
             raise OptionError(
@@ -260,7 +268,8 @@ def build(*, state: Path | None, workspace: str | None) -> tuple[PrivacyReport, 
             raise UsageError("the roster is not approved yet: there are no ledgers")
         policy = _policy(config)
         results, bad_results, problems = _round_results(fed)
-        extra += problems + _missing_results(fed, results, bad_results)
+        missing = _missing_results(fed, results, bad_results)
+        extra += problems + missing
         ledgers, verifiers, fingerprints = {}, {}, {}
         for name in fed.ever_listed():  # every version: a removed site's spend still counts
             text, problems = _published_ledger(fed, name)
@@ -268,7 +277,7 @@ def build(*, state: Path | None, workspace: str | None) -> tuple[PrivacyReport, 
             verifiers[name] = fed.ledger_verifier(name)  # the key in force for each round
             fingerprints[name] = fingerprint(fed.key_for(site_author(name)).sign_pk)
             extra += [f"{name}: {p}" for p in problems]
-            extra += [f"{name}: {p}" for p in _unrecorded_updates(fed, name, results)]
+            per_site[name] = _unrecorded_updates(fed, name, results)
     report = build_report(
         policy=policy,
         ledgers=ledgers,
@@ -282,12 +291,27 @@ def build(*, state: Path | None, workspace: str | None) -> tuple[PrivacyReport, 
         survivors_spent=_trains(fed),
         unverified_results=bad_results,
     )
-    if extra:
-        report = dataclasses.replace(
-            report,
-            problems=(*report.problems, *(Problem(ProblemKind.WORKSPACE, p) for p in extra)),
-        )
-    return report, extra
+    if missing:  # a whole round gone: any site's spend in it is unknown
+        gone = ", ".join(m.split(":")[0].removesuffix("/result.json") for m in missing)
+        for name in ledgers:
+            per_site.setdefault(name, []).append(
+                f"its spend cannot be checked: {gone} missing from the workspace (see above)"
+            )
+    report = dataclasses.replace(
+        report,
+        problems=(*report.problems, *(Problem(ProblemKind.WORKSPACE, p) for p in extra)),
+        sites=tuple(
+            dataclasses.replace(
+                s,
+                problems=(
+                    *s.problems,
+                    *(Problem(ProblemKind.WORKSPACE, p) for p in per_site.get(s.site, [])),
+                ),
+            )
+            for s in report.sites
+        ),
+    )
+    return report, extra + [f"{n}: {p}" for n, ps in per_site.items() for p in ps]
 
 
 def _policy(config: FederationConfig) -> PrivacyPolicy:

@@ -14,6 +14,7 @@ from privacy.report.model import (
 )
 from privacy.report.render import (
     ReportRenderError,
+    epsilon_cell,
     plain_problem,
     plot_png,
     problem_lines,
@@ -37,6 +38,7 @@ __all__ = [
     "build_report",
     "build_site_report",
     "default_assumptions",
+    "epsilon_cell",
     "plain_problem",
     "plot_png",
     "problem_lines",

@@ -245,7 +245,7 @@ def to_dict(report: PrivacyReport) -> dict[str, Any]:
 # -- terminal --------------------------------------------------------------------------------
 
 
-def _eps_cell(s: SiteReport) -> str:
+def epsilon_cell(s: SiteReport) -> str:
     """A site's epsilon for the terminal; a figure that does not verify is not shown at all
     (a plain terminal cannot strike it through), only what the verified entries prove."""
     if s.verified:
@@ -293,7 +293,7 @@ def to_rich(report: PrivacyReport, *, detail: bool = False) -> Any:
             s.site,
             s.status.value,
             str(len(s.rounds)),
-            _eps_cell(s),
+            epsilon_cell(s),
             _fmt(s.epsilon_rdp_independent) if ok else "—",
             _fmt(s.epsilon_pld_independent) if ok else "—",
             f"{s.target_epsilon:g}",
@@ -505,10 +505,12 @@ def _view(report: PrivacyReport, data: dict[str, Any]) -> dict[str, Any]:
             {
                 **s,
                 "target": f"{s['target_epsilon']:g}",
-                "eps": _fmt(s["epsilon"]),
-                "rdp": _fmt(s["epsilon_independent"]["rdp"]),
-                "pld": _fmt(s["epsilon_independent"]["pld"]),
-                "remaining_fmt": _fmt(s["remaining"]),
+                # the claimed figures, which the page strikes through when they do not verify
+                # (the JSON holds null there: a script cannot tell struck from plain)
+                "eps": _fmt(_num(site.epsilon)),
+                "rdp": _fmt(_num(site.epsilon_rdp_independent)),
+                "pld": _fmt(_num(site.epsilon_pld_independent)),
+                "remaining_fmt": _fmt(_num(site.remaining)),
                 "floor": _fmt(s["epsilon_verified_at_least"]),
                 "row_list": rows,
                 "findings": [

@@ -118,6 +118,10 @@ def test_personalize_chooses_the_threshold_on_validation_data_and_exports_it(
     assert "holds site 'cleveland'" in other.stderr and len(other.stderr.strip().splitlines()) == 1
     assert (folder / "model-card.json").read_bytes() == before
     assert run("personalize", "-s", fed.site("cleveland"), "--export", folder).exit_code == 0
+    # An export interrupted after its card (the card is written first) runs again.
+    (folder / "model.safetensors").unlink()
+    assert run("personalize", "-s", fed.site("cleveland"), "--export", folder).exit_code == 0
+    assert (folder / "model.safetensors").exists()
     a_file = fed.root / "a-file"
     a_file.write_text("keep me")
     out = run("personalize", "-s", fed.site("cleveland"), "--export", a_file)

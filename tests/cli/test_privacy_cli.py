@@ -108,6 +108,10 @@ def test_two_private_rounds_compose_and_stay_within_budget(private_fed: Fed) -> 
         out = run("privacy", "report", "-w", fed.workspace, "--html", target, "--force")
         assert out.exit_code == 1 and "refusing to replace it" in out.stderr, out.stderr
     assert (fed.root / "link.html").is_symlink() and Path("/dev/null").is_char_device()
+    # Both asked for, the second refused: refused before anything is written.
+    fresh = fed.root / "fresh.html"
+    both = run("privacy", "report", "-w", fed.workspace, "--html", fresh, "--pdf", pdf)
+    assert both.exit_code == 1 and "--pdf" in both.stderr and not fresh.exists()
     forced = run("privacy", "report", "-w", fed.workspace, "--html", fed.root / "report.html",
                  "--force")  # fmt: skip
     assert forced.exit_code == 0 and (fed.root / "report.html").read_bytes() != filed

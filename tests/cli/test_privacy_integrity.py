@@ -94,8 +94,9 @@ def test_audit_of_a_site_catches_its_dropped_final_entry(private_fed: Fed, ancho
     for cmd in (("audit",), ("privacy", "report")):
         out = run(*cmd, "-s", fed.site("va"))
         assert out.exit_code == 3, (cmd, out.stdout)
-    out = run("audit", "-s", fed.site("va"))
-    assert ("round 2" if anchor == "published copies" else "accountant") in out.stderr
+    lines = run("audit", "-s", fed.site("va"), "--json").json()["problem_lines"]
+    named = "round 2" if anchor == "published copies" else "accountant"
+    assert any(line.startswith("va") and named in line for line in lines), lines
 
 
 def test_the_filed_report_is_not_green_when_a_published_envelope_fails(private_fed: Fed) -> None:
@@ -132,10 +133,15 @@ def test_a_finished_round_deleted_from_the_workspace_is_not_reported_verified(
         out = run(*args, "-w", fed.workspace)
         assert out.exit_code == 3, (args, out.stdout, out.stderr)
         assert "rounds/0002/result.json: missing" in out.stderr
+        # No site's figure passes as its spend: each fails, with only its proven lower bound.
+        for site in run(*args, "-w", fed.workspace, "--json").json()["sites"]:
+            assert site["status"] == "failed" and site["epsilon"] is None, site
+            assert 0 < site["epsilon_verified_at_least"] < 3.0
     # The site's own ledger still holds round 2, and says the workspace lacks it.
     own = run("privacy", "report", "-s", fed.site("va"), "-w", fed.workspace, "--json")
     assert own.exit_code == 3
-    assert any("not published as ledger/va/0002.json" in p for p in own.json()["problem_lines"])
+    lines = own.json()["problem_lines"]
+    assert any("not published (verified) as ledger/va/0002.json" in p for p in lines), lines
 
 
 def test_published_ledger_entries_do_not_carry_the_raw_hash_of_the_patient_file(
