@@ -122,8 +122,9 @@ def _round_results(fed: Federation) -> tuple[list[RoundResult], list[int], list[
     return results, bad, problems
 
 
-def _missing_results(fed: Federation, results: list[RoundResult], bad: list[int]) -> list[str]:
-    """Rounds before the latest verified model whose signed result is not there at all.
+def _missing_results(fed: Federation, results: list[RoundResult], bad: list[int]) -> dict[int, str]:
+    """Rounds before the latest verified model whose signed result is not there at all, each
+    with its problem line.
 
     The coordinator publishes round r + 1's model in the same step as round r's result, and
     opens a round only after the one before it finished; so a verified model of round R
@@ -133,10 +134,10 @@ def _missing_results(fed: Federation, results: list[RoundResult], bad: list[int]
     rounds = _round_numbers(fed)
     latest = next((r for r in reversed(rounds) if r >= 2 and fed.exists("model", r)), None)
     if latest is None:
-        return []
+        return {}
     seen = {res.round for res in results} | set(bad)
-    return [
-        f"rounds/{r:04d}/result.json: missing, although round {latest}'s signed model is "
+    return {
+        r: f"rounds/{r:04d}/result.json: missing, although round {latest}'s signed model is "
         f"published, which the coordinator does only after round {r} finished: the round's "
         "record (and any spend in it) was deleted from the workspace, or "
         + (
@@ -147,7 +148,7 @@ def _missing_results(fed: Federation, results: list[RoundResult], bad: list[int]
         )
         for r in range(1, latest)
         if r not in seen
-    ]
+    }
 
 
 def _published_ledger(fed: Federation, site: str) -> tuple[str, list[str]]:
@@ -252,7 +253,7 @@ def build(*, state: Path | None, workspace: str | None) -> tuple[PrivacyReport, 
         config = site.config
         results, bad_results, problems = _round_results(fed)
         missing = _missing_results(fed, results, bad_results)
-        extra += problems + missing
+        extra += problems + list(missing.values())
         per_site[site.name] = _own_ledger_anchors(site, text, verifiers[site.name])
     else:
         if workspace is None:
@@ -269,7 +270,7 @@ def build(*, state: Path | None, workspace: str | None) -> tuple[PrivacyReport, 
         policy = _policy(config)
         results, bad_results, problems = _round_results(fed)
         missing = _missing_results(fed, results, bad_results)
-        extra += problems + missing
+        extra += problems + list(missing.values())
         ledgers, verifiers, fingerprints = {}, {}, {}
         for name in fed.ever_listed():  # every version: a removed site's spend still counts
             text, problems = _published_ledger(fed, name)
@@ -292,7 +293,7 @@ def build(*, state: Path | None, workspace: str | None) -> tuple[PrivacyReport, 
         unverified_results=bad_results,
     )
     if missing:  # a whole round gone: any site's spend in it is unknown
-        gone = ", ".join(m.split(":")[0].removesuffix("/result.json") for m in missing)
+        gone = ", ".join(f"rounds/{r:04d}" for r in missing)
         for name in ledgers:
             per_site.setdefault(name, []).append(
                 f"its spend cannot be checked: {gone} missing from the workspace (see above)"
