@@ -220,9 +220,11 @@ def test_every_registered_method_is_in_the_docs_table_and_the_cli_help() -> None
 
     from fedrema_cli.app import app
 
-    doc = (ROOT / "docs/architecture.md").read_text()
     generated = CliRunner().invoke(app, ["methods", "--markdown"]).stdout
-    assert generated in doc, "regenerate docs/architecture.md's table: fedrema methods --markdown"
+    for doc in ("docs/architecture.md", "docs/benchmarks.md"):  # both show the table
+        assert generated in (ROOT / doc).read_text(), (
+            f"regenerate {doc}'s table: fedrema methods --markdown"
+        )
     assert re.findall(r"^\| `([a-z0-9-]+)` \|", generated, flags=re.M) == list(METHODS)
     out = CliRunner().invoke(app, ["methods", "--json"])
     assert out.exit_code == 0
@@ -277,3 +279,27 @@ def test_fedrema_model_merges_whole_models_with_the_most_alike_peer() -> None:
         np.testing.assert_allclose(value, (trained["a"][key] + trained["b"][key]) / 2, atol=1e-6)
     start = method.start(model(0), own=trained["a"], received=out.personal["a"])
     assert all(np.array_equal(start[k], out.personal["a"][k]) for k in start)
+
+
+def test_a_state_that_is_not_json_names_the_method(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new method returning a numpy array as its state (the natural first try) is told
+    which method and what to do, instead of a bare "not JSON serializable" from the store."""
+    from fedrema_cli import simulate as sim
+    from fedrema_cli.methods.base import Outcome
+
+    fedavg = METHODS["fedavg"]
+    plain = fedavg.aggregate
+
+    def with_array_state(self, inputs, state):  # type: ignore[no-untyped-def]
+        out = plain(self, inputs, state)
+        return Outcome(model=out.model, state={"velocity": np.zeros(3)})
+
+    monkeypatch.setattr(fedavg, "aggregate", with_array_state)
+    spec = sim.SimulationSpec(
+        dataset="heart-disease", method="fedavg", rounds=1, secure_aggregation=False,
+        workdir=tmp_path / "w",
+    )  # fmt: skip
+    with pytest.raises(TypeError, match=r"method fedavg: Outcome.state and .log must be plain"):
+        sim.run(spec)

@@ -54,7 +54,20 @@ class RoundInputs:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What a round leaves behind: published (model, personal, info) and private (state, log)."""
+    """What a round leaves behind: published (model, personal, info) and private (state, log).
+
+    - ``model``: the next global model. It travels at the config's broadcast width (float16
+      by default, stochastically rounded), so next round's ``RoundInputs.model`` is that
+      rounded copy, not exactly this.
+    - ``personal``: each site's part, sealed to that site alone.
+    - ``state``: kept privately at the coordinator for the next round; plain JSON (lists and
+      numbers, not arrays: ``.tolist()``). ``None`` keeps the previous state unchanged.
+    - ``log``: private to the coordinator (its merge log; `summarize` reads it for
+      `simulate`). ``info``: merged into the signed round result **every site reads**: put
+      nothing there a site may not see.
+    - A ``ValueError`` from `aggregate` is reported as one line naming the method and round;
+      anything else is a bug.
+    """
 
     model: Params
     personal: dict[str, Params] = field(default_factory=dict)

@@ -14,6 +14,7 @@ have acted.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -668,6 +669,13 @@ class Coordinator:
             outcome = method.aggregate(inputs, state)
         except ValueError as exc:  # inputs that passed every check but cannot be merged
             raise IntegrityError(f"round {r}: {method.name} cannot aggregate: {exc}") from None
+        try:  # a method's state and log are kept as JSON: say whose they are if they are not
+            json.dumps({"state": outcome.state, "log": outcome.log}, sort_keys=True)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(
+                f"method {method.name}: Outcome.state and .log must be plain JSON (lists and "
+                f"numbers; use .tolist() for arrays): {exc}"
+            ) from exc
         expected = self._expected(r)
         events = [
             f"round {r}: finished with {len(survivors)} sites"
