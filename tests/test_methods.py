@@ -303,3 +303,22 @@ def test_a_state_that_is_not_json_names_the_method(
     )  # fmt: skip
     with pytest.raises(TypeError, match=r"method fedavg: Outcome.state and .log must be plain"):
         sim.run(spec)
+
+
+def test_methods_shows_what_each_option_accepts() -> None:
+    """The range `--option` checks a value against is shown before anyone is refused by it,
+    read from the same Options model (a new bound shows up without a docs edit)."""
+    from typer.testing import CliRunner
+
+    from fedrema_cli.app import app
+    from fedrema_cli.methods import option_ranges
+
+    assert option_ranges("mr-mtl") == {"lam": "≥ 0 and ≤ 10000: strength of the pull to w_bar"}
+    fedrema = option_ranges("fedrema")
+    assert fedrema["similarity"] == "softmax or centered"
+    assert fedrema["smoothing"] == "≥ 0 and < 1"
+    assert fedrema["self_weight"] == "≥ 0 and ≤ 1, or null"
+    shown = CliRunner().invoke(app, ["methods"]).stdout
+    assert "--option lam=1.0  (≥ 0 and ≤ 10000: strength of the pull to w_bar)" in shown
+    doc = json.loads(CliRunner().invoke(app, ["methods", "--json"]).stdout)
+    assert all(set(m["option_ranges"]) == set(m["options"]) for m in doc["methods"])

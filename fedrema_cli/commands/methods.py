@@ -24,7 +24,7 @@ def methods(
     fedrema methods
     fedrema methods --markdown   # the table in docs/architecture.md
     """
-    from fedrema_cli.methods import METHODS, markdown_table
+    from fedrema_cli.methods import METHODS, markdown_table, option_ranges
 
     if markdown and json_out:
         from fedrema_cli.errors import OptionError
@@ -40,6 +40,8 @@ def methods(
             "secure_aggregation": m.shared,
             "sealed_to_coordinator": m.personal,
             "options": {k: f.default for k, f in m.Options.model_fields.items()},
+            # what each option accepts, as `--option` checks it
+            "option_ranges": option_ranges(name),
         }
         for name, m in METHODS.items()
     ]
@@ -60,9 +62,9 @@ def methods(
         )
     )
     for r in rows:
-        options = ", ".join(f"{k}={v}" for k, v in r["options"].items())
-        ui.say(
-            f"  [bold]{r['method']}[/]: {r['summary']}"
-            + (f"; options {options}" if options else "")
-        )
+        ui.say(f"  [bold]{r['method']}[/]: {r['summary']}")
+        for k, v in r["options"].items():
+            accepts = r["option_ranges"][k]
+            shown = "null" if v is None else v  # what --option reads as None
+            ui.say(f"      --option {k}={shown}" + (f"  ({accepts})" if accepts else ""))
     return None

@@ -40,8 +40,46 @@ __all__ = [
     "RoundInputs",
     "markdown_table",
     "method_help",
+    "option_ranges",
     "parse_method_options",
 ]
+
+
+def option_ranges(method: str) -> dict[str, str]:
+    """Each option's accepted values in words ("≥ 0", "> 0 and ≤ 1", "softmax or centered",
+    "or none"), read from the method's Options model, so `fedrema methods` shows the range a
+    value is checked against before anyone is refused by it."""
+    import typing
+
+    import annotated_types as at
+
+    words = {at.Ge: "≥", at.Gt: ">", at.Le: "≤", at.Lt: "<"}
+    out: dict[str, str] = {}
+    for name, field in METHODS[method].Options.model_fields.items():
+        bounds = [
+            f"{sign} {getattr(m, attr):g}"
+            for m in field.metadata
+            for kind, sign in words.items()
+            if isinstance(m, kind)
+            for attr in ("ge", "gt", "le", "lt")
+            if hasattr(m, attr)
+        ]
+        ann = field.annotation
+        args = typing.get_args(ann)
+        literals = [ann] if typing.get_origin(ann) is typing.Literal else list(args)
+        choices = [
+            str(c)
+            for a in literals
+            if typing.get_origin(a) is typing.Literal
+            for c in typing.get_args(a)
+        ]
+        text = " and ".join(bounds) if bounds else " or ".join(choices)
+        if type(None) in args:
+            text = f"{text}, or null" if text else "or null"
+        if field.description:
+            text = f"{text}: {field.description}" if text else field.description
+        out[name] = text
+    return out
 
 
 def method_help() -> str:
