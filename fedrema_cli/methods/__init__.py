@@ -51,18 +51,14 @@ def option_ranges(method: str) -> dict[str, str]:
     value is checked against before anyone is refused by it."""
     import typing
 
-    import annotated_types as at
-
-    words = {at.Ge: "≥", at.Gt: ">", at.Le: "≤", at.Lt: "<"}
+    signs = {"ge": "≥", "gt": ">", "le": "≤", "lt": "<"}  # pydantic's Field(ge=...) metadata
     out: dict[str, str] = {}
     for name, field in METHODS[method].Options.model_fields.items():
         bounds = [
             f"{sign} {getattr(m, attr):g}"
             for m in field.metadata
-            for kind, sign in words.items()
-            if isinstance(m, kind)
-            for attr in ("ge", "gt", "le", "lt")
-            if hasattr(m, attr)
+            for attr, sign in signs.items()
+            if getattr(m, attr, None) is not None
         ]
         ann = field.annotation
         args = typing.get_args(ann)
