@@ -18,6 +18,7 @@ from fedrema_cli.errors import (
     IntegrityError,
     OptionError,
     StoreError,
+    UnsafeFileError,
     UsageError,
 )
 from fedrema_cli.identity import Identity, fingerprint, unb64
@@ -159,7 +160,15 @@ def _published_ledger(fed: Federation, site: str) -> tuple[str, list[str]]:
     """
     lines: list[str] = []
     problems: list[str] = []
-    for r in fed.ledger_rounds(site):
+    rounds = fed.ledger_rounds(site)
+    if not rounds:  # nothing listed: say so if the folder itself is what the store refuses
+        try:
+            fed.ws.storage.read_bytes(f"ledger/{site}/{1:04d}.json", max_bytes=1)
+        except UnsafeFileError as e:  # a link or a file in the folder's place, planted
+            problems.append(_local(fed, e))
+        except (StoreError, ConfigError):
+            pass  # absent, as a site that never trained
+    for r in rounds:
         path = f"ledger/{site}/{r:04d}.json"
         try:
             art = fed.get("ledger-entry", r, site=site)

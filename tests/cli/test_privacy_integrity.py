@@ -235,3 +235,17 @@ def test_a_round_result_that_does_not_verify_fails_report_and_audit(
     assert data["verified"] is False and data["unverified_results"] == [1]
     assert data["round_results"] == []  # never used: round 1's time and survivors unknown
     assert all(r["closed_at"] is None for s in data["sites"] for r in s["rounds"])
+
+
+def test_a_ledger_folder_replaced_by_a_link_is_named_as_one(private_fed: Fed) -> None:
+    """A site's published ledger folder swapped for a symbolic link (to a copy someone can
+    edit) is refused unread, and the audit says it is a link, not that entries were deleted."""
+    fed = private_fed
+    run_rounds(fed, 1)
+    folder = fed.workspace / "ledger" / "va"
+    elsewhere = fed.root / "elsewhere"
+    folder.rename(elsewhere)
+    folder.symlink_to(elsewhere, target_is_directory=True)
+    out = run("audit", "-w", fed.workspace)
+    assert out.exit_code == 3
+    assert "va: ledger/va is a symbolic link" in out.stderr, out.stderr
