@@ -121,7 +121,9 @@ class FedremaGroup(TyperGroup):
                 raise
             if ui.mode.verbose:
                 traceback.print_exception(exc, file=sys.stderr)
-            msg = f"fedrema: error: {err}"
+            # A wait (75) is normal in a cron log: not worded as an error a watcher alarms on.
+            kind = "waiting" if isinstance(err, NotYetError) else "error"
+            msg = f"fedrema: {kind}: {err}"
             if err.hint:
                 msg += f" (next: {err.hint})"
             typer.echo(msg.replace("\n", " "), err=True)

@@ -163,7 +163,18 @@ def emit_text(text: str) -> None:
 def say(text: str) -> None:
     """A line for the person running the command (stdout); --quiet silences it."""
     if not mode.quiet:
-        console.print(text)
+        _line(text)
+
+
+def result(text: str) -> None:
+    """A line that is the command's result (a model's metrics, a warning about it): kept
+    under --quiet, which drops only the chatter around it."""
+    _line(text)
+
+
+def _line(text: str) -> None:
+    # One event, one line in a log (cron, a file): only a terminal wraps it for reading.
+    console.print(text, soft_wrap=not console.is_terminal)
 
 
 def warn(text: str) -> None:

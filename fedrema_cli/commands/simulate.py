@@ -207,7 +207,7 @@ def simulate(
     for t in results_tables(results):
         ui.console.print(t)
     for line in warning_lines(results):
-        ui.say(line)
+        ui.result(line)  # warnings stay under -q
     return None
 
 

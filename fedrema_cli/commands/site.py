@@ -166,15 +166,15 @@ def personalize(
     status = "final" if out["complete"] else f"after round {out['after_round']} (not finished)"
     mark = "[yellow]![/]" if out["warnings"] else "[green]✓[/]"
     ui.say(f"{mark} {site.name}: personalized model, {status}, method {out['method']}")
-    if m:
-        ui.say(
+    if m:  # the result: kept under -q
+        ui.result(
             f"  hold-out ({m['n']} records), most probable class: accuracy {m['accuracy']:.3f}, "
             f"balanced accuracy {m['balanced_accuracy']:.3f}, AUC {ui.fmt(m['auc'])}"
         )
     for line in [threshold_line(out), *clinical_lines(out), *warning_lines(out["warnings"])]:
-        ui.say(line)
+        ui.result(line)
     if out.get("exported"):
-        ui.say(f"  exported to {out['exported']}")
+        ui.result(f"  exported to {out['exported']}")
     return None
 
 

@@ -96,4 +96,4 @@ def _show_evaluation(out: dict[str, Any]) -> None:
         return
     ui.say(f"  last `fedrema personalize` (after round {ev['after_round']}) warned:")
     for line in warning_lines(ev["warnings"], prefix="  "):
-        ui.say(f"  {line}")
+        ui.result(f"  {line}")  # warnings stay under -q

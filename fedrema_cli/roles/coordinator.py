@@ -71,7 +71,7 @@ from fedrema_cli.store.state import (
     PartyState,
     not_a_state_folder,
 )
-from fedrema_cli.store.storage import lasting_location
+from fedrema_cli.store.storage import LocalStorage, lasting_location
 from fedrema_cli.store.workspace import COORDINATOR, SITE_NAME, Workspace
 from fedrema_cli.suggest import did_you_mean
 
@@ -390,6 +390,9 @@ class Coordinator:
         roster = self.fed.require_roster()
         progress = Progress()
         self._republish_model(progress)
+        storage = self.fed.ws.storage
+        if isinstance(storage, LocalStorage):  # a killed write's leftovers, any party's
+            storage.remove_stale_temporaries()  # (remote stores clean up on connecting)
         for step in range(4 * self.config.rounds + 4):  # bounded: each pass moves one phase
             r = current_round(self.fed)
             if r > self.config.rounds:

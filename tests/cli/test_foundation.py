@@ -35,13 +35,14 @@ def test_status_tells_each_party_what_to_do_next(federation: Fed) -> None:
     key_exchange(fed)
     run("train-local", "-s", fed.site("cleveland"))
     out = run("status", "-s", fed.site("cleveland"), "--json").json()
-    assert out["next"] == "`fedrema submit`"
+    assert out["next"] == "`fedrema submit`" and out["next_command"] == "submit"
     run("submit", "-s", fed.site("cleveland"))
     out = run("status", "-s", fed.site("cleveland"), "--json").json()
-    assert out["next"] == "wait for the coordinator"
+    assert out["next"] == "wait for the coordinator" and out["next_command"] is None
     coord = run("status", "-s", fed.coordinator, "--json").json()
     assert coord["missing"] == ["hungary", "switzerland", "va"]
     assert "wait for hungary, switzerland, va" in coord["next"]
+    assert coord["next_command"] is None  # waiting; `aggregate --close` is the exception
     text = run("status", "-s", fed.coordinator)
     assert "waiting for hungary, switzerland, va" in text.stdout
 

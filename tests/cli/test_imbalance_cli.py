@@ -146,6 +146,10 @@ def test_a_majority_class_model_is_warned_about_not_ticked(tmp_path: Path) -> No
     assert out.exit_code == 0, out.stderr
     assert "✓" not in out.stdout and "predicts class" in out.stdout
     assert "Likely cause" in out.stdout and "Try:" in out.stdout
+    # -q drops the chatter, not the result: the metrics and the warning stay, one line each
+    quiet = run("-q", "personalize", "-s", fed.site("cleveland"))
+    assert "personalized model" not in quiet.stdout and "hold-out" in quiet.stdout
+    assert any("predicts class" in line and "Try:" in line for line in quiet.stdout.splitlines())
     data = run("personalize", "-s", fed.site("cleveland"), "--json").json()
     assert [w["code"] for w in data["warnings"]] == ["one-class"]
     # status shows what the last personalize found (it evaluates nothing itself).
