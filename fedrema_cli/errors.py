@@ -94,5 +94,10 @@ class NotYetError(FedremaError):
     exit_code = 75
 
 
+class SitsOutError(NotYetError):
+    """This site was left out of a round: it sits it out until a round it can rejoin, or the
+    end (75, not an alarm for a cron line)."""
+
+
 class StateBusyError(NotYetError):
     """Another fedrema command holds this party's state folder; run again once it is done."""

@@ -7,6 +7,7 @@ out at a chosen protocol stage of a chosen round, to see the round finish withou
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import tempfile
@@ -21,7 +22,7 @@ import numpy as np
 from fedrema_cli.config import TrainingConfig, checked_options, finetune_rounds, make_config
 from fedrema_cli.data.datasets import carve_validation, get_dataset
 from fedrema_cli.data.tables import TabularSchema, load_npz, load_table
-from fedrema_cli.errors import OptionError, ProtocolAbortedError, UsageError
+from fedrema_cli.errors import OptionError, ProtocolAbortedError, SitsOutError, UsageError
 from fedrema_cli.methods import METHODS
 from fedrema_cli.protocol.rounds import current_round, phase_of
 from fedrema_cli.roles.coordinator import Coordinator
@@ -399,8 +400,5 @@ def _correct(out: dict[str, Any], proba: np.ndarray, labels: np.ndarray) -> dict
 
 
 def _train_if_participant(site: Site) -> None:
-    try:
+    with contextlib.suppress(SitsOutError):  # left out of this round: it sits it out
         site.train_local()
-    except UsageError as e:
-        if "not part of round" not in str(e):
-            raise

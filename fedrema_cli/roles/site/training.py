@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from fedrema_cli.config import finetune_rounds
-from fedrema_cli.errors import NotYetError
+from fedrema_cli.errors import NotYetError, SitsOutError
 from fedrema_cli.learning.params import Params, load_params, params_hash, part_of, save_params
 from fedrema_cli.protocol.rounds import (
     current_round,
@@ -181,7 +181,7 @@ class Training(SiteBase):
         # "not yet" (75), not an error: a cron line treating 0 and 75 as fine stays quiet.
         closed = self.fed.exists("unmask-request", r)
         if closed and self.name not in survivors(self.fed, r):
-            raise NotYetError(
+            raise SitsOutError(
                 f"round {r} was closed without {self.name}'s update; training for it now "
                 "would spend privacy budget on an update that can no longer be sent",
                 hint=rejoin_advice(self.fed, r),
@@ -192,7 +192,7 @@ class Training(SiteBase):
         ):
             if self.fed.exists(kind, r):
                 if self.name not in members_of(self.fed, r):
-                    raise NotYetError(
+                    raise SitsOutError(
                         f"{self.name} is not part of round {r}'s secure aggregation (it missed "
                         "the previous round's key exchange)",
                         hint=rejoin_advice(self.fed, r),
