@@ -40,6 +40,7 @@ def aggregate(
     from fedrema_cli.roles.coordinator import Coordinator
 
     coord = Coordinator(state, workspace=workspace)
+    coord.clear_stale_temporaries()
     events: list[str] = []
     rejected: dict[str, str] = {}
     withdrawn: dict[str, dict[str, object]] = {}

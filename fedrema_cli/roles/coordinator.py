@@ -390,9 +390,6 @@ class Coordinator:
         roster = self.fed.require_roster()
         progress = Progress()
         self._republish_model(progress)
-        storage = self.fed.ws.storage
-        if isinstance(storage, LocalStorage):  # a killed write's leftovers, any party's
-            storage.remove_stale_temporaries()  # (remote stores clean up on connecting)
         for step in range(4 * self.config.rounds + 4):  # bounded: each pass moves one phase
             r = current_round(self.fed)
             if r > self.config.rounds:
@@ -615,6 +612,13 @@ class Coordinator:
                     self._fix_masking_roster(r + 1, shared, progress)
         else:
             self._open_round(r + 1, progress)
+
+    def clear_stale_temporaries(self) -> int:
+        """What killed writes left in a local workspace (any party's `.NAME.<hex>.tmp`, stale
+        for 60 s, so never a write in flight); remote stores clean up on connecting. Once per
+        `aggregate`, not per poll of `--wait`: it walks the whole folder."""
+        storage = self.fed.ws.storage
+        return storage.remove_stale_temporaries() if isinstance(storage, LocalStorage) else 0
 
     def _publish_model(self, r: int, plan: dict[str, Any]) -> None:
         """Round r's outcome for round r + 1: the model and each site's sealed head."""
