@@ -325,11 +325,11 @@ def prepare_data(
     """
     from fedrema_cli.data.datasets import get_dataset
     from fedrema_cli.errors import StoreError, UsageError
+    from fedrema_cli.store.storage import check_output_folder
 
     info = get_dataset(dataset)
     hint = "give --out a new or empty folder you can write to"
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file; the site files go into a folder", hint=hint)
+    check_output_folder(out, option="--out", holds="the site files", hint=hint)
     try:
         files = info.prepare(out, seed)  # each file whole or not at all (temp + rename)
     except StoreError as exc:  # a place this user cannot write, a full disk: names the file

@@ -19,7 +19,7 @@ from fedrema_cli.config import FederationConfig
 from fedrema_cli.data.tables import Standardizer
 from fedrema_cli.errors import UsageError
 from fedrema_cli.learning.params import save_params
-from fedrema_cli.store.storage import LocalStorage
+from fedrema_cli.store.storage import LocalStorage, check_output_folder
 
 WEIGHTS = "model.safetensors"
 CARD = "model-card.json"
@@ -33,11 +33,12 @@ def export_model(
     standardizer: Standardizer | None,
     card: Mapping[str, Any],
 ) -> str:
-    if folder.exists() and not folder.is_dir():
-        raise UsageError(
-            f"--export {folder} is a file; the model and its card go into a folder",
-            hint="give --export a new folder, or this site's earlier export folder",
-        )
+    check_output_folder(
+        folder,
+        option="--export",
+        holds="the model and its card",
+        hint="give --export a new folder, or this site's earlier export folder",
+    )
     store = LocalStorage(folder)
     _refuse_other_site(store, folder, str(card.get("site")))
     full_card = {

@@ -499,6 +499,15 @@ def check_output(path: Path, *, option: str, overwrite: bool) -> None:
         )
 
 
+def check_output_folder(path: Path, *, option: str, holds: str, hint: str) -> None:
+    """Refuse a folder option (``--out``, ``--export``) that names a file: one line saying so,
+    not the "File exists" the folder's creation would raise."""
+    from fedrema_cli.errors import UsageError
+
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{option} {path} is a file; {holds} go into a folder", hint=hint)
+
+
 def write_output(path: Path, data: bytes, *, option: str, overwrite: bool) -> None:
     """Write a file a person asked for by name (a report), whole (temp + rename), after
     `check_output`'s refusals; missing folders are made."""
