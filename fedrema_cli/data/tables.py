@@ -15,7 +15,7 @@ import csv
 import hashlib
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -569,6 +569,14 @@ def load_npz(
 def csv_bytes(frame: pd.DataFrame) -> bytes:
     """A table as the CSV bytes `load_table` reads back (header, no index, '\\n' lines)."""
     return frame.to_csv(index=False, lineterminator="\n").encode("utf-8")
+
+
+def split_paths(
+    written: Mapping[str, Path], sites: Iterable[str], suffix: str
+) -> dict[str, dict[str, Path]]:
+    """``{site: {"train": path, "test": path}}`` of files written as ``<site>_<split><suffix>``
+    (what every bundled dataset's writer returns)."""
+    return {s: {k: written[f"{s}_{k}{suffix}"] for k in ("train", "test")} for s in sites}
 
 
 def npz_bytes(**arrays: np.ndarray) -> bytes:

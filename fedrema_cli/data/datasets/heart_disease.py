@@ -208,7 +208,7 @@ def write_site_files(
     out_dir: Path | str, data_dir: Path | str | None = None
 ) -> dict[str, dict[str, Path]]:
     """Write ``<site>_train.csv`` / ``<site>_test.csv`` (header = ``SCHEMA``) for the CLI."""
-    from fedrema_cli.data.tables import csv_bytes
+    from fedrema_cli.data.tables import csv_bytes, split_paths
     from fedrema_cli.store.storage import write_files
 
     centers = load_centers(data_dir)
@@ -220,4 +220,4 @@ def write_site_files(
             for split, frame in zip(("train", "test"), pair, strict=True)
         },
     )
-    return {site: {s: written[f"{site}_{s}.csv"] for s in ("train", "test")} for site in centers}
+    return split_paths(written, centers, ".csv")

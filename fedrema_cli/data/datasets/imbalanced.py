@@ -42,7 +42,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from fedrema_cli.data.tables import FeatureRanges, TabularSchema, csv_bytes
+from fedrema_cli.data.tables import FeatureRanges, TabularSchema, csv_bytes, split_paths
 from fedrema_cli.learning.modelspec import ModelSpec
 
 NAME = "breast-cancer-imbalanced"
@@ -154,4 +154,4 @@ def write_site_files(out_dir: Path | str, *, seed: int = 0) -> dict[str, dict[st
     meta = {"dataset": NAME, "seed": seed, "source": "sklearn load_breast_cancer", "sites": summary}
     files["partition.json"] = (json.dumps(meta, indent=2) + "\n").encode("utf-8")
     written = write_files(out_dir, files)
-    return {site: {s: written[f"{site}_{s}.csv"] for s in ("train", "test")} for site in sites}
+    return split_paths(written, sites, ".csv")

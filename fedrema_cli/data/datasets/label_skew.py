@@ -37,7 +37,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from fedrema_cli.data.tables import ImageSchema, npz_bytes
+from fedrema_cli.data.tables import ImageSchema, npz_bytes, split_paths
 from fedrema_cli.learning.modelspec import ModelSpec
 
 NUM_CLASSES = 10
@@ -253,4 +253,4 @@ def write_site_files(
     }
     files["partition.json"] = (json.dumps(meta, indent=2) + "\n").encode("utf-8")
     written = write_files(out_dir, files)
-    return {n: {s: written[f"{n}_{s}.npz"] for s in ("train", "test")} for n in part.sites}
+    return split_paths(written, part.sites, ".npz")
