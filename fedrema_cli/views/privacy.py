@@ -88,7 +88,29 @@ def _round_numbers(fed: Federation) -> list[int]:
     return sorted(int(n) for n in fed.ws.storage.list("rounds") if ROUND_NAME.fullmatch(n))
 
 
-def _round_results(fed: Federation) -> tuple[list[RoundResult], list[int], list[str]]:
+@dataclasses.dataclass(frozen=True)
+class _Rounds:
+    """What the workspace shows of the rounds, read once per report (one listing of
+    ``rounds/``, which on SFTP/S3 is a round trip): the round folders, the results that
+    verify, the rounds whose result does not, and the problem lines of the round records."""
+
+    numbers: list[int]
+    results: list[RoundResult]
+    bad: list[int]
+    problems: list[str]
+    missing: dict[int, str]  # finished rounds with no result at all: `_missing_results`
+
+
+def _rounds(fed: Federation) -> _Rounds:
+    numbers = _round_numbers(fed)
+    results, bad, problems = _round_results(fed, numbers)
+    missing = _missing_results(fed, numbers, results, bad)
+    return _Rounds(numbers, results, bad, [*problems, *missing.values()], missing)
+
+
+def _round_results(
+    fed: Federation, numbers: list[int]
+) -> tuple[list[RoundResult], list[int], list[str]]:
     """The coordinator's round results that verify, the rounds whose result does not, and one
     problem line for each of those.
 
@@ -100,7 +122,7 @@ def _round_results(fed: Federation) -> tuple[list[RoundResult], list[int], list[
     results: list[RoundResult] = []
     bad: list[int] = []
     problems: list[str] = []
-    for r in _round_numbers(fed):
+    for r in numbers:
         if not fed.present("result", r):
             continue
         path = f"rounds/{r:04d}/result.json"
@@ -123,7 +145,9 @@ def _round_results(fed: Federation) -> tuple[list[RoundResult], list[int], list[
     return results, bad, problems
 
 
-def _missing_results(fed: Federation, results: list[RoundResult], bad: list[int]) -> dict[int, str]:
+def _missing_results(
+    fed: Federation, rounds: list[int], results: list[RoundResult], bad: list[int]
+) -> dict[int, str]:
     """Rounds before the latest verified model whose signed result is not there at all, each
     with its problem line.
 
@@ -132,7 +156,6 @@ def _missing_results(fed: Federation, results: list[RoundResult], bad: list[int]
     vouches that rounds 1..R-1 have results. Deleting a round's whole folder and its ledger
     entries leaves chains that still verify (shorter), and would under-report the spend.
     """
-    rounds = _round_numbers(fed)
     latest = next((r for r in reversed(rounds) if r >= 2 and fed.exists("model", r)), None)
     if latest is None:
         return {}
@@ -210,7 +233,7 @@ def _trains(fed: Federation) -> bool:
     return METHODS[fed.config.method].trains
 
 
-def _unrecorded_updates(fed: Federation, site: str, results: list[RoundResult]) -> list[str]:
+def _unrecorded_updates(fed: Federation, site: str, rounds: _Rounds) -> list[str]:
     """Rounds with the site's signed update in the workspace but no published ledger entry.
 
     A site publishes a round's ledger entry before it can submit that round's update, so an
@@ -222,12 +245,12 @@ def _unrecorded_updates(fed: Federation, site: str, results: list[RoundResult]) 
     if not _trains(fed):  # no gradient step, no spend, no entry
         return []
     published = set(fed.ledger_rounds(site))
-    vouched = {res.round for res in results if site in res.survivors}
+    vouched = {res.round for res in rounds.results if site in res.survivors}
     return [
         f"round {r}: its update (rounds/{r:04d}/submissions/{site}.json) is in the workspace "
         f"but its ledger entry ledger/{site}/{r:04d}.json is not: the spend of that round is "
         "missing from this report (entry deleted?)"
-        for r in _round_numbers(fed)
+        for r in rounds.numbers
         if r not in published and r not in vouched and fed.exists("submission", r, site=site)
     ]
 
@@ -260,9 +283,7 @@ def build(*, state: Path | None, workspace: str | None) -> tuple[PrivacyReport, 
         }
         fingerprints = {site.name: fingerprint(fed.identity.public.sign_pk)}
         config = site.config
-        results, bad_results, problems = _round_results(fed)
-        missing = _missing_results(fed, results, bad_results)
-        extra += problems + list(missing.values())
+        rounds = _rounds(fed)
         per_site[site.name] = _own_ledger_anchors(site, text, verifiers[site.name])
     else:
         if workspace is None:
@@ -277,9 +298,7 @@ def build(*, state: Path | None, workspace: str | None) -> tuple[PrivacyReport, 
         if roster is None:
             raise UsageError("the roster is not approved yet: there are no ledgers")
         policy = _policy(config)
-        results, bad_results, problems = _round_results(fed)
-        missing = _missing_results(fed, results, bad_results)
-        extra += problems + list(missing.values())
+        rounds = _rounds(fed)
         ledgers, verifiers, fingerprints = {}, {}, {}
         for name in fed.ever_listed():  # every version: a removed site's spend still counts
             text, problems = _published_ledger(fed, name)
@@ -287,7 +306,7 @@ def build(*, state: Path | None, workspace: str | None) -> tuple[PrivacyReport, 
             verifiers[name] = fed.ledger_verifier(name)  # the key in force for each round
             fingerprints[name] = fingerprint(fed.key_for(site_author(name)).sign_pk)
             extra += [f"{name}: {p}" for p in problems]
-            per_site[name] = _unrecorded_updates(fed, name, results)
+            per_site[name] = _unrecorded_updates(fed, name, rounds)
     report = build_report(
         policy=policy,
         ledgers=ledgers,
@@ -297,12 +316,13 @@ def build(*, state: Path | None, workspace: str | None) -> tuple[PrivacyReport, 
         preprocessing=config.data.fixed_preprocessing,
         fingerprints=fingerprints,
         coordinator_fingerprint=fingerprint(config.coordinator.sign_pk),
-        round_results=results,
+        round_results=rounds.results,
         survivors_spent=_trains(fed),
-        unverified_results=bad_results,
+        unverified_results=rounds.bad,
     )
-    if missing:  # a whole round gone: any site's spend in it is unknown
-        gone = ", ".join(f"rounds/{r:04d}" for r in missing)
+    extra = [*rounds.problems, *extra]
+    if rounds.missing:  # a whole round gone: any site's spend in it is unknown
+        gone = ", ".join(f"rounds/{r:04d}" for r in rounds.missing)
         for name in ledgers:
             per_site.setdefault(name, []).append(
                 f"its spend cannot be checked: {gone} missing from the workspace (see above)"
